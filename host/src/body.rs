@@ -1,0 +1,219 @@
+//! Body types between hyper and the guests: the request body with its size limit,
+//! and the response body, streamed from a channel that the guest's driver feeds.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt as _;
+use http_body_util::combinators::UnsyncBoxBody;
+use tokio::sync::mpsc;
+
+/// Errors a response body can end with.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The body of every response the server writes.
+pub type ResponseBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// A complete, short response body (errors, cause codes).
+pub fn full(bytes: impl Into<Bytes>) -> ResponseBody {
+    http_body_util::Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// The request body handed to a guest. It ends with `HttpRequestBodySize` once more
+/// than `limit` bytes arrived and raises a flag the server reads to answer 413.
+pub struct RequestBody {
+    inner: hyper::body::Incoming,
+    remaining: u64,
+    limit: u64,
+    exceeded: Arc<AtomicBool>,
+}
+
+impl RequestBody {
+    pub fn new(inner: hyper::body::Incoming, limit: u64, exceeded: Arc<AtomicBool>) -> Self {
+        RequestBody {
+            inner,
+            remaining: limit,
+            limit,
+            exceeded,
+        }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = wasmtime_wasi_http::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        Poll::Ready(match frame {
+            None => None,
+            Some(Err(e)) => Some(Err(e.into())),
+            Some(Ok(frame)) => {
+                let len = frame.data_ref().map_or(0, |d| d.len() as u64);
+                if len > self.remaining {
+                    self.exceeded.store(true, Ordering::Relaxed);
+                    self.remaining = 0;
+                    Some(Err(wasmtime_wasi_http::Error::HttpRequestBodySize(Some(
+                        self.limit,
+                    ))))
+                } else {
+                    self.remaining -= len;
+                    Some(Ok(frame))
+                }
+            }
+        })
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Feeds a [`ChannelBody`]: `Some(frame)` for each frame, then `None` once the body is
+/// complete.
+pub type FrameSender = mpsc::Sender<Option<Result<Frame<Bytes>, BoxError>>>;
+
+/// A response body fed frame by frame through a channel, so that whoever drives the
+/// guest (the loop task that owns the store) keeps pumping while hyper writes.
+///
+/// The sender ends a complete body with `None`. A channel that closes without it (the
+/// guest trapped, ran out of time) is an error, so hyper cuts the connection instead of
+/// passing a truncated body off as a whole one.
+pub struct ChannelBody {
+    rx: mpsc::Receiver<Option<Result<Frame<Bytes>, BoxError>>>,
+    complete: bool,
+}
+
+impl ChannelBody {
+    /// A body and the sender that feeds it. A small bound gives backpressure: a slow
+    /// client slows the guest instead of filling memory.
+    pub fn channel() -> (FrameSender, ChannelBody) {
+        let (tx, rx) = mpsc::channel(4);
+        (
+            tx,
+            ChannelBody {
+                rx,
+                complete: false,
+            },
+        )
+    }
+}
+
+impl Body for ChannelBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if self.complete {
+            return Poll::Ready(None);
+        }
+        Poll::Ready(match ready!(self.rx.poll_recv(cx)) {
+            Some(Some(frame)) => Some(frame),
+            Some(None) => {
+                self.complete = true;
+                None
+            }
+            None => {
+                self.complete = true;
+                Some(Err("the response body was cut short".into()))
+            }
+        })
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.complete
+    }
+}
+
+/// A body that keeps `guard` alive until the body is done or dropped.
+pub struct WithGuard<B, G> {
+    inner: B,
+    _guard: G,
+}
+
+impl<B, G> WithGuard<B, G> {
+    pub fn new(inner: B, guard: G) -> Self {
+        WithGuard {
+            inner,
+            _guard: guard,
+        }
+    }
+}
+
+impl<B: Body + Unpin, G: Unpin> Body for WithGuard<B, G> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A response body that cancels its request's run when dropped before its end: the
+/// client went away mid-response, so the guest producing it can stop.
+pub struct CancelOnAbort<B> {
+    inner: B,
+    guard: Option<tokio_util::sync::DropGuard>,
+}
+
+impl<B> CancelOnAbort<B> {
+    pub fn new(inner: B, guard: tokio_util::sync::DropGuard) -> Self {
+        CancelOnAbort {
+            inner,
+            guard: Some(guard),
+        }
+    }
+}
+
+impl<B: Body + Unpin> Body for CancelOnAbort<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        if frame.is_none()
+            && let Some(guard) = self.guard.take()
+        {
+            guard.disarm();
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,236 @@
+//! Loading a component: check that it is one, find its wasi:http handler export,
+//! decide where it runs, and link it against what the host provides.
+//!
+//! The mode comes from the type of the export, not its name: a `handle` that is a
+//! component-model `async func` (wasi:http 0.3 `handler`) runs on the loop, a sync one
+//! (wasi:http 0.2 `incoming-handler`) on the pool. Everything that can be wrong with a
+//! file is found here, at start-up, with a message that says what it is.
+
+use std::fmt;
+use std::path::Path;
+
+use anyhow::{Context as _, bail};
+use wasmtime::Engine;
+use wasmtime::component::types::ComponentItem;
+use wasmtime::component::{Component, InstancePre, Linker};
+use wasmtime_wasi_http::{p2, p3};
+
+use crate::config::ModeChoice;
+use crate::sandbox::Sandbox;
+
+/// Where a handler's requests run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// On the worker's event loop, preempted at epoch ticks.
+    Loop,
+    /// On the bounded thread pool, under the fuel limit.
+    Pool,
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mode::Loop => "loop",
+            Mode::Pool => "pool",
+        })
+    }
+}
+
+/// A linked, ready-to-instantiate handler, in the calling convention its mode needs.
+pub enum HandlerPre {
+    /// wasi:http 0.3 `handler.handle`, an async func, driven by `run_concurrent`.
+    Service(p3::bindings::ServicePre<Sandbox>),
+    /// wasi:http 0.2 `incoming-handler.handle` called with async entry points (loop).
+    ProxyAsync(p2::bindings::ProxyPre<Sandbox>),
+    /// wasi:http 0.2 `incoming-handler.handle` called synchronously (pool).
+    ProxySync(p2::bindings::sync::ProxyPre<Sandbox>),
+}
+
+/// A component that passed every check, with the decision of where it runs.
+pub struct Handler {
+    /// The export the requests go to, e.g. `wasi:http/handler@0.3.0`.
+    pub export: String,
+    /// Whether that export's `handle` is an async func.
+    pub export_is_async: bool,
+    pub mode: Mode,
+    pub pre: HandlerPre,
+}
+
+/// Which wasi:http world an export belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flavor {
+    /// `wasi:http/incoming-handler@0.2.x`
+    P2,
+    /// `wasi:http/handler@0.3.x`
+    P3,
+}
+
+fn flavor_of(export: &str) -> Option<Flavor> {
+    if export.starts_with("wasi:http/incoming-handler@0.2.") {
+        Some(Flavor::P2)
+    } else if export.starts_with("wasi:http/handler@0.3.") {
+        Some(Flavor::P3)
+    } else {
+        None
+    }
+}
+
+/// Reads, checks, compiles and links the component at `path`.
+pub fn load(engine: &Engine, path: &Path, choice: ModeChoice) -> anyhow::Result<Handler> {
+    let bytes =
+        std::fs::read(path).with_context(|| format!("failed to read {}", path.display()))?;
+    load_bytes(engine, &bytes, choice).with_context(|| format!("cannot serve {}", path.display()))
+}
+
+/// Checks, compiles and links a component given as bytes.
+pub fn load_bytes(engine: &Engine, bytes: &[u8], choice: ModeChoice) -> anyhow::Result<Handler> {
+    check_is_component(bytes)?;
+    let component = Component::new(engine, bytes)
+        .map_err(anyhow::Error::from)
+        .context("the component failed to validate or compile")?;
+
+    let (export, export_is_async) = find_handler_export(engine, &component)?;
+    let flavor = flavor_of(&export).expect("find_handler_export returns wasi:http exports only");
+    let mode = match choice {
+        ModeChoice::Auto if export_is_async => Mode::Loop,
+        ModeChoice::Auto => Mode::Pool,
+        ModeChoice::Loop => Mode::Loop,
+        ModeChoice::Pool => Mode::Pool,
+    };
+
+    let pre = match (flavor, mode) {
+        (Flavor::P3, Mode::Loop) => {
+            let linker = async_linker(engine)?;
+            let instance = instantiate_pre(&linker, engine, &component)?;
+            HandlerPre::Service(
+                p3::bindings::ServicePre::new(instance)
+                    .map_err(anyhow::Error::from)
+                    .context("failed to bind the handler export")?,
+            )
+        }
+        (Flavor::P3, Mode::Pool) => bail!(
+            "`{export}` exports an async `handle` (wasi:http 0.3), which runs on the event loop; \
+             it cannot run on the pool (use --mode auto or --mode loop)"
+        ),
+        (Flavor::P2, Mode::Loop) => {
+            let linker = async_linker(engine)?;
+            let instance = instantiate_pre(&linker, engine, &component)?;
+            HandlerPre::ProxyAsync(
+                p2::bindings::ProxyPre::new(instance)
+                    .map_err(anyhow::Error::from)
+                    .context("failed to bind the handler export")?,
+            )
+        }
+        (Flavor::P2, Mode::Pool) => {
+            let mut linker = Linker::new(engine);
+            wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+            p2::add_only_http_to_linker_sync(&mut linker)?;
+            let instance = instantiate_pre(&linker, engine, &component)?;
+            HandlerPre::ProxySync(
+                p2::bindings::sync::ProxyPre::new(instance)
+                    .map_err(anyhow::Error::from)
+                    .context("failed to bind the handler export")?,
+            )
+        }
+    };
+    Ok(Handler {
+        export,
+        export_is_async,
+        mode,
+        pre,
+    })
+}
+
+/// The linker for stores driven by async entry points: WASI 0.2 (what Rust's std
+/// imports) and 0.3, wasi:http 0.2 and 0.3.
+fn async_linker(engine: &Engine) -> anyhow::Result<Linker<Sandbox>> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    wasmtime_wasi::p3::add_to_linker(&mut linker)?;
+    p2::add_only_http_to_linker_async(&mut linker)?;
+    p3::add_to_linker(&mut linker)?;
+    Ok(linker)
+}
+
+fn check_is_component(bytes: &[u8]) -> anyhow::Result<()> {
+    if !bytes.starts_with(b"\0asm") {
+        bail!("not a WebAssembly file (it does not start with the `\\0asm` magic bytes)");
+    }
+    if wasmparser::Parser::is_core_wasm(bytes) {
+        bail!(
+            "this is a core WebAssembly module, not a component; build for the \
+             wasm32-wasip2 target or wrap it with `wasm-tools component new`"
+        );
+    }
+    if !wasmparser::Parser::is_component(bytes) {
+        bail!("unsupported WebAssembly binary version or layer (truncated or corrupt header?)");
+    }
+    Ok(())
+}
+
+/// Finds the wasi:http handler export and whether its `handle` is an async func.
+fn find_handler_export(engine: &Engine, component: &Component) -> anyhow::Result<(String, bool)> {
+    let ty = component.component_type();
+    let mut found = None;
+    let mut exports = Vec::new();
+    for (name, item) in ty.exports(engine) {
+        exports.push(name.to_string());
+        let (Some(flavor), ComponentItem::ComponentInstance(instance)) =
+            (flavor_of(name), &item.ty)
+        else {
+            continue;
+        };
+        let handle = instance
+            .exports(engine)
+            .find_map(|(n, item)| match item.ty {
+                ComponentItem::ComponentFunc(f) if n == "handle" => Some(f),
+                _ => None,
+            });
+        let Some(handle) = handle else {
+            bail!("`{name}` is exported but has no `handle` function");
+        };
+        // Prefer wasi:http 0.3 when a component exports both.
+        if found.is_none() || flavor == Flavor::P3 {
+            found = Some((name.to_string(), handle.async_()));
+        }
+    }
+    found.ok_or_else(|| {
+        let listed = if exports.is_empty() {
+            "nothing".to_string()
+        } else {
+            exports.join(", ")
+        };
+        anyhow::anyhow!(
+            "no wasi:http handler export: expected `wasi:http/incoming-handler@0.2.x` or \
+             `wasi:http/handler@0.3.0`, found {listed}"
+        )
+    })
+}
+
+/// Links the component, naming every import the host does not provide when it fails.
+fn instantiate_pre(
+    linker: &Linker<Sandbox>,
+    engine: &Engine,
+    component: &Component,
+) -> anyhow::Result<InstancePre<Sandbox>> {
+    linker.instantiate_pre(component).map_err(|err| {
+        // `Linker::instance` refuses a name the linker already defines, so a probe on a
+        // clone tells provided imports from missing ones.
+        let missing: Vec<String> = component
+            .component_type()
+            .imports(engine)
+            .map(|(name, _)| name)
+            .filter(|name| linker.clone().instance(name).is_ok())
+            .map(|name| format!("`{name}`"))
+            .collect();
+        if missing.is_empty() {
+            anyhow::Error::from(err).context("the component's imports do not match what the host provides")
+        } else {
+            anyhow::anyhow!(
+                "unsupported imports: {}; the host provides WASI 0.2 (cli, clocks, filesystem, io, random, \
+                 sockets), WASI 0.3 and wasi:http 0.2.x/0.3.0",
+                missing.join(", ")
+            )
+        }
+    })
+}

@@ -1,0 +1,227 @@
+//! Command-line and environment configuration, validated before anything binds.
+//!
+//! Every flag has an environment variable (`WASMLOOP_<FLAG>`) and a documented default.
+//! Names follow Uvicorn and Gunicorn where one exists (`--threads`,
+//! `--timeout-keep-alive`, `--graceful-timeout`, `--limit-concurrency`), so an operator
+//! who knows those servers knows these flags. This module only parses and checks; the
+//! modules that use a setting own its meaning.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// wasmloop: serve WebAssembly HTTP handlers. Async handlers run on the event loop,
+/// sync handlers on a bounded thread pool, each request in its own sandbox.
+#[derive(Debug, Parser)]
+#[command(name = "wasmloop", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve a wasi:http component.
+    Serve(Box<ServeConfig>),
+}
+
+/// Where a handler runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ModeChoice {
+    /// Decide from the handler export's type: async func on the loop, sync on the pool.
+    Auto,
+    /// Run on the event loop, preempted at every epoch tick.
+    Loop,
+    /// Run on the thread pool, under the fuel limit.
+    Pool,
+}
+
+/// Format of the log lines written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Settings of `wasmloop serve`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeConfig {
+    /// The component to serve: a .wasm file exporting wasi:http/incoming-handler@0.2.x
+    /// (sync) or wasi:http/handler@0.3.0 (async).
+    #[arg(env = "WASMLOOP_COMPONENT")]
+    pub component: PathBuf,
+
+    /// Address to listen on. Port 0 picks a free port; the bound address is printed
+    /// as `listening on http://ADDR`.
+    #[arg(long, env = "WASMLOOP_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Where the handler runs: `auto` reads the handler export's type.
+    #[arg(long, env = "WASMLOOP_MODE", value_enum, default_value_t = ModeChoice::Auto)]
+    pub mode: ModeChoice,
+
+    /// OS threads in the pool that runs sync handlers (anyio's default is 40).
+    #[arg(long, env = "WASMLOOP_THREADS", default_value_t = 40)]
+    pub threads: usize,
+
+    /// Requests that may wait for a pool thread; past that the answer is 503 at once.
+    #[arg(long, env = "WASMLOOP_POOL_QUEUE", default_value_t = 256)]
+    pub pool_queue: usize,
+
+    /// Fuel (WebAssembly work units) one request may burn; out of fuel is 503
+    /// `cpu_limit`. The default is about one second of CPU on a current x86-64 core
+    /// (see docs/operations.md for the measurement).
+    #[arg(long, env = "WASMLOOP_FUEL", default_value_t = 2_000_000_000)]
+    pub fuel: u64,
+
+    /// Linear memory one instance may use (suffixes K, M, G: powers of 1024).
+    #[arg(long, env = "WASMLOOP_MAX_MEMORY", default_value = "128M", value_parser = parse_size)]
+    pub max_memory: u64,
+
+    /// Wall-clock limit for one request, body included; past it the answer is 503
+    /// `timeout` (or the connection is cut if the response had started).
+    #[arg(long, env = "WASMLOOP_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+
+    /// Largest request body accepted; larger ones get 413 before the guest runs.
+    #[arg(long, env = "WASMLOOP_MAX_BODY", default_value = "10M", value_parser = parse_size)]
+    pub max_body: u64,
+
+    /// Largest request head (request line and headers); larger ones get 431.
+    #[arg(long, env = "WASMLOOP_MAX_HEADER_SIZE", default_value = "32K", value_parser = parse_size)]
+    pub max_header_size: u64,
+
+    /// Most header fields accepted in one request; more get 431.
+    #[arg(long, env = "WASMLOOP_MAX_HEADERS", default_value_t = 100)]
+    pub max_headers: usize,
+
+    /// How long an idle keep-alive connection is kept open.
+    #[arg(long, env = "WASMLOOP_TIMEOUT_KEEP_ALIVE", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub timeout_keep_alive: Duration,
+
+    /// How long a client may take to send a request's head once it started (slowloris).
+    #[arg(long, env = "WASMLOOP_TIMEOUT_HEADER_READ", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub timeout_header_read: Duration,
+
+    /// Requests in flight on this worker; past that the answer is 503 `overloaded`
+    /// with Retry-After. Also sizes the instance pool.
+    #[arg(long, env = "WASMLOOP_LIMIT_CONCURRENCY", default_value_t = 1000)]
+    pub limit_concurrency: usize,
+
+    /// How long a graceful stop (SIGTERM, ctrl-c) waits for requests in flight.
+    #[arg(long, env = "WASMLOOP_GRACEFUL_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub graceful_timeout: Duration,
+
+    /// How often a busy loop-resident guest is made to yield to the event loop (one
+    /// epoch tick). Shorter is fairer to neighbours and costs a little throughput.
+    #[arg(long, env = "WASMLOOP_EPOCH_INTERVAL", default_value = "2ms", value_parser = humantime::parse_duration)]
+    pub epoch_interval: Duration,
+
+    /// Log filter (`info`, `debug`, `wasmloop=debug,info`); RUST_LOG wins when set.
+    #[arg(long, env = "WASMLOOP_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+
+    /// Log line format.
+    #[arg(long, env = "WASMLOOP_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+impl ServeConfig {
+    /// Checks the settings against each other; called before anything binds.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.threads == 0 {
+            bail!("--threads must be at least 1");
+        }
+        if self.limit_concurrency == 0 {
+            bail!("--limit-concurrency must be at least 1");
+        }
+        if self.fuel == 0 {
+            bail!("--fuel must be at least 1");
+        }
+        if self.max_memory < 64 * 1024 {
+            bail!("--max-memory must be at least one WebAssembly page (64K)");
+        }
+        if self.max_header_size < 8 * 1024 {
+            bail!("--max-header-size must be at least 8K (hyper's smallest read buffer)");
+        }
+        if self.epoch_interval < Duration::from_micros(100)
+            || self.epoch_interval > Duration::from_secs(1)
+        {
+            bail!("--epoch-interval must be between 100us and 1s");
+        }
+        if self.timeout < self.epoch_interval {
+            bail!("--timeout must be longer than --epoch-interval");
+        }
+        Ok(())
+    }
+
+    /// Epoch ticks in `--timeout`, rounded up: the deadline a pool job runs under.
+    pub fn timeout_ticks(&self) -> u64 {
+        self.timeout
+            .as_nanos()
+            .div_ceil(self.epoch_interval.as_nanos()) as u64
+    }
+}
+
+/// Parses `4096`, `64K`, `128M`, `1G` (powers of 1024; a trailing `B` or `iB` is allowed).
+pub fn parse_size(text: &str) -> anyhow::Result<u64> {
+    let t = text.trim();
+    let t = t
+        .strip_suffix("iB")
+        .or_else(|| t.strip_suffix('B'))
+        .unwrap_or(t);
+    let (digits, shift) = match t.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&t[..i], 10),
+        Some((i, 'M' | 'm')) => (&t[..i], 20),
+        Some((i, 'G' | 'g')) => (&t[..i], 30),
+        _ => (t, 0),
+    };
+    let n: u64 = digits
+        .trim()
+        .parse()
+        .with_context(|| format!("invalid size `{text}` (examples: 4096, 64K, 128M, 1G)"))?;
+    n.checked_mul(1 << shift)
+        .with_context(|| format!("size `{text}` is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_binary_suffixes() {
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert_eq!(parse_size("64K").unwrap(), 64 * 1024);
+        assert_eq!(parse_size("128MiB").unwrap(), 128 << 20);
+        assert_eq!(parse_size("1G").unwrap(), 1 << 30);
+        assert!(parse_size("ten").is_err());
+        assert!(parse_size("99999999999G").is_err());
+    }
+
+    #[test]
+    fn defaults_are_valid_and_documented_values_hold() {
+        let cli = Cli::try_parse_from(["wasmloop", "serve", "x.wasm"]).unwrap();
+        let Command::Serve(cfg) = cli.command;
+        cfg.validate().unwrap();
+        assert_eq!(cfg.threads, 40);
+        assert_eq!(cfg.max_memory, 128 << 20);
+        assert_eq!(cfg.max_body, 10 << 20);
+        assert_eq!(cfg.timeout, Duration::from_secs(30));
+        assert_eq!(cfg.timeout_ticks(), 15_000);
+    }
+
+    #[test]
+    fn contradictory_settings_are_refused() {
+        let cli = Cli::try_parse_from(["wasmloop", "serve", "--threads", "0", "x.wasm"]).unwrap();
+        let Command::Serve(cfg) = cli.command;
+        assert!(
+            cfg.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("--threads")
+        );
+    }
+}

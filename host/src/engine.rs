@@ -1,0 +1,91 @@
+//! The one Wasmtime `Engine` a worker uses for both execution modes, and the epoch
+//! ticker that drives preemption and deadlines.
+//!
+//! Fuel is on for every store (the CPU budget), epoch interruption is on for every
+//! store (loop guests yield at each tick, pool guests trap at their deadline), and the
+//! pooling allocator keeps per-request instantiation in the microseconds. Its slots are
+//! sized from the worker's concurrency so that the limit an operator sets is the limit
+//! that applies, not an allocator error.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+/// How many requests the engine must be able to hold at once.
+#[derive(Debug, Clone, Copy)]
+pub struct EngineSizing {
+    /// Requests in flight on the loop (each holds one fiber stack while it runs).
+    pub loop_slots: u32,
+    /// Requests running on pool threads.
+    pub pool_slots: u32,
+    /// Largest linear memory one instance may have.
+    pub max_memory: usize,
+}
+
+/// Builds the engine: fuel, epochs, component-model async, pooling allocator.
+pub fn build(sizing: EngineSizing) -> anyhow::Result<Engine> {
+    let instances = sizing.loop_slots + sizing.pool_slots;
+    let mut pool = PoolingAllocationConfig::new();
+    pool.total_component_instances(instances)
+        // A component built by a language toolchain holds a few core instances,
+        // memories and tables (the adapter, libc, the program).
+        .total_core_instances(instances.saturating_mul(4))
+        .total_memories(instances.saturating_mul(2))
+        .total_tables(instances.saturating_mul(4))
+        .max_memories_per_component(4)
+        .max_tables_per_component(8)
+        .total_stacks(sizing.loop_slots.max(1))
+        // One page more than the limit, so the store's own limiter, which names the
+        // error `memory_limit`, is the one that refuses first.
+        .max_memory_size(sizing.max_memory + 65536);
+
+    let mut config = Config::new();
+    config
+        .wasm_component_model_async(true)
+        .consume_fuel(true)
+        .epoch_interruption(true)
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    Engine::new(&config)
+        .map_err(anyhow::Error::from)
+        .context("failed to configure the WebAssembly engine")
+}
+
+/// Advances the engine's epoch on a plain OS thread (never a runtime thread, so a busy
+/// loop cannot delay the tick that makes its guest yield). Stops when dropped.
+pub struct EpochTicker {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl EpochTicker {
+    pub fn start(engine: Engine, interval: Duration) -> anyhow::Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("wasmloop-epoch".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(interval);
+                    engine.increment_epoch();
+                }
+            })
+            .context("failed to start the epoch ticker thread")?;
+        Ok(EpochTicker {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

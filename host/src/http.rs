@@ -1,0 +1,337 @@
+//! The HTTP front door of a worker: one request from hyper to a response.
+//!
+//! It gives the request an id, applies admission control (`--limit-concurrency`) and
+//! the body limit before any guest runs, hands the request to the app's execution path
+//! (loop or pool), waits for the head under the deadline, and turns every failure into
+//! a short status response through [`RequestError::classify`]. It writes the access
+//! log line once the guest's store is gone, when the fuel used is known.
+
+use std::cell::Cell;
+use std::convert::Infallible;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, RETRY_AFTER};
+use http::uri::{Authority, Scheme};
+use http::{HeaderValue, Request, Response, StatusCode, Uri};
+use http_body_util::BodyExt as _;
+use hyper::body::Incoming;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::App;
+use crate::body::{self, RequestBody, ResponseBody};
+use crate::component::Mode;
+use crate::error::{Fault, RequestError};
+use crate::loop_exec;
+use crate::outcome::{self, RunContext};
+use crate::pool::{Job, Pool};
+
+/// Limits the front door applies before a guest runs.
+#[derive(Debug, Clone)]
+pub struct FrontDoor {
+    /// Largest request body, in bytes.
+    pub max_body: u64,
+    /// Requests in flight on this worker.
+    pub limit_concurrency: usize,
+    /// Wall-clock limit for a request.
+    pub timeout: Duration,
+}
+
+/// A worker's request handling: the app, the pool when the app needs one, and the
+/// worker's in-flight count. Lives on the loop thread.
+pub struct Server {
+    app: Arc<App>,
+    pool: Option<Pool>,
+    front: FrontDoor,
+    in_flight: Rc<Cell<usize>>,
+    ids: RequestIds,
+}
+
+impl Server {
+    pub fn new(app: Arc<App>, pool: Option<Pool>, front: FrontDoor) -> Rc<Server> {
+        Rc::new(Server {
+            app,
+            pool,
+            front,
+            in_flight: Rc::new(Cell::new(0)),
+            ids: RequestIds::new(),
+        })
+    }
+
+    /// Requests in flight on this worker.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.get()
+    }
+
+    /// Gives the pool back for an orderly stop (its threads are joined off the loop).
+    pub fn take_pool(self: Rc<Self>) -> Option<Pool> {
+        Rc::into_inner(self).and_then(|s| s.pool)
+    }
+
+    /// Serves one request; never fails (errors become responses).
+    pub async fn handle(
+        self: Rc<Self>,
+        req: Request<Incoming>,
+        local: Authority,
+    ) -> Result<Response<ResponseBody>, Infallible> {
+        let start = Instant::now();
+        let log = AccessLog {
+            id: self.ids.next(),
+            method: req.method().to_string(),
+            path: req.uri().path().to_string(),
+            mode: self.app.mode(),
+            start,
+        };
+
+        if self.in_flight.get() >= self.front.limit_concurrency {
+            return Ok(log.refuse(RequestError::Overloaded(
+                "the worker is at --limit-concurrency",
+            )));
+        }
+        let in_flight = InFlight::enter(&self.in_flight);
+
+        if let Some(len) = content_length(&req)
+            && len > self.front.max_body
+        {
+            return Ok(log.refuse(RequestError::BodyTooLarge {
+                limit: self.front.max_body,
+            }));
+        }
+        let req = match with_absolute_uri(req, &local) {
+            Ok(req) => req,
+            Err(response) => return Ok(log.finish_with(response)),
+        };
+        let too_large = Arc::new(AtomicBool::new(false));
+        let req = req.map(|b| RequestBody::new(b, self.front.max_body, too_large.clone()));
+
+        let ctx = RunContext {
+            id: log.id.clone(),
+            deadline: start + self.front.timeout,
+            cancel: CancellationToken::new(),
+        };
+        // Dropping the guard (the client left, or the body is done) cancels the run.
+        let cancel_on_drop = ctx.cancel.clone().drop_guard();
+        let (reply, pending) = outcome::channel();
+        match (&self.pool, self.app.mode()) {
+            (Some(pool), Mode::Pool) => {
+                let job = Job {
+                    app: self.app.clone(),
+                    req,
+                    ctx: ctx.clone(),
+                    reply,
+                };
+                if let Err(e) = pool.submit(job) {
+                    return Ok(log.refuse(e));
+                }
+            }
+            (_, Mode::Loop) => loop_exec::spawn(self.app.clone(), req, ctx.clone(), reply),
+            (None, Mode::Pool) => {
+                return Ok(log.refuse(RequestError::Host(anyhow::anyhow!(
+                    "pool mode without a pool"
+                ))));
+            }
+        }
+
+        let head = tokio::time::timeout_at(ctx.deadline.into(), pending.head).await;
+        let head = match head {
+            Ok(Ok(head)) => head,
+            // The run ended without a word: a bug, not the guest's doing.
+            Ok(Err(_)) => Err(RequestError::Host(anyhow::anyhow!(
+                "the request's run ended without a reply"
+            ))),
+            // Deadline: the pool job may be stuck in a host call; cancel it and answer now.
+            Err(_) => {
+                ctx.cancel.cancel();
+                Err(RequestError::Timeout)
+            }
+        };
+        let head = match head {
+            _ if too_large.load(Ordering::Relaxed) => Err(RequestError::BodyTooLarge {
+                limit: self.front.max_body,
+            }),
+            head => head,
+        };
+        let (mut response, head_error) = match head {
+            Ok(response) => (response, None),
+            Err(e) => (error_response(&e, &log.id), Some(e)),
+        };
+        response
+            .headers_mut()
+            .insert("x-request-id", header_value(&log.id));
+        let status = response.status();
+        let (parts, body) = response.into_parts();
+        let body = body::CancelOnAbort::new(body, cancel_on_drop).boxed_unsync();
+
+        // The log line and the in-flight slot wait for the store to be gone.
+        tokio::task::spawn_local(async move {
+            let outcome = pending.done.await.unwrap_or_default();
+            log.finish(
+                status,
+                outcome.fuel_used,
+                head_error.as_ref().or(outcome.error.as_ref()),
+            );
+            drop(in_flight);
+        });
+        Ok(Response::from_parts(parts, body))
+    }
+}
+
+fn content_length(req: &Request<Incoming>) -> Option<u64> {
+    req.headers()
+        .get(CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// Gives the URI a scheme and authority (from Host, else the listener's address), as
+/// wasi:http requests carry them. A Host header that is not a valid authority is 400.
+fn with_absolute_uri(
+    req: Request<Incoming>,
+    local: &Authority,
+) -> Result<Request<Incoming>, Response<ResponseBody>> {
+    if req.uri().authority().is_some() {
+        return Ok(req);
+    }
+    let authority = match req.headers().get(HOST) {
+        None => local.clone(),
+        Some(host) => match host.to_str().ok().and_then(|h| h.parse::<Authority>().ok()) {
+            Some(authority) => authority,
+            None => return Err(plain(StatusCode::BAD_REQUEST, "bad_host_header")),
+        },
+    };
+    let (mut parts, body) = req.into_parts();
+    let mut uri = parts.uri.into_parts();
+    uri.scheme = Some(Scheme::HTTP);
+    uri.authority = Some(authority);
+    if uri.path_and_query.is_none() {
+        uri.path_and_query = Some("/".parse().expect("`/` is a valid path"));
+    }
+    parts.uri = Uri::from_parts(uri).map_err(|_| plain(StatusCode::BAD_REQUEST, "bad_uri"))?;
+    Ok(Request::from_parts(parts, body))
+}
+
+fn plain(status: StatusCode, cause: &str) -> Response<ResponseBody> {
+    let mut response = Response::new(body::full(format!("{cause}\n")));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// The response for an error: its status, its cause code as the body, Retry-After
+/// when trying again later can help.
+pub fn error_response(err: &RequestError, id: &str) -> Response<ResponseBody> {
+    let (status, cause, _) = err.classify();
+    let mut response = plain(status, cause);
+    if matches!(err, RequestError::Overloaded(_)) {
+        response
+            .headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    response
+        .headers_mut()
+        .insert("x-request-id", header_value(id));
+    response
+}
+
+fn header_value(id: &str) -> HeaderValue {
+    HeaderValue::from_str(id).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
+/// Counts a request in flight until dropped.
+struct InFlight(Rc<Cell<usize>>);
+
+impl InFlight {
+    fn enter(count: &Rc<Cell<usize>>) -> InFlight {
+        count.set(count.get() + 1);
+        InFlight(count.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
+}
+
+/// Request ids: a random per-worker base plus a counter, as 16 hex digits.
+struct RequestIds {
+    base: u64,
+    next: Cell<u64>,
+}
+
+impl RequestIds {
+    fn new() -> RequestIds {
+        use std::hash::{BuildHasher, RandomState};
+        let base = RandomState::new().hash_one(std::process::id());
+        RequestIds {
+            base,
+            next: Cell::new(0),
+        }
+    }
+
+    fn next(&self) -> String {
+        let n = self.next.get();
+        self.next.set(n + 1);
+        format!("{:016x}", self.base.wrapping_add(n))
+    }
+}
+
+/// What the access log line says about a request.
+struct AccessLog {
+    id: String,
+    method: String,
+    path: String,
+    mode: Mode,
+    start: Instant,
+}
+
+impl AccessLog {
+    /// Answers a request refused before any guest ran, and logs it.
+    fn refuse(self, err: RequestError) -> Response<ResponseBody> {
+        let response = error_response(&err, &self.id);
+        self.finish(response.status(), 0, Some(&err));
+        response
+    }
+
+    /// Logs and returns a response the front door made itself (a bad request).
+    fn finish_with(self, mut response: Response<ResponseBody>) -> Response<ResponseBody> {
+        response
+            .headers_mut()
+            .insert("x-request-id", header_value(&self.id));
+        self.finish(response.status(), 0, None);
+        response
+    }
+
+    /// Writes the access log line: warn for the guest's and client's failures, error
+    /// for the host's.
+    fn finish(&self, status: StatusCode, fuel: u64, error: Option<&RequestError>) {
+        let duration_ms = (self.start.elapsed().as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0;
+        let (id, method, path, mode, status) = (
+            &self.id,
+            &self.method,
+            &self.path,
+            self.mode,
+            status.as_u16(),
+        );
+        match error {
+            None => tracing::info!(
+                target: "wasmloop::access", id, method, path, status, %mode, duration_ms, fuel, "request"
+            ),
+            Some(err) if err.classify().2 == Fault::Host => tracing::error!(
+                target: "wasmloop::access", id, method, path, status, %mode, duration_ms, fuel,
+                cause = err.cause(), error = %err, "request"
+            ),
+            Some(err) => tracing::warn!(
+                target: "wasmloop::access", id, method, path, status, %mode, duration_ms, fuel,
+                cause = err.cause(), error = %err, "request"
+            ),
+        }
+    }
+}

@@ -1,0 +1,34 @@
+//! wasmloop: a host for WebAssembly HTTP handlers with Uvicorn's process model and a
+//! sandbox around every request.
+//!
+//! A request's path through the modules, in order:
+//!
+//! - [`worker`]: the event loop of one worker process; accepts connections on a
+//!   listener it is handed and serves HTTP/1.1 and HTTP/2 with hyper.
+//! - [`http`]: the front door; request id, admission control, body limit, the wait
+//!   for the response head under the deadline, error responses, the access log.
+//! - [`loop_exec`]: runs async (wasi:http 0.3) handlers on the loop, preempted at
+//!   every epoch tick.
+//! - [`pool`]: runs sync (wasi:http 0.2) handlers on a bounded pool of OS threads.
+//! - [`sandbox`]: what one request's store holds and the limits set on it.
+//! - [`outcome`]: what a run hands back: the head, then how it ended.
+//! - [`error`]: why a request failed, and the status code for it.
+//!
+//! And around them: [`config`] (flags and environment), [`engine`] (the Wasmtime
+//! engine and its epoch ticker), [`component`] (loading and classifying a
+//! component), [`app`] (a loaded handler with its limits), [`body`] (request and
+//! response bodies), [`telemetry`] (logs).
+
+pub mod app;
+pub mod body;
+pub mod component;
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod http;
+pub mod loop_exec;
+pub mod outcome;
+pub mod pool;
+pub mod sandbox;
+pub mod telemetry;
+pub mod worker;

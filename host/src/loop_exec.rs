@@ -1,0 +1,207 @@
+//! Running a request on the event loop: the path for async (wasi:http 0.3) handlers,
+//! and for 0.2 handlers an operator moved there with `--mode loop`.
+//!
+//! Each request gets its own store, so a guest that yields frees the thread without
+//! holding up other requests. The store yields to tokio at every epoch tick through a
+//! `yield_now` future (the plain epoch yield starves tokio's timers on a current-thread
+//! runtime), its fuel is its CPU budget, and the deadline and client cancellation end
+//! it from outside. A 0.3 response body only makes progress while its store's
+//! `run_concurrent` is driven, so the task that owns the store pumps the body into a
+//! channel the server writes from, and drops the store when the body is done.
+
+use std::sync::Arc;
+
+use http::Request;
+use http_body_util::BodyExt as _;
+use tokio::sync::oneshot;
+use wasmtime::{Store, UpdateDeadline};
+use wasmtime_wasi_http::WasiHttpView as _;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+
+use crate::app::App;
+use crate::body::{BoxError, ChannelBody, FrameSender, RequestBody};
+use crate::component::HandlerPre;
+use crate::error::RequestError;
+use crate::outcome::{Head, Outcome, Reply, RunContext};
+use crate::sandbox::Sandbox;
+
+/// Starts the request as a task on the current loop (a `LocalSet`). The head and the
+/// outcome arrive through `reply`.
+pub fn spawn(app: Arc<App>, req: Request<RequestBody>, ctx: RunContext, reply: Reply) {
+    tokio::task::spawn_local(async move {
+        let Reply { head, done } = reply;
+        let mut head = Some(head);
+        let mut outcome = run(&app, req, &ctx, &mut head).await;
+        if let Some(head) = head
+            && let Some(err) = outcome.error.take()
+        {
+            // The guest never produced a head: the error becomes the response.
+            let _ = head.send(Err(err));
+        }
+        let _ = done.send(outcome);
+    });
+}
+
+async fn run(
+    app: &App,
+    req: Request<RequestBody>,
+    ctx: &RunContext,
+    head: &mut Option<oneshot::Sender<Head>>,
+) -> Outcome {
+    let mut store = match Sandbox::store(&app.engine, &app.limits) {
+        Ok(store) => store,
+        Err(e) => {
+            return Outcome {
+                fuel_used: 0,
+                error: Some(RequestError::Host(e.into())),
+            };
+        }
+    };
+    store.epoch_deadline_callback(|_| {
+        Ok(UpdateDeadline::YieldCustom(
+            1,
+            Box::pin(tokio::task::yield_now()),
+        ))
+    });
+    store.set_epoch_deadline(1);
+
+    let (frames, body) = ChannelBody::channel();
+    let mut body = Some(body);
+    let drive = async {
+        match &app.handler.pre {
+            HandlerPre::Service(pre) => {
+                drive_service(pre, &mut store, req, head, &frames, &mut body).await
+            }
+            HandlerPre::ProxyAsync(pre) => drive_proxy(pre, &mut store, req, head).await,
+            HandlerPre::ProxySync(_) => Err(RequestError::Host(anyhow::anyhow!(
+                "a sync handler was sent to the loop"
+            ))),
+        }
+    };
+    let result = tokio::select! {
+        r = tokio::time::timeout_at(ctx.deadline.into(), drive) => r.unwrap_or(Err(RequestError::Timeout)),
+        // The client went away: nobody will read what the guest makes.
+        () = ctx.cancel.cancelled() => Err(RequestError::ClientGone),
+    };
+    Outcome {
+        fuel_used: app
+            .limits
+            .fuel
+            .saturating_sub(store.get_fuel().unwrap_or(0)),
+        error: result.err(),
+    }
+}
+
+fn guest_error(store: &Store<Sandbox>) -> impl Fn(wasmtime::Error) -> RequestError + '_ {
+    // Cancellation is handled outside the guest on the loop: an interrupt here is never it.
+    move |e| RequestError::from_guest(e, store.data().memory_refused(), false)
+}
+
+/// wasi:http 0.3: `handle` under `run_concurrent`, then the body pumped while the
+/// store's event loop is still driven.
+async fn drive_service(
+    pre: &wasmtime_wasi_http::p3::bindings::ServicePre<Sandbox>,
+    store: &mut Store<Sandbox>,
+    req: Request<RequestBody>,
+    head: &mut Option<oneshot::Sender<Head>>,
+    frames: &FrameSender,
+    body: &mut Option<ChannelBody>,
+) -> Result<(), RequestError> {
+    let service = pre
+        .instantiate_async(&mut *store)
+        .await
+        .map_err(guest_error(store))?;
+    let (req, req_io) =
+        wasmtime_wasi_http::p3::Request::from_http(store.data_mut().http().hooks, req);
+    let result = store
+        .run_concurrent(async |acc| -> wasmtime::Result<Result<(), RequestError>> {
+            let response = match service.handle(acc, req).await? {
+                Ok(response) => response,
+                Err(code) => {
+                    return Ok(Err(RequestError::GuestError(format!(
+                        "handler returned {code:?}"
+                    ))));
+                }
+            };
+            let response = acc.with(|mut a| response.into_http(&mut a, req_io))?;
+            let (parts, mut guest_body) = response.into_parts();
+            let (Some(tx), Some(channel)) = (head.take(), body.take()) else {
+                return Ok(Ok(()));
+            };
+            if tx
+                .send(Ok(http::Response::from_parts(
+                    parts,
+                    channel.boxed_unsync(),
+                )))
+                .is_err()
+            {
+                return Ok(Ok(())); // the client went away
+            }
+            while let Some(frame) = guest_body.frame().await {
+                match frame {
+                    Ok(frame) => {
+                        if frames.send(Some(Ok(frame))).await.is_err() {
+                            return Ok(Ok(()));
+                        }
+                    }
+                    Err(e) => {
+                        return Ok(Err(RequestError::GuestError(format!(
+                            "response body failed: {e:?}"
+                        ))));
+                    }
+                }
+            }
+            let _ = frames.send(None).await;
+            Ok(Ok(()))
+        })
+        .await;
+    match result {
+        Ok(Ok(inner)) => inner,
+        Ok(Err(e)) | Err(e) => Err(guest_error(store)(e)),
+    }
+}
+
+/// wasi:http 0.2 with async entry points: `handle` sets the head through the
+/// response outparam while the call goes on writing the body.
+async fn drive_proxy(
+    pre: &wasmtime_wasi_http::p2::bindings::ProxyPre<Sandbox>,
+    store: &mut Store<Sandbox>,
+    req: Request<RequestBody>,
+    head: &mut Option<oneshot::Sender<Head>>,
+) -> Result<(), RequestError> {
+    let proxy = pre
+        .instantiate_async(&mut *store)
+        .await
+        .map_err(guest_error(store))?;
+    let (tx, rx) = oneshot::channel();
+    let data = store.data_mut();
+    let req = data
+        .http()
+        .new_incoming_request(Scheme::Http, req)
+        .map_err(|e| RequestError::Host(e.into()))?;
+    let out = data
+        .http()
+        .new_response_outparam(tx)
+        .map_err(|e| RequestError::Host(e.into()))?;
+    let call = proxy
+        .wasi_http_incoming_handler()
+        .call_handle(&mut *store, req, out);
+    let forward = async {
+        let head_result = match rx.await {
+            Ok(Ok(response)) => Ok(response.map(|b| b.map_err(BoxError::from).boxed_unsync())),
+            Ok(Err(code)) => Err(RequestError::GuestError(format!("handler set {code:?}"))),
+            Err(_) => return, // no head: the call's result says why
+        };
+        if let Some(head) = head.take() {
+            let _ = head.send(head_result);
+        }
+    };
+    let (result, ()) = tokio::join!(call, forward);
+    result.map_err(guest_error(store))?;
+    if head.is_some() {
+        return Err(RequestError::GuestError(
+            "handler returned without setting a response".into(),
+        ));
+    }
+    Ok(())
+}

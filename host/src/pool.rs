@@ -1,0 +1,209 @@
+//! The bounded thread pool that runs sync (wasi:http 0.2) handlers.
+//!
+//! Plain OS threads, never runtime threads: Wasmtime's sync WASI calls
+//! `Handle::block_on` internally and panics inside a tokio context. A job waits in a
+//! bounded queue; when the queue is full the server answers 503 at once instead of
+//! letting requests pile up. Each job gets a fresh store with its fuel, its memory
+//! limit, and an epoch callback that traps it at the deadline or when the client has
+//! gone. The head reaches the loop through a channel as soon as the guest sets it; the
+//! guest keeps writing the body from the pool thread.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use http::Request;
+use http_body_util::BodyExt as _;
+use tokio::sync::oneshot;
+use wasmtime::UpdateDeadline;
+use wasmtime_wasi_http::WasiHttpView as _;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+
+use crate::app::App;
+use crate::body::{BoxError, RequestBody};
+use crate::component::HandlerPre;
+use crate::error::RequestError;
+use crate::outcome::{Head, Outcome, Reply, RunContext};
+use crate::sandbox::Sandbox;
+
+/// One request waiting for, or running on, a pool thread.
+pub struct Job {
+    pub app: Arc<App>,
+    pub req: Request<RequestBody>,
+    pub ctx: RunContext,
+    pub reply: Reply,
+}
+
+/// The pool's threads and the queue in front of them.
+pub struct Pool {
+    queue: Option<Sender<Job>>,
+    threads: Vec<JoinHandle<()>>,
+    busy: Arc<AtomicUsize>,
+}
+
+impl Pool {
+    /// Starts `threads` threads behind a queue of `queue` waiting jobs.
+    pub fn start(threads: usize, queue: usize) -> anyhow::Result<Pool> {
+        let (tx, rx) = crossbeam_channel::bounded::<Job>(queue);
+        let busy = Arc::new(AtomicUsize::new(0));
+        let handles = (0..threads)
+            .map(|i| {
+                let rx = rx.clone();
+                let busy = busy.clone();
+                std::thread::Builder::new()
+                    .name(format!("wasmloop-pool-{i}"))
+                    .spawn(move || work(rx, busy))
+                    .context("failed to start a pool thread")
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(Pool {
+            queue: Some(tx),
+            threads: handles,
+            busy,
+        })
+    }
+
+    /// Hands a job to the pool; refuses at once when every thread is busy and the
+    /// queue is full.
+    pub fn submit(&self, job: Job) -> Result<(), RequestError> {
+        let queue = self
+            .queue
+            .as_ref()
+            .ok_or(RequestError::Overloaded("the pool is shutting down"))?;
+        match queue.try_send(job) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => Err(RequestError::Overloaded("the pool's queue is full")),
+            Err(TrySendError::Disconnected(_)) => {
+                Err(RequestError::Overloaded("the pool is shutting down"))
+            }
+        }
+    }
+
+    /// Threads running a job right now.
+    pub fn busy(&self) -> usize {
+        self.busy.load(Ordering::Relaxed)
+    }
+
+    /// Jobs waiting for a thread.
+    pub fn queued(&self) -> usize {
+        self.queue.as_ref().map_or(0, Sender::len)
+    }
+
+    /// Lets the threads finish what they hold and waits for them. Blocks: call it
+    /// off the loop, once the server has stopped.
+    pub fn shutdown(mut self) {
+        self.queue = None;
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn work(queue: Receiver<Job>, busy: Arc<AtomicUsize>) {
+    while let Ok(job) = queue.recv() {
+        busy.fetch_add(1, Ordering::Relaxed);
+        run(job);
+        busy.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn run(job: Job) {
+    let Job {
+        app,
+        req,
+        ctx,
+        reply,
+    } = job;
+    let Reply { head, done } = reply;
+    if ctx.cancel.is_cancelled() {
+        return; // the client left while the job was queued
+    }
+    if Instant::now() >= ctx.deadline {
+        let _ = head.send(Err(RequestError::Timeout));
+        let _ = done.send(Outcome::default());
+        return;
+    }
+    // The outparam callback and this thread both may answer; whoever comes first does.
+    let head = Arc::new(Mutex::new(Some(head)));
+    let outcome = call(&app, req, &ctx, head.clone());
+    let unanswered = head.lock().ok().and_then(|mut h| h.take());
+    let outcome = match (unanswered, outcome) {
+        (Some(head), Outcome { fuel_used, error }) => {
+            let err = error.unwrap_or_else(|| {
+                RequestError::GuestError("handler returned without setting a response".into())
+            });
+            let _ = head.send(Err(err));
+            Outcome {
+                fuel_used,
+                error: None,
+            }
+        }
+        (None, outcome) => outcome,
+    };
+    let _ = done.send(outcome);
+}
+
+fn call(
+    app: &App,
+    req: Request<RequestBody>,
+    ctx: &RunContext,
+    head: Arc<Mutex<Option<oneshot::Sender<Head>>>>,
+) -> Outcome {
+    let HandlerPre::ProxySync(pre) = &app.handler.pre else {
+        let error = RequestError::Host(anyhow::anyhow!("an async handler was sent to the pool"));
+        return Outcome {
+            fuel_used: 0,
+            error: Some(error),
+        };
+    };
+    let mut store = match Sandbox::store(&app.engine, &app.limits) {
+        Ok(store) => store,
+        Err(e) => {
+            return Outcome {
+                fuel_used: 0,
+                error: Some(RequestError::Host(e.into())),
+            };
+        }
+    };
+    let deadline = ctx.deadline;
+    let cancel = ctx.cancel.clone();
+    store.epoch_deadline_callback(move |_| {
+        if cancel.is_cancelled() || Instant::now() >= deadline {
+            Err(wasmtime::Trap::Interrupt.into())
+        } else {
+            Ok(UpdateDeadline::Continue(1))
+        }
+    });
+    store.set_epoch_deadline(1);
+
+    let result = (|| -> wasmtime::Result<()> {
+        let proxy = pre.instantiate(&mut store)?;
+        let http = store.data_mut();
+        let req = http.http().new_incoming_request(Scheme::Http, req)?;
+        let out = http
+            .http()
+            .new_response_outparam_from_callback(move |result| {
+                let result = match result {
+                    Ok(response) => Ok(response.map(|b| b.map_err(BoxError::from).boxed_unsync())),
+                    Err(code) => Err(RequestError::GuestError(format!("handler set {code:?}"))),
+                };
+                if let Some(head) = head.lock().ok().and_then(|mut h| h.take()) {
+                    let _ = head.send(result);
+                }
+            })?;
+        proxy
+            .wasi_http_incoming_handler()
+            .call_handle(&mut store, req, out)
+    })();
+    let fuel_used = app
+        .limits
+        .fuel
+        .saturating_sub(store.get_fuel().unwrap_or(0));
+    let error = result.err().map(|e| {
+        RequestError::from_guest(e, store.data().memory_refused(), ctx.cancel.is_cancelled())
+    });
+    Outcome { fuel_used, error }
+}

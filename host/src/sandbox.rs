@@ -1,0 +1,222 @@
+//! What one request's `Store` holds, and the limits set on it.
+//!
+//! Every request gets a fresh store: WASI with no files, no environment and no sockets,
+//! wasi:http whose outbound requests go only to the hosts the operator allowed, a
+//! memory limiter that remembers when it refused a grow (so the error can be called
+//! `memory_limit` rather than a trap), and the request's fuel. How the store is then
+//! driven (preempted on the loop, or under a trapping deadline on the pool) is left
+//! to `loop_exec` and `pool`.
+
+use std::sync::Arc;
+
+use wasmtime::component::ResourceTable;
+use wasmtime::{Engine, ResourceLimiter, Store};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
+
+/// The limits every request's store runs under.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Fuel the request may burn.
+    pub fuel: u64,
+    /// Bytes of linear memory one instance may reach.
+    pub max_memory: usize,
+    /// Hosts (`host` or `host:port`) guests may send requests to.
+    pub allow_outbound: Arc<[String]>,
+}
+
+/// The data of one request's store.
+pub struct Sandbox {
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    table: ResourceTable,
+    memory: MemoryLimiter,
+    outbound: OutboundPolicy,
+}
+
+impl Sandbox {
+    /// A store for one request, with its fuel and memory limit already set.
+    pub fn store(engine: &Engine, limits: &Limits) -> wasmtime::Result<Store<Sandbox>> {
+        let mut wasi = WasiCtx::builder();
+        wasi.allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false);
+        let sandbox = Sandbox {
+            wasi: wasi.build(),
+            http: WasiHttpCtx::new(),
+            table: ResourceTable::new(),
+            memory: MemoryLimiter {
+                max: limits.max_memory,
+                refused: false,
+            },
+            outbound: OutboundPolicy {
+                allow: limits.allow_outbound.clone(),
+            },
+        };
+        let mut store = Store::new(engine, sandbox);
+        store.limiter(|s| &mut s.memory);
+        store.set_fuel(limits.fuel)?;
+        Ok(store)
+    }
+
+    /// Whether the memory limiter refused a grow during this request.
+    pub fn memory_refused(&self) -> bool {
+        self.memory.refused
+    }
+}
+
+impl WasiView for Sandbox {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for Sandbox {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.outbound,
+        }
+    }
+}
+
+/// Refuses any grow past `max` with an error (which traps the guest), and notes it.
+struct MemoryLimiter {
+    max: usize,
+    refused: bool,
+}
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.max {
+            self.refused = true;
+            wasmtime::bail!(
+                "memory limit reached: {desired} bytes asked, {} allowed",
+                self.max
+            );
+        }
+        Ok(true)
+    }
+
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        // A grow the instance allocator refused (it is sized from the same limit).
+        self.refused = true;
+        Err(error)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        // Tables hold function references; a million is far past any real handler.
+        Ok(desired <= 1_000_000)
+    }
+}
+
+/// Lets outbound wasi:http requests through only to the hosts the operator listed.
+/// A refused request fails inside the guest with `HTTP-request-denied`; nothing is sent.
+struct OutboundPolicy {
+    allow: Arc<[String]>,
+}
+
+impl OutboundPolicy {
+    fn allows(&self, uri: &http::Uri) -> bool {
+        let Some(authority) = uri.authority() else {
+            return false;
+        };
+        let host = authority.host();
+        let port =
+            authority
+                .port_u16()
+                .unwrap_or(if uri.scheme() == Some(&http::uri::Scheme::HTTPS) {
+                    443
+                } else {
+                    80
+                });
+        self.allow.iter().any(|entry| {
+            let (allowed_host, allowed_port) = match entry.rsplit_once(':') {
+                Some((h, p)) if !h.is_empty() => match p.parse::<u16>() {
+                    Ok(p) => (h, Some(p)),
+                    Err(_) => (entry.as_str(), None),
+                },
+                _ => (entry.as_str(), None),
+            };
+            allowed_host.eq_ignore_ascii_case(host) && allowed_port.is_none_or(|p| p == port)
+        })
+    }
+}
+
+impl WasiHttpHooks for OutboundPolicy {
+    fn send_request(
+        &mut self,
+        request: http::Request<wasmtime_wasi_http::WasiBody>,
+        options: Option<wasmtime_wasi_http::RequestOptions>,
+        fut: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+    ) -> Box<
+        dyn Future<
+                Output = Result<
+                    (
+                        http::Response<wasmtime_wasi_http::WasiBody>,
+                        Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+                    ),
+                    wasmtime_wasi_http::Error,
+                >,
+            > + Send,
+    > {
+        drop(fut);
+        if !self.allows(request.uri()) {
+            tracing::warn!(uri = %request.uri(), "outbound request denied: host not in --allow-outbound");
+            return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
+        }
+        Box::new(async move {
+            use http_body_util::BodyExt;
+            let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
+            Ok((
+                response.map(BodyExt::boxed_unsync),
+                Box::new(io) as Box<dyn Future<Output = _> + Send>,
+            ))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(entries: &[&str]) -> OutboundPolicy {
+        OutboundPolicy {
+            allow: entries.iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn outbound_is_denied_unless_listed() {
+        let uri: http::Uri = "http://api.example.com/x".parse().unwrap();
+        assert!(!policy(&[]).allows(&uri));
+        assert!(policy(&["api.example.com"]).allows(&uri));
+        assert!(policy(&["API.example.com"]).allows(&uri));
+        assert!(!policy(&["example.com"]).allows(&uri));
+    }
+
+    #[test]
+    fn a_listed_port_must_match() {
+        let uri: http::Uri = "http://127.0.0.1:8081/".parse().unwrap();
+        assert!(policy(&["127.0.0.1:8081"]).allows(&uri));
+        assert!(!policy(&["127.0.0.1:9000"]).allows(&uri));
+        assert!(policy(&["127.0.0.1"]).allows(&uri));
+        let https: http::Uri = "https://api.example.com/".parse().unwrap();
+        assert!(policy(&["api.example.com:443"]).allows(&https));
+        assert!(!policy(&["api.example.com:80"]).allows(&https));
+    }
+}

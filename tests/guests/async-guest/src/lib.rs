@@ -1,0 +1,116 @@
+//! A wasi:http 0.3 guest with an async `handler.handle` export: the host runs it on
+//! the event loop. Each path is one behaviour the end-to-end tests need.
+//!
+//! | path | behaviour |
+//! |---|---|
+//! | `/` | `hello from async` |
+//! | `/sleep?ms=N` | awaits an N ms timer, then answers |
+//! | `/spin?ms=N` | burns CPU for N ms without awaiting |
+//! | `/forever` | loops forever without awaiting |
+//! | `/hang` | awaits something that never completes |
+//! | `/trap` | panics |
+//! | `/alloc` | allocates until memory runs out |
+//! | `/echo` | answers with the request body |
+//! | `/big?kb=N` | streams N KiB of `x` in 16 KiB chunks |
+
+use wasip3::clocks::monotonic_clock;
+use wasip3::http::types::{ErrorCode, Fields, Request, Response};
+use wasip3::{wit_bindgen, wit_future, wit_stream};
+
+struct Handler;
+
+wasip3::http::service::export!(Handler);
+
+fn query(path: &str, key: &str) -> Option<u64> {
+    let (_, q) = path.split_once('?')?;
+    q.split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == key)
+        .and_then(|(_, v)| v.parse().ok())
+}
+
+/// Builds a response whose body is written by a spawned task, chunk by chunk.
+fn respond(status: u16, chunks: Vec<Vec<u8>>) -> Result<Response, ErrorCode> {
+    let headers = Fields::from_list(&[("content-type".to_string(), b"text/plain".to_vec())])
+        .map_err(|_| ErrorCode::InternalError(None))?;
+    let (mut body_tx, body_rx) = wit_stream::new();
+    let (trailers_tx, trailers_rx) = wit_future::new(|| Ok(None));
+    let (response, _sent) = Response::new(headers, Some(body_rx), trailers_rx);
+    response
+        .set_status_code(status)
+        .map_err(|_| ErrorCode::InternalError(None))?;
+    wit_bindgen::spawn(async move {
+        for chunk in chunks {
+            if !body_tx.write_all(chunk).await.is_empty() {
+                return; // the reader went away
+            }
+        }
+        drop(body_tx);
+        drop(trailers_tx);
+    });
+    Ok(response)
+}
+
+fn text(status: u16, body: impl Into<String>) -> Result<Response, ErrorCode> {
+    respond(status, vec![body.into().into_bytes()])
+}
+
+fn work(iterations: u64) -> u64 {
+    let mut x: u64 = 1;
+    for i in 0..iterations {
+        x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(i));
+    }
+    x
+}
+
+impl wasip3::exports::http::handler::Guest for Handler {
+    async fn handle(request: Request) -> Result<Response, ErrorCode> {
+        let path = request.get_path_with_query().unwrap_or_default();
+        let route = path.split('?').next().unwrap_or("").to_string();
+        match route.as_str() {
+            "/" => text(200, "hello from async\n"),
+            "/sleep" => {
+                let ms = query(&path, "ms").unwrap_or(100);
+                monotonic_clock::wait_for(ms * 1_000_000).await;
+                text(200, format!("slept {ms} ms\n"))
+            }
+            "/spin" => {
+                let ms = query(&path, "ms").unwrap_or(100);
+                let end = monotonic_clock::now() + ms * 1_000_000;
+                while monotonic_clock::now() < end {
+                    work(1000);
+                }
+                text(200, format!("spun {ms} ms\n"))
+            }
+            "/forever" => loop {
+                work(1_000_000);
+            },
+            "/hang" => {
+                std::future::pending::<()>().await;
+                text(200, "unreachable\n")
+            }
+            "/trap" => panic!("the guest asked to trap"),
+            "/alloc" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![1u8; 1 << 20]);
+                    std::hint::black_box(&hoard);
+                }
+            }
+            "/echo" => {
+                let (_, result_rx) = wit_future::new(|| Ok(()));
+                let (body, _trailers) = Request::consume_body(request, result_rx);
+                let bytes = body.collect().await;
+                respond(200, vec![bytes])
+            }
+            "/big" => {
+                let kb = query(&path, "kb").unwrap_or(1024) as usize;
+                let chunks = (0..kb.div_ceil(16))
+                    .map(|i| vec![b'x'; (kb - i * 16).min(16) * 1024])
+                    .collect();
+                respond(200, chunks)
+            }
+            _ => text(404, "not found\n"),
+        }
+    }
+}

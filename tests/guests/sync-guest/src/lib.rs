@@ -1,0 +1,116 @@
+//! A wasi:http 0.2 guest with a sync `incoming-handler.handle` export: the host runs
+//! it on the thread pool. Each path is one behaviour the end-to-end tests need.
+//!
+//! | path | behaviour |
+//! |---|---|
+//! | `/` | `hello from sync` |
+//! | `/sleep?ms=N` | blocks the calling thread for N ms, then answers |
+//! | `/spin?ms=N` | burns CPU for N ms without yielding |
+//! | `/forever` | loops forever (ends on the fuel or time limit) |
+//! | `/trap` | panics |
+//! | `/alloc` | allocates until memory runs out |
+//! | `/echo` | answers with the request body |
+//! | `/big?kb=N` | answers with N KiB of `x` |
+//! | `/fuel?n=N` | runs N iterations of a fixed loop (fuel calibration) |
+
+use wasip2::clocks::monotonic_clock;
+use wasip2::exports::http::incoming_handler::Guest;
+use wasip2::http::types::{
+    Fields, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam,
+};
+
+struct Handler;
+
+wasip2::http::proxy::export!(Handler);
+
+fn query(path: &str, key: &str) -> Option<u64> {
+    let (_, q) = path.split_once('?')?;
+    q.split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == key)
+        .and_then(|(_, v)| v.parse().ok())
+}
+
+fn respond(out: ResponseOutparam, status: u16, body: &[u8]) {
+    let headers = Fields::from_list(&[(
+        "content-type".to_string(),
+        b"text/plain".to_vec(),
+    )])
+    .unwrap();
+    let resp = OutgoingResponse::new(headers);
+    resp.set_status_code(status).unwrap();
+    let outgoing = resp.body().unwrap();
+    ResponseOutparam::set(out, Ok(resp));
+    let stream = outgoing.write().unwrap();
+    for chunk in body.chunks(4096) {
+        stream.blocking_write_and_flush(chunk).unwrap();
+    }
+    drop(stream);
+    OutgoingBody::finish(outgoing, None).unwrap();
+}
+
+fn read_body(req: IncomingRequest) -> Vec<u8> {
+    let body = req.consume().unwrap();
+    let stream = body.stream().unwrap();
+    let mut buf = Vec::new();
+    while let Ok(chunk) = stream.blocking_read(64 * 1024) {
+        buf.extend_from_slice(&chunk);
+    }
+    buf
+}
+
+/// A loop the optimizer cannot remove, used to burn a known amount of work.
+fn work(iterations: u64) -> u64 {
+    let mut x: u64 = 1;
+    for i in 0..iterations {
+        x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(i));
+    }
+    x
+}
+
+impl Guest for Handler {
+    fn handle(req: IncomingRequest, out: ResponseOutparam) {
+        let path = req.path_with_query().unwrap_or_default();
+        let route = path.split('?').next().unwrap_or("");
+        match route {
+            "/" => respond(out, 200, b"hello from sync\n"),
+            "/sleep" => {
+                let ms = query(&path, "ms").unwrap_or(100);
+                monotonic_clock::subscribe_duration(ms * 1_000_000).block();
+                respond(out, 200, format!("slept {ms} ms\n").as_bytes());
+            }
+            "/spin" => {
+                let ms = query(&path, "ms").unwrap_or(100);
+                let end = monotonic_clock::now() + ms * 1_000_000;
+                while monotonic_clock::now() < end {
+                    work(1000);
+                }
+                respond(out, 200, format!("spun {ms} ms\n").as_bytes());
+            }
+            "/forever" => loop {
+                work(1_000_000);
+            },
+            "/trap" => panic!("the guest asked to trap"),
+            "/alloc" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![1u8; 1 << 20]);
+                    std::hint::black_box(&hoard);
+                }
+            }
+            "/echo" => {
+                let body = read_body(req);
+                respond(out, 200, &body);
+            }
+            "/big" => {
+                let kb = query(&path, "kb").unwrap_or(1024) as usize;
+                respond(out, 200, &vec![b'x'; kb * 1024]);
+            }
+            "/fuel" => {
+                let n = query(&path, "n").unwrap_or(1_000_000);
+                respond(out, 200, format!("{}\n", work(n)).as_bytes());
+            }
+            _ => respond(out, 404, b"not found\n"),
+        }
+    }
+}
