@@ -183,20 +183,29 @@ async fn drive_proxy(
         .http()
         .new_response_outparam(tx)
         .map_err(|e| RequestError::Host(e.into()))?;
-    let call = proxy
-        .wasi_http_incoming_handler()
-        .call_handle(&mut *store, req, out);
-    let forward = async {
-        let head_result = match rx.await {
-            Ok(Ok(response)) => Ok(response.map(|b| b.map_err(BoxError::from).boxed_unsync())),
-            Ok(Err(code)) => Err(RequestError::GuestError(format!("handler set {code:?}"))),
-            Err(_) => return, // no head: the call's result says why
-        };
-        if let Some(head) = head.take() {
-            let _ = head.send(head_result);
+    let mut rx = Some(rx);
+    // The head arrives while the call goes on writing the body. The call may also end
+    // (a trap) without one, while the store still holds the outparam's sender.
+    let result = {
+        let call = proxy
+            .wasi_http_incoming_handler()
+            .call_handle(&mut *store, req, out);
+        tokio::pin!(call);
+        loop {
+            tokio::select! {
+                result = &mut call => break result,
+                set = async { rx.as_mut().expect("the branch runs only while rx is set").await }, if rx.is_some() => {
+                    rx = None;
+                    forward_head(head, set);
+                }
+            }
         }
     };
-    let (result, ()) = tokio::join!(call, forward);
+    if let Some(mut rx) = rx
+        && let Ok(set) = rx.try_recv()
+    {
+        forward_head(head, Ok(set));
+    }
     result.map_err(guest_error(store))?;
     if head.is_some() {
         return Err(RequestError::GuestError(
@@ -204,4 +213,24 @@ async fn drive_proxy(
         ));
     }
     Ok(())
+}
+
+type OutparamResult = Result<
+    http::Response<wasmtime_wasi_http::p2::body::HyperOutgoingBody>,
+    wasmtime_wasi_http::p2::bindings::http::types::ErrorCode,
+>;
+
+/// Passes what a 0.2 guest set on its response outparam on as the head.
+fn forward_head(
+    head: &mut Option<oneshot::Sender<Head>>,
+    set: Result<OutparamResult, oneshot::error::RecvError>,
+) {
+    let head_result = match set {
+        Ok(Ok(response)) => Ok(response.map(|b| b.map_err(BoxError::from).boxed_unsync())),
+        Ok(Err(code)) => Err(RequestError::GuestError(format!("handler set {code:?}"))),
+        Err(_) => return, // dropped unset: the call's result says why
+    };
+    if let Some(head) = head.take() {
+        let _ = head.send(head_result);
+    }
 }

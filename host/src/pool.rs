@@ -42,20 +42,26 @@ pub struct Pool {
     queue: Option<Sender<Job>>,
     threads: Vec<JoinHandle<()>>,
     busy: Arc<AtomicUsize>,
+    /// Jobs admitted and not finished: running plus waiting. Admission counts here
+    /// rather than on the channel, whose buffer also holds jobs that a thread is
+    /// just waking up to take.
+    admitted: Arc<AtomicUsize>,
+    capacity: usize,
 }
 
 impl Pool {
     /// Starts `threads` threads behind a queue of `queue` waiting jobs.
     pub fn start(threads: usize, queue: usize) -> anyhow::Result<Pool> {
-        let (tx, rx) = crossbeam_channel::bounded::<Job>(queue);
+        let capacity = threads + queue;
+        let (tx, rx) = crossbeam_channel::bounded::<Job>(capacity);
         let busy = Arc::new(AtomicUsize::new(0));
+        let admitted = Arc::new(AtomicUsize::new(0));
         let handles = (0..threads)
             .map(|i| {
-                let rx = rx.clone();
-                let busy = busy.clone();
+                let (rx, busy, admitted) = (rx.clone(), busy.clone(), admitted.clone());
                 std::thread::Builder::new()
                     .name(format!("wasmloop-pool-{i}"))
-                    .spawn(move || work(rx, busy))
+                    .spawn(move || work(rx, busy, admitted))
                     .context("failed to start a pool thread")
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
@@ -63,6 +69,8 @@ impl Pool {
             queue: Some(tx),
             threads: handles,
             busy,
+            admitted,
+            capacity,
         })
     }
 
@@ -73,13 +81,23 @@ impl Pool {
             .queue
             .as_ref()
             .ok_or(RequestError::Overloaded("the pool is shutting down"))?;
-        match queue.try_send(job) {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Full(_)) => Err(RequestError::Overloaded("the pool's queue is full")),
-            Err(TrySendError::Disconnected(_)) => {
-                Err(RequestError::Overloaded("the pool is shutting down"))
-            }
+        // Only the loop thread submits, so a check and a later add cannot race past
+        // the capacity; the pool threads only ever lower the count.
+        if self.admitted.load(Ordering::Acquire) >= self.capacity {
+            return Err(RequestError::Overloaded(
+                "every pool thread is busy and the queue is full",
+            ));
         }
+        self.admitted.fetch_add(1, Ordering::AcqRel);
+        queue.try_send(job).map_err(|e| {
+            self.admitted.fetch_sub(1, Ordering::AcqRel);
+            match e {
+                TrySendError::Full(_) => RequestError::Overloaded("the pool's queue is full"),
+                TrySendError::Disconnected(_) => {
+                    RequestError::Overloaded("the pool is shutting down")
+                }
+            }
+        })
     }
 
     /// Threads running a job right now.
@@ -89,7 +107,9 @@ impl Pool {
 
     /// Jobs waiting for a thread.
     pub fn queued(&self) -> usize {
-        self.queue.as_ref().map_or(0, Sender::len)
+        self.admitted
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.busy())
     }
 
     /// Lets the threads finish what they hold and waits for them. Blocks: call it
@@ -102,11 +122,12 @@ impl Pool {
     }
 }
 
-fn work(queue: Receiver<Job>, busy: Arc<AtomicUsize>) {
+fn work(queue: Receiver<Job>, busy: Arc<AtomicUsize>, admitted: Arc<AtomicUsize>) {
     while let Ok(job) = queue.recv() {
         busy.fetch_add(1, Ordering::Relaxed);
         run(job);
         busy.fetch_sub(1, Ordering::Relaxed);
+        admitted.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

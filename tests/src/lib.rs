@@ -1,1 +1,321 @@
-//! placeholder
+//! The end-to-end test harness: start the real `wasmloop` binary on 127.0.0.1:0, read
+//! the bound address from its stderr, talk HTTP to it, read its log, signal it.
+//!
+//! ```no_run
+//! # async fn demo() {
+//! use wasmloop_tests::{Server, guests};
+//! let server = Server::new(guests::ASYNC_GUEST).arg("--threads=1").start().await;
+//! let reply = server.get("/").await;
+//! assert_eq!(reply.status, 200);
+//! # }
+//! ```
+
+use std::io::{BufRead as _, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt as _, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+/// Paths of the guest components, built from source by build.rs.
+pub mod guests {
+    include!(concat!(env!("OUT_DIR"), "/guests.rs"));
+}
+
+/// The `wasmloop` binary of this build (target/<profile>/wasmloop).
+pub fn binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary has a path");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("tests run from target/<profile>/deps");
+    let bin = profile_dir.join("wasmloop");
+    assert!(
+        bin.exists(),
+        "{} is missing; build it with `cargo build -p wasmloop`",
+        bin.display()
+    );
+    bin
+}
+
+/// Settings for a server about to start.
+pub struct Server {
+    component: String,
+    args: Vec<String>,
+}
+
+impl Server {
+    /// A server that will serve `component` on 127.0.0.1:0.
+    pub fn new(component: &str) -> Server {
+        Server {
+            component: component.to_string(),
+            args: Vec::new(),
+        }
+    }
+
+    /// Adds one command-line argument (`--threads=2`).
+    pub fn arg(mut self, arg: &str) -> Server {
+        self.args.push(arg.to_string());
+        self
+    }
+
+    /// Starts the binary and waits until it prints `listening on http://ADDR`.
+    pub async fn start(self) -> Running {
+        let mut child = Command::new(binary())
+            .arg("serve")
+            .arg("--listen=127.0.0.1:0")
+            .args(&self.args)
+            .arg(&self.component)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("failed to start wasmloop");
+        let log = Arc::new(Log::default());
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                sink.push(line);
+            }
+            sink.close();
+        });
+        let line = log.wait_for(
+            |l| l.starts_with("listening on http://"),
+            Duration::from_secs(60),
+        );
+        let Some(line) = line else {
+            let _ = child.kill();
+            panic!("wasmloop did not start; its output:\n{}", log.text());
+        };
+        let addr: SocketAddr = line["listening on http://".len()..]
+            .parse()
+            .expect("the printed address parses");
+        Running {
+            child,
+            addr,
+            log,
+            client: HttpClient::new(addr),
+        }
+    }
+
+    /// Runs the binary to completion, expecting it to fail at start-up; returns its
+    /// exit status and output.
+    pub fn start_expecting_failure(self) -> (ExitStatus, String) {
+        let output = Command::new(binary())
+            .arg("serve")
+            .arg("--listen=127.0.0.1:0")
+            .args(&self.args)
+            .arg(&self.component)
+            .stdin(Stdio::null())
+            .output()
+            .expect("failed to run wasmloop");
+        (
+            output.status,
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    }
+}
+
+/// A running server. Killed when dropped.
+pub struct Running {
+    child: Child,
+    pub addr: SocketAddr,
+    log: Arc<Log>,
+    client: HttpClient,
+}
+
+/// An HTTP client bound to one server; cheap to clone into tasks.
+#[derive(Clone)]
+pub struct HttpClient {
+    addr: SocketAddr,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+/// What a request got back.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    /// From sending the request to the end of the body.
+    pub elapsed: Duration,
+}
+
+impl Reply {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+impl HttpClient {
+    fn new(addr: SocketAddr) -> HttpClient {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        HttpClient {
+            addr,
+            client: Client::builder(TokioExecutor::new()).build(connector),
+        }
+    }
+
+    /// GET `path`.
+    pub async fn get(&self, path: &str) -> Reply {
+        self.send(Method::GET, path, Bytes::new()).await
+    }
+
+    /// Sends a request with `body` (Content-Length set).
+    pub async fn send(&self, method: Method, path: &str, body: impl Into<Bytes>) -> Reply {
+        let req = Request::builder()
+            .method(method)
+            .uri(format!("http://{}{path}", self.addr))
+            .body(Full::new(body.into()))
+            .expect("a valid request");
+        self.request(req).await
+    }
+
+    /// Sends any request; panics if the connection fails.
+    pub async fn request(&self, req: Request<Full<Bytes>>) -> Reply {
+        self.try_request(req).await.expect("the request failed")
+    }
+
+    /// Sends any request; errors are the client's (connection refused, reset, ...).
+    pub async fn try_request(&self, req: Request<Full<Bytes>>) -> Result<Reply, String> {
+        let start = Instant::now();
+        let response = self
+            .client
+            .request(req)
+            .await
+            .map_err(|e| format!("{e:?}"))?;
+        let (parts, body) = response.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map_err(|e| format!("{e:?}"))?
+            .to_bytes();
+        Ok(Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+            elapsed: start.elapsed(),
+        })
+    }
+}
+
+impl Running {
+    /// A client for this server that can move into a task.
+    pub fn client(&self) -> HttpClient {
+        self.client.clone()
+    }
+
+    /// GET `path`.
+    pub async fn get(&self, path: &str) -> Reply {
+        self.client.get(path).await
+    }
+
+    /// Sends a request with `body` (Content-Length set).
+    pub async fn send(&self, method: Method, path: &str, body: impl Into<Bytes>) -> Reply {
+        self.client.send(method, path, body).await
+    }
+
+    /// Everything the server wrote to stderr so far.
+    pub fn log(&self) -> String {
+        self.log.text()
+    }
+
+    /// Waits until a log line contains every one of `parts`; returns that line.
+    pub fn wait_for_log(&self, parts: &[&str], timeout: Duration) -> Option<String> {
+        self.log
+            .wait_for(|l| parts.iter().all(|p| l.contains(p)), timeout)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal by name (`TERM`, `KILL`, ...).
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid().to_string())
+            .status();
+        assert!(status.is_ok_and(|s| s.success()), "kill -{name} failed");
+    }
+
+    /// Waits for the process to exit, up to `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let end = Instant::now() + timeout;
+        while Instant::now() < end {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Resident memory of the process, in bytes (from /proc).
+    pub fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("the process is alive");
+        let kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS is in /proc/PID/status");
+        kb * 1024
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Lines of a child's stderr, with a way to wait for one.
+#[derive(Default)]
+struct Log {
+    state: Mutex<(Vec<String>, bool)>,
+    changed: Condvar,
+}
+
+impl Log {
+    fn push(&self, line: String) {
+        self.state.lock().unwrap().0.push(line);
+        self.changed.notify_all();
+    }
+
+    fn close(&self) {
+        self.state.lock().unwrap().1 = true;
+        self.changed.notify_all();
+    }
+
+    fn text(&self) -> String {
+        self.state.lock().unwrap().0.join("\n")
+    }
+
+    fn wait_for(&self, pred: impl Fn(&str) -> bool, timeout: Duration) -> Option<String> {
+        let end = Instant::now() + timeout;
+        let mut state = self.state.lock().unwrap();
+        loop {
+            if let Some(line) = state.0.iter().find(|l| pred(l)) {
+                return Some(line.clone());
+            }
+            let now = Instant::now();
+            if state.1 || now >= end {
+                return None;
+            }
+            state = self.changed.wait_timeout(state, end - now).unwrap().0;
+        }
+    }
+}

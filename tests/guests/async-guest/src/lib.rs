@@ -7,7 +7,7 @@
 //! | `/sleep?ms=N` | awaits an N ms timer, then answers |
 //! | `/spin?ms=N` | burns CPU for N ms without awaiting |
 //! | `/forever` | loops forever without awaiting |
-//! | `/hang` | awaits something that never completes |
+//! | `/hang` | awaits a one-hour timer: a request that never completes in practice |
 //! | `/trap` | panics |
 //! | `/alloc` | allocates until memory runs out |
 //! | `/echo` | answers with the request body |
@@ -86,8 +86,8 @@ impl wasip3::exports::http::handler::Guest for Handler {
                 work(1_000_000);
             },
             "/hang" => {
-                std::future::pending::<()>().await;
-                text(200, "unreachable\n")
+                monotonic_clock::wait_for(3600 * 1_000_000_000).await;
+                text(200, "an hour later\n")
             }
             "/trap" => panic!("the guest asked to trap"),
             "/alloc" => {
