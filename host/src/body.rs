@@ -93,7 +93,12 @@ pub type FrameSender = mpsc::Sender<Option<Result<Frame<Bytes>, BoxError>>>;
 /// guest trapped, ran out of time) is an error, so hyper cuts the connection instead of
 /// passing a truncated body off as a whole one.
 pub struct ChannelBody {
+    /// Frames that were ready before the head was sent.
+    ready: std::collections::VecDeque<Frame<Bytes>>,
     rx: mpsc::Receiver<Option<Result<Frame<Bytes>, BoxError>>>,
+    /// The sender's end marker arrived (or was preloaded).
+    ended: bool,
+    /// Nothing more will be returned.
     complete: bool,
 }
 
@@ -102,13 +107,23 @@ impl ChannelBody {
     /// client slows the guest instead of filling memory.
     pub fn channel() -> (FrameSender, ChannelBody) {
         let (tx, rx) = mpsc::channel(4);
-        (
-            tx,
-            ChannelBody {
-                rx,
-                complete: false,
-            },
-        )
+        let body = ChannelBody {
+            ready: Default::default(),
+            rx,
+            ended: false,
+            complete: false,
+        };
+        (tx, body)
+    }
+
+    /// Queues a frame that is already there, ahead of anything sent later.
+    pub fn preload(&mut self, frame: Frame<Bytes>) {
+        self.ready.push_back(frame);
+    }
+
+    /// Marks the body complete after the preloaded frames: nothing will be sent.
+    pub fn preload_end(&mut self) {
+        self.ended = true;
     }
 }
 
@@ -121,6 +136,13 @@ impl Body for ChannelBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         if self.complete {
+            return Poll::Ready(None);
+        }
+        if let Some(frame) = self.ready.pop_front() {
+            return Poll::Ready(Some(Ok(frame)));
+        }
+        if self.ended {
+            self.complete = true;
             return Poll::Ready(None);
         }
         Poll::Ready(match ready!(self.rx.poll_recv(cx)) {
@@ -137,7 +159,21 @@ impl Body for ChannelBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.complete
+        self.complete || (self.ended && self.ready.is_empty())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        if self.ended {
+            let len: u64 = self
+                .ready
+                .iter()
+                .filter_map(|f| f.data_ref())
+                .map(|d| d.len() as u64)
+                .sum();
+            SizeHint::with_exact(len)
+        } else {
+            SizeHint::default()
+        }
     }
 }
 

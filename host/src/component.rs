@@ -76,6 +76,7 @@ fn flavor_of(export: &str) -> Option<Flavor> {
 }
 
 /// Reads, checks, compiles and links the component at `path`.
+#[expect(clippy::disallowed_methods, reason = "start-up, before the loop runs")]
 pub fn load(engine: &Engine, path: &Path, choice: ModeChoice) -> anyhow::Result<Handler> {
     let bytes =
         std::fs::read(path).with_context(|| format!("failed to read {}", path.display()))?;
@@ -123,6 +124,8 @@ pub fn load_bytes(engine: &Engine, bytes: &[u8], choice: ModeChoice) -> anyhow::
         }
         (Flavor::P2, Mode::Pool) => {
             let mut linker = Linker::new(engine);
+            // Sync WASI: only ever called from pool threads, which are not runtime threads.
+            #[expect(clippy::disallowed_methods, reason = "the pool's linker")]
             wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
             p2::add_only_http_to_linker_sync(&mut linker)?;
             let instance = instantiate_pre(&linker, engine, &component)?;

@@ -74,7 +74,7 @@ pub struct ServeConfig {
     /// Fuel (WebAssembly work units) one request may burn; out of fuel is 503
     /// `cpu_limit`. The default is about one second of CPU on a current x86-64 core
     /// (see docs/operations.md for the measurement).
-    #[arg(long, env = "WASMLOOP_FUEL", default_value_t = 2_000_000_000)]
+    #[arg(long, env = "WASMLOOP_FUEL", default_value_t = 10_000_000_000)]
     pub fuel: u64,
 
     /// Linear memory one instance may use (suffixes K, M, G: powers of 1024).
@@ -207,6 +207,7 @@ mod tests {
         let Command::Serve(cfg) = cli.command;
         cfg.validate().unwrap();
         assert_eq!(cfg.threads, 40);
+        assert_eq!(cfg.fuel, 10_000_000_000);
         assert_eq!(cfg.max_memory, 128 << 20);
         assert_eq!(cfg.max_body, 10 << 20);
         assert_eq!(cfg.timeout, Duration::from_secs(30));

@@ -13,7 +13,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 /// How many requests the engine must be able to hold at once.
 #[derive(Debug, Clone, Copy)]
@@ -41,7 +41,14 @@ pub fn build(sizing: EngineSizing) -> anyhow::Result<Engine> {
         .total_stacks(sizing.loop_slots.max(1))
         // One page more than the limit, so the store's own limiter, which names the
         // error `memory_limit`, is the one that refuses first.
-        .max_memory_size(sizing.max_memory + 65536);
+        .max_memory_size(sizing.max_memory + 65536)
+        // Reset a small guest's memory with memset and keep its pages, rather than
+        // madvise them away and fault them back in on the next request: per-request
+        // instances make this the hot path (measured in docs/benchmarks.md). Memory
+        // past the first MiB (a memory bomb's) is still given back at once.
+        .linear_memory_keep_resident(1 << 20)
+        .table_keep_resident(64 << 10)
+        .pagemap_scan(Enabled::Auto);
 
     let mut config = Config::new();
     config
@@ -68,6 +75,7 @@ impl EpochTicker {
         let thread = std::thread::Builder::new()
             .name("wasmloop-epoch".into())
             .spawn(move || {
+                #[expect(clippy::disallowed_methods, reason = "the ticker's own OS thread")]
                 while !flag.load(Ordering::Relaxed) {
                     std::thread::sleep(interval);
                     engine.increment_epoch();

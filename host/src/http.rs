@@ -101,7 +101,7 @@ impl Server {
         }
         let req = match with_absolute_uri(req, &local) {
             Ok(req) => req,
-            Err(response) => return Ok(log.finish_with(response)),
+            Err(cause) => return Ok(log.finish_with(plain(StatusCode::BAD_REQUEST, cause))),
         };
         let too_large = Arc::new(AtomicBool::new(false));
         let req = req.map(|b| RequestBody::new(b, self.front.max_body, too_large.clone()));
@@ -188,11 +188,12 @@ fn content_length(req: &Request<Incoming>) -> Option<u64> {
 }
 
 /// Gives the URI a scheme and authority (from Host, else the listener's address), as
-/// wasi:http requests carry them. A Host header that is not a valid authority is 400.
+/// wasi:http requests carry them. A Host header that is not a valid authority is a
+/// 400, whose cause this returns.
 fn with_absolute_uri(
     req: Request<Incoming>,
     local: &Authority,
-) -> Result<Request<Incoming>, Response<ResponseBody>> {
+) -> Result<Request<Incoming>, &'static str> {
     if req.uri().authority().is_some() {
         return Ok(req);
     }
@@ -200,7 +201,7 @@ fn with_absolute_uri(
         None => local.clone(),
         Some(host) => match host.to_str().ok().and_then(|h| h.parse::<Authority>().ok()) {
             Some(authority) => authority,
-            None => return Err(plain(StatusCode::BAD_REQUEST, "bad_host_header")),
+            None => return Err("bad_host_header"),
         },
     };
     let (mut parts, body) = req.into_parts();
@@ -210,7 +211,7 @@ fn with_absolute_uri(
     if uri.path_and_query.is_none() {
         uri.path_and_query = Some("/".parse().expect("`/` is a valid path"));
     }
-    parts.uri = Uri::from_parts(uri).map_err(|_| plain(StatusCode::BAD_REQUEST, "bad_uri"))?;
+    parts.uri = Uri::from_parts(uri).map_err(|_| "bad_uri")?;
     Ok(Request::from_parts(parts, body))
 }
 

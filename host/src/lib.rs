@@ -10,7 +10,8 @@
 //! - [`loop_exec`]: runs async (wasi:http 0.3) handlers on the loop, preempted at
 //!   every epoch tick.
 //! - [`pool`]: runs sync (wasi:http 0.2) handlers on a bounded pool of OS threads.
-//! - [`sandbox`]: what one request's store holds and the limits set on it.
+//! - [`sandbox`]: what one request's store holds and the limits set on it;
+//!   [`guest_output`]: the guest's stdout and stderr, logged with the request id.
 //! - [`outcome`]: what a run hands back: the head, then how it ended.
 //! - [`error`]: why a request failed, and the status code for it.
 //!
@@ -25,6 +26,7 @@ pub mod component;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod guest_output;
 pub mod http;
 pub mod loop_exec;
 pub mod outcome;

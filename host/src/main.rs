@@ -97,7 +97,11 @@ fn serve(config: ServeConfig) -> anyhow::Result<()> {
     // Loop tasks still holding the server are gone with the LocalSet.
     drop(local);
     if let Some(pool) = pool {
-        pool.shutdown();
+        // Requests on the pool were answered while the loop drained; what is left is
+        // a job still unwinding, which gets a moment more.
+        if !pool.shutdown(std::time::Instant::now() + std::time::Duration::from_secs(1)) {
+            tracing::warn!("a pool thread is still busy; exiting without it");
+        }
     }
     tracing::info!("stopped");
     Ok(())

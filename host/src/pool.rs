@@ -112,13 +112,23 @@ impl Pool {
             .saturating_sub(self.busy())
     }
 
-    /// Lets the threads finish what they hold and waits for them. Blocks: call it
-    /// off the loop, once the server has stopped.
-    pub fn shutdown(mut self) {
+    /// Lets the threads finish what they hold and waits for them until `deadline`;
+    /// returns whether they all finished. A thread blocked in a long host call is
+    /// left behind (it ends with the process). Blocks: call it off the loop, once
+    /// the server has stopped.
+    #[expect(clippy::disallowed_methods, reason = "runs after the loop has stopped")]
+    pub fn shutdown(mut self, deadline: Instant) -> bool {
         self.queue = None;
+        while self.threads.iter().any(|t| !t.is_finished()) {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
         for thread in self.threads.drain(..) {
             let _ = thread.join();
         }
+        true
     }
 }
 
@@ -180,7 +190,7 @@ fn call(
             error: Some(error),
         };
     };
-    let mut store = match Sandbox::store(&app.engine, &app.limits) {
+    let mut store = match Sandbox::store(&app.engine, &app.limits, &ctx.id) {
         Ok(store) => store,
         Err(e) => {
             return Outcome {

@@ -9,6 +9,7 @@
 
 use std::sync::Arc;
 
+use crate::guest_output::GuestOutput;
 use wasmtime::component::ResourceTable;
 use wasmtime::{Engine, ResourceLimiter, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -36,9 +37,17 @@ pub struct Sandbox {
 
 impl Sandbox {
     /// A store for one request, with its fuel and memory limit already set.
-    pub fn store(engine: &Engine, limits: &Limits) -> wasmtime::Result<Store<Sandbox>> {
+    /// The guest's stdout and stderr go to the log, tagged with `request_id`.
+    pub fn store(
+        engine: &Engine,
+        limits: &Limits,
+        request_id: &str,
+    ) -> wasmtime::Result<Store<Sandbox>> {
+        let id: Arc<str> = request_id.into();
         let mut wasi = WasiCtx::builder();
-        wasi.allow_tcp(false)
+        wasi.stdout(GuestOutput::new(id.clone(), "stdout"))
+            .stderr(GuestOutput::new(id, "stderr"))
+            .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false);
         let sandbox = Sandbox {

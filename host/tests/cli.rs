@@ -2,6 +2,9 @@
 //! what is wrong and a non-zero exit. (Serving itself is tested in the workspace's
 //! `tests` crate.)
 
+// Tests may block; host/clippy.toml guards the loop thread.
+#![allow(clippy::disallowed_methods)]
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
