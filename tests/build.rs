@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const WORKSPACES: &[(&str, &[&str])] = &[
-    ("guests", &["sync_guest", "async_guest"]),
+    ("guests", &["sync_guest", "async_guest", "wstd_guest"]),
     ("../examples", &["hello", "hello_async"]),
 ];
 
@@ -57,6 +57,15 @@ fn main() {
             ));
         }
     }
+    // The harness refuses a wasmloop binary older than its sources: `cargo test -p
+    // wasmloop-tests` alone does not rebuild it (`cargo test --workspace` does).
+    let host_src = manifest_dir.join("../host/src");
+    println!("cargo:rerun-if-changed={}", host_src.display());
+    println!(
+        "cargo:rustc-env=WASMLOOP_HOST_SOURCES_MTIME={}",
+        newest_mtime(&host_src)
+    );
+
     let out = PathBuf::from(std::env::var("OUT_DIR").unwrap()).join("guests.rs");
     std::fs::write(out, constants).unwrap();
 }
@@ -76,4 +85,24 @@ fn check_target_installed() {
             "the wasm32-wasip2 target is not installed; run `rustup target add wasm32-wasip2`"
         ),
     }
+}
+
+/// Seconds since the epoch of the newest file under `dir`.
+fn newest_mtime(dir: &Path) -> u64 {
+    let mut newest = 0;
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        let mtime = if path.is_dir() {
+            newest_mtime(&path)
+        } else {
+            entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_secs())
+        };
+        newest = newest.max(mtime);
+    }
+    newest
 }

@@ -29,7 +29,8 @@ pub mod guests {
     include!(concat!(env!("OUT_DIR"), "/guests.rs"));
 }
 
-/// The `wasmloop` binary of this build (target/<profile>/wasmloop).
+/// The `wasmloop` binary of this build (target/<profile>/wasmloop), refused when it
+/// is older than the host's sources.
 pub fn binary() -> PathBuf {
     let exe = std::env::current_exe().expect("the test binary has a path");
     let profile_dir = exe
@@ -37,9 +38,16 @@ pub fn binary() -> PathBuf {
         .and_then(|deps| deps.parent())
         .expect("tests run from target/<profile>/deps");
     let bin = profile_dir.join("wasmloop");
+    let built = std::fs::metadata(&bin)
+        .and_then(|m| m.modified())
+        .unwrap_or_else(|_| panic!("{} is missing; run `cargo test --workspace`", bin.display()));
+    let built = built
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let sources: u64 = env!("WASMLOOP_HOST_SOURCES_MTIME").parse().unwrap_or(0);
     assert!(
-        bin.exists(),
-        "{} is missing; build it with `cargo build -p wasmloop`",
+        built >= sources,
+        "{} is older than host/src; run `cargo test --workspace` (or `cargo build -p wasmloop` first)",
         bin.display()
     );
     bin

@@ -308,3 +308,50 @@ async fn sigterm_lets_requests_in_flight_finish() {
         assert!(status.success(), "exit status {status:?}");
     }
 }
+
+#[tokio::test]
+async fn any_wasi_http_0_2_patch_release_is_served() {
+    // sync-guest is built against wasi 0.2.4, the examples against 0.2.12.
+    let server = Server::new(guests::SYNC_GUEST).start().await;
+    assert!(
+        server
+            .log()
+            .contains("export=wasi:http/incoming-handler@0.2.4"),
+        "{}",
+        server.log()
+    );
+    assert_eq!(server.get("/").await.text(), "hello from sync\n");
+}
+
+#[tokio::test]
+async fn handlers_built_with_third_party_libraries_are_served() {
+    let server = Server::new(guests::WSTD_GUEST).start().await;
+    let reply = server.get("/from/wstd").await;
+    assert_eq!(
+        (reply.status.as_u16(), reply.text().as_str()),
+        (200, "hello from wstd at /from/wstd\n")
+    );
+}
+
+#[tokio::test]
+async fn guest_output_is_logged_with_the_request_id() {
+    for guest in [guests::SYNC_GUEST, guests::ASYNC_GUEST] {
+        let server = Server::new(guest).start().await;
+        let reply = server.get("/trap").await;
+        assert_eq!(reply.status, 500);
+        let id = reply.headers["x-request-id"].to_str().unwrap().to_string();
+        let line = server.wait_for_log(
+            &["wasmloop::guest", &id, "the guest asked to trap"],
+            Duration::from_secs(5),
+        );
+        assert!(
+            line.is_some(),
+            "{guest}: the panic message is not in the log with id {id}:\n{}",
+            server.log()
+        );
+        assert!(
+            !reply.text().contains("asked to trap"),
+            "the guest's message must not reach the client"
+        );
+    }
+}

@@ -10,7 +10,9 @@
 //! ```
 
 use wasip2::exports::http::incoming_handler::Guest;
-use wasip2::http::types::{Fields, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam};
+use wasip2::http::types::{
+    Fields, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam,
+};
 
 struct Hello;
 

@@ -32,11 +32,8 @@ fn query(path: &str, key: &str) -> Option<u64> {
 }
 
 fn respond(out: ResponseOutparam, status: u16, body: &[u8]) {
-    let headers = Fields::from_list(&[(
-        "content-type".to_string(),
-        b"text/plain".to_vec(),
-    )])
-    .unwrap();
+    let headers =
+        Fields::from_list(&[("content-type".to_string(), b"text/plain".to_vec())]).unwrap();
     let resp = OutgoingResponse::new(headers);
     resp.set_status_code(status).unwrap();
     let outgoing = resp.body().unwrap();
