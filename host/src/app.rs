@@ -2,9 +2,14 @@
 //! requests run under. The server routes requests to it; `loop_exec` and `pool` run
 //! them. (Tenants and versions of apps arrive with the deploy path.)
 
+use std::sync::Arc;
+
+use anyhow::Context as _;
 use wasmtime::Engine;
 
-use crate::component::{Handler, Mode};
+use crate::component::{self, Handler, Mode};
+use crate::config::ServeConfig;
+use crate::engine::{self, EngineSizing};
 use crate::sandbox::Limits;
 
 /// Everything needed to run one request of an app.
@@ -15,6 +20,36 @@ pub struct App {
 }
 
 impl App {
+    /// Builds the engine from the configuration and loads, checks and links the
+    /// component it names. Blocks (reads and compiles): call it before the loop runs.
+    pub fn load(config: &ServeConfig) -> anyhow::Result<App> {
+        let max_memory =
+            usize::try_from(config.max_memory).context("--max-memory does not fit in memory")?;
+        let engine = engine::build(EngineSizing {
+            loop_slots: u32::try_from(config.limit_concurrency).unwrap_or(u32::MAX),
+            pool_slots: u32::try_from(config.threads).unwrap_or(u32::MAX),
+            max_memory,
+        })?;
+        let handler = component::load(&engine, &config.component, config.mode)?;
+        tracing::info!(
+            component = %config.component.display(),
+            export = %handler.export,
+            export_async = handler.export_is_async,
+            mode = %handler.mode,
+            "loaded component"
+        );
+        let limits = Limits {
+            fuel: config.fuel,
+            max_memory,
+            allow_outbound: Arc::from(Vec::new()),
+        };
+        Ok(App {
+            engine,
+            handler,
+            limits,
+        })
+    }
+
     pub fn mode(&self) -> Mode {
         self.handler.mode
     }

@@ -24,8 +24,13 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Serve a wasi:http component.
+    /// Serve a wasi:http component: a master process supervising `--workers` worker
+    /// processes that share the listening socket.
     Serve(Box<ServeConfig>),
+    /// One worker process, started by `serve`'s master with the listener inherited
+    /// as file descriptor 3. Not for direct use.
+    #[command(hide = true)]
+    Worker(Box<ServeConfig>),
 }
 
 /// Where a handler runs.
@@ -58,6 +63,29 @@ pub struct ServeConfig {
     /// as `listening on http://ADDR`.
     #[arg(long, env = "WASMLOOP_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+
+    /// Worker processes (default: one per CPU core). Each runs one event loop and its
+    /// own thread pool; the kernel spreads connections across them.
+    #[arg(long, env = "WASMLOOP_WORKERS")]
+    pub workers: Option<usize>,
+
+    /// Length of the listen queue of the shared socket.
+    #[arg(long, env = "WASMLOOP_BACKLOG", default_value_t = 2048)]
+    pub backlog: u32,
+
+    /// A worker whose event loop has not reported for this long is killed and
+    /// replaced (the report comes from the loop itself, so a stuck loop is caught).
+    #[arg(long, env = "WASMLOOP_TIMEOUT_WORKER_HEALTHCHECK", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub timeout_worker_healthcheck: Duration,
+
+    /// A worker retires gracefully after serving this many requests (0: never).
+    #[arg(long, env = "WASMLOOP_MAX_REQUESTS", default_value_t = 0)]
+    pub max_requests: u64,
+
+    /// Up to this many requests are added to `--max-requests` at random per worker,
+    /// so that workers do not all retire at once.
+    #[arg(long, env = "WASMLOOP_MAX_REQUESTS_JITTER", default_value_t = 0)]
+    pub max_requests_jitter: u64,
 
     /// Where the handler runs: `auto` reads the handler export's type.
     #[arg(long, env = "WASMLOOP_MODE", value_enum, default_value_t = ModeChoice::Auto)]
@@ -132,6 +160,12 @@ pub struct ServeConfig {
 impl ServeConfig {
     /// Checks the settings against each other; called before anything binds.
     pub fn validate(&self) -> anyhow::Result<()> {
+        if self.workers == Some(0) {
+            bail!("--workers must be at least 1");
+        }
+        if self.timeout_worker_healthcheck < Duration::from_millis(100) {
+            bail!("--timeout-worker-healthcheck must be at least 100ms");
+        }
         if self.threads == 0 {
             bail!("--threads must be at least 1");
         }
@@ -156,6 +190,12 @@ impl ServeConfig {
             bail!("--timeout must be longer than --epoch-interval");
         }
         Ok(())
+    }
+
+    /// Worker processes to run: `--workers`, else one per CPU core.
+    pub fn worker_count(&self) -> usize {
+        self.workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
     }
 
     /// Epoch ticks in `--timeout`, rounded up: the deadline a pool job runs under.
@@ -204,7 +244,9 @@ mod tests {
     #[test]
     fn defaults_are_valid_and_documented_values_hold() {
         let cli = Cli::try_parse_from(["wasmloop", "serve", "x.wasm"]).unwrap();
-        let Command::Serve(cfg) = cli.command;
+        let Command::Serve(cfg) = cli.command else {
+            unreachable!("parsed `serve`")
+        };
         cfg.validate().unwrap();
         assert_eq!(cfg.threads, 40);
         assert_eq!(cfg.fuel, 10_000_000_000);
@@ -217,7 +259,9 @@ mod tests {
     #[test]
     fn contradictory_settings_are_refused() {
         let cli = Cli::try_parse_from(["wasmloop", "serve", "--threads", "0", "x.wasm"]).unwrap();
-        let Command::Serve(cfg) = cli.command;
+        let Command::Serve(cfg) = cli.command else {
+            unreachable!("parsed `serve`")
+        };
         assert!(
             cfg.validate()
                 .unwrap_err()

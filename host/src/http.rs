@@ -47,6 +47,9 @@ pub struct Server {
     front: FrontDoor,
     in_flight: Rc<Cell<usize>>,
     ids: RequestIds,
+    /// Requests after which this worker asks to be replaced (`--max-requests`).
+    quota: Option<u64>,
+    quota_reached: tokio::sync::Notify,
 }
 
 impl Server {
@@ -57,7 +60,34 @@ impl Server {
             front,
             in_flight: Rc::new(Cell::new(0)),
             ids: RequestIds::new(),
+            quota: None,
+            quota_reached: tokio::sync::Notify::new(),
         })
+    }
+
+    /// Like [`Server::new`], for a worker that retires after `quota` requests.
+    pub fn with_quota(
+        app: Arc<App>,
+        pool: Option<Pool>,
+        front: FrontDoor,
+        quota: u64,
+    ) -> Rc<Server> {
+        let mut server = Rc::into_inner(Server::new(app, pool, front)).expect("just made");
+        server.quota = Some(quota);
+        Rc::new(server)
+    }
+
+    /// Requests received so far.
+    pub fn served(&self) -> u64 {
+        self.ids.next.get()
+    }
+
+    /// Resolves once the worker has received its quota of requests.
+    pub async fn quota_reached(&self) {
+        if self.quota.is_none() {
+            std::future::pending::<()>().await;
+        }
+        self.quota_reached.notified().await;
     }
 
     /// Requests in flight on this worker.
@@ -77,8 +107,12 @@ impl Server {
         local: Authority,
     ) -> Result<Response<ResponseBody>, Infallible> {
         let start = Instant::now();
+        let id = self.ids.next();
+        if self.quota == Some(self.served()) {
+            self.quota_reached.notify_one();
+        }
         let log = AccessLog {
-            id: self.ids.next(),
+            id,
             method: req.method().to_string(),
             path: req.uri().path().to_string(),
             mode: self.app.mode(),

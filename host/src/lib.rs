@@ -1,10 +1,11 @@
 //! wasmloop: a host for WebAssembly HTTP handlers with Uvicorn's process model and a
 //! sandbox around every request.
 //!
-//! A request's path through the modules, in order:
+//! [`supervisor`] is the master process: it binds the socket and runs worker
+//! processes that inherit it. A request's path through a worker, in order:
 //!
-//! - [`worker`]: the event loop of one worker process; accepts connections on a
-//!   listener it is handed and serves HTTP/1.1 and HTTP/2 with hyper.
+//! - [`worker`]: a worker process and its event loop; accepts connections on the
+//!   inherited listener, serves HTTP/1.1 and HTTP/2 with hyper, reports to the master.
 //! - [`http`]: the front door; request id, admission control, body limit, the wait
 //!   for the response head under the deadline, error responses, the access log.
 //! - [`loop_exec`]: runs async (wasi:http 0.3) handlers on the loop, preempted at
@@ -32,5 +33,6 @@ pub mod loop_exec;
 pub mod outcome;
 pub mod pool;
 pub mod sandbox;
+pub mod supervisor;
 pub mod telemetry;
 pub mod worker;

@@ -1,5 +1,6 @@
-//! A worker's event loop: accept connections on an already-bound listener, serve
-//! HTTP/1.1 and HTTP/2 with hyper on the current thread, and stop gracefully.
+//! A worker process and its event loop: accept connections on an already-bound
+//! listener, serve HTTP/1.1 and HTTP/2 with hyper on the current thread, report to
+//! the master, and stop gracefully.
 //!
 //! The caller owns the listener and the shutdown signal (the supervisor hands both to
 //! its workers). Everything here runs on one thread inside a `LocalSet`; guests that
@@ -11,9 +12,11 @@ use std::cell::Cell;
 use std::io;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use http::uri::Authority;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -23,8 +26,138 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::app::App;
 use crate::body::WithGuard;
-use crate::http::Server;
+use crate::component::Mode;
+use crate::config::ServeConfig;
+use crate::engine::EpochTicker;
+use crate::http::{FrontDoor, Server};
+use crate::pool::Pool;
+use crate::supervisor::Report;
+use crate::telemetry;
+
+/// Runs one worker process, as started by the master: loads the component, serves
+/// the inherited listener, reports to the master on stdout from the event loop, and
+/// stops on TERM/INT (drain), QUIT (at once) or when the master is gone (drain).
+pub fn run_process(config: ServeConfig) -> anyhow::Result<()> {
+    config.validate()?;
+    let _log = telemetry::init(&config.log_level, config.log_format)?;
+    let listener = listenfd::ListenFd::from_env()
+        .take_tcp_listener(0)
+        .context("failed to take the inherited listener")?
+        .context("no listener inherited: workers are started by `wasmloop serve`")?;
+    listener
+        .set_nonblocking(true)
+        .context("failed to make the listener non-blocking")?;
+
+    let app = Arc::new(App::load(&config)?);
+    let pool = match app.mode() {
+        Mode::Pool => Some(Pool::start(config.threads, config.pool_queue)?),
+        Mode::Loop => None,
+    };
+    let _ticker = EpochTicker::start(app.engine.clone(), config.epoch_interval)?;
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("failed to start the event loop")?;
+    let local = tokio::task::LocalSet::new();
+    let pool = local.block_on(&runtime, async {
+        let listener =
+            TcpListener::from_std(listener).context("failed to register the listener")?;
+        let front = FrontDoor {
+            max_body: config.max_body,
+            limit_concurrency: config.limit_concurrency,
+            timeout: config.timeout,
+        };
+        let server = match config.max_requests {
+            0 => Server::new(app, pool, front),
+            n => Server::with_quota(app, pool, front, n + jitter(config.max_requests_jitter)),
+        };
+        let limits = ConnLimits {
+            max_header_size: usize::try_from(config.max_header_size).unwrap_or(usize::MAX),
+            max_headers: config.max_headers,
+            timeout_keep_alive: config.timeout_keep_alive,
+            timeout_header_read: config.timeout_header_read,
+            graceful_timeout: config.graceful_timeout,
+        };
+        let master_gone = CancellationToken::new();
+        let reporter = tokio::task::spawn_local(report_to_master(
+            server.clone(),
+            config.timeout_worker_healthcheck / 5,
+            master_gone.clone(),
+        ));
+        serve(listener, server.clone(), limits, stop_signal(master_gone)).await;
+        reporter.abort();
+        anyhow::Ok(server.take_pool())
+    })?;
+    drop(local);
+    if let Some(pool) = pool
+        && !pool.shutdown(Instant::now() + Duration::from_secs(1))
+    {
+        tracing::warn!("a pool thread is still busy; exiting without it");
+    }
+    Ok(())
+}
+
+/// Writes `ready`, then a heartbeat every `interval` and `retire` once the quota is
+/// reached, from this task on the loop: a loop that stops turning stops the
+/// heartbeats, and the master sees it. A failed write means the master is gone.
+async fn report_to_master(server: Rc<Server>, interval: Duration, master_gone: CancellationToken) {
+    use tokio::io::AsyncWriteExt as _;
+    let mut out = tokio::io::stdout();
+    let mut beat = tokio::time::interval(interval);
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut retired = false;
+    let mut report = Report::Ready;
+    loop {
+        if out.write_all(report.line().as_bytes()).await.is_err() || out.flush().await.is_err() {
+            tracing::warn!("the master is gone; stopping");
+            master_gone.cancel();
+            return;
+        }
+        report = tokio::select! {
+            _ = beat.tick() => Report::Beat { served: server.served() },
+            () = server.quota_reached(), if !retired => {
+                retired = true;
+                Report::Retire
+            }
+        };
+    }
+}
+
+/// Resolves when the worker should drain: TERM, INT, or the master went away. QUIT
+/// exits the process at once.
+async fn stop_signal(master_gone: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int), Ok(mut quit)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::quit()),
+    ) else {
+        tracing::error!("cannot listen for signals; the worker stops only when the master goes");
+        master_gone.cancelled().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: draining"),
+        _ = int.recv() => tracing::info!("SIGINT: draining"),
+        () = master_gone.cancelled() => {}
+        _ = quit.recv() => {
+            tracing::info!("SIGQUIT: exiting now");
+            std::process::exit(0);
+        }
+    }
+}
+
+/// A random number in `0..=max`, different in every worker.
+fn jitter(max: u64) -> u64 {
+    use std::hash::{BuildHasher as _, RandomState};
+    match max {
+        0 => 0,
+        max => RandomState::new().hash_one(std::process::id()) % (max + 1),
+    }
+}
 
 /// Connection settings of a worker.
 #[derive(Debug, Clone)]
@@ -40,6 +173,10 @@ pub struct ConnLimits {
     /// How long a graceful stop waits for requests in flight.
     pub graceful_timeout: Duration,
 }
+
+/// How long a draining worker waits for the first request of a connection it
+/// accepted just before the stop.
+const FIRST_REQUEST_GRACE: Duration = Duration::from_millis(500);
 
 /// Serves `listener` until `shutdown` resolves, then drains: stops accepting, lets
 /// requests in flight finish within `graceful_timeout`, and returns. Must run inside
@@ -132,6 +269,7 @@ async fn serve_connection(
     let activity = Rc::new(Activity {
         last: Cell::new(Instant::now()),
         requests: Cell::new(0),
+        served: Cell::new(0),
     });
     let io = TokioIo::new(Tracked {
         inner: stream,
@@ -151,7 +289,9 @@ async fn serve_connection(
     };
     let conn = builder.serve_connection(io, service);
     tokio::pin!(conn);
+    let accepted = Instant::now();
     let mut closing = false;
+    let mut stop_requested = false;
     loop {
         let idle_at = activity.last.get() + keep_alive;
         tokio::select! {
@@ -161,9 +301,18 @@ async fn serve_connection(
                 }
                 return;
             }
-            () = stopping.cancelled(), if !closing => {
-                conn.as_mut().graceful_shutdown();
-                closing = true;
+            () = stopping.cancelled(), if !stop_requested => stop_requested = true,
+            // Draining: a connection accepted just before the stop may not have sent
+            // (or hyper not yet read) its first request; closing it now would fail a
+            // request the client already sent. It gets FIRST_REQUEST_GRACE for that;
+            // anything with a request in flight finishes it first (hyper's graceful
+            // shutdown), idle keep-alive connections close at once.
+            () = tokio::time::sleep(Duration::from_millis(5)), if stop_requested && !closing => {
+                let fresh = activity.served.get() == 0 && activity.requests.get() == 0;
+                if !fresh || accepted.elapsed() >= FIRST_REQUEST_GRACE {
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
             }
             () = tokio::time::sleep_until(idle_at.into()), if !closing => {
                 if activity.requests.get() == 0 && activity.last.get().elapsed() >= keep_alive {
@@ -185,10 +334,12 @@ impl<F: Future + 'static> hyper::rt::Executor<F> for LocalExec {
     }
 }
 
-/// When a connection last moved bytes, and how many of its requests are open.
+/// When a connection last moved bytes, how many of its requests are open, and how
+/// many it has had.
 struct Activity {
     last: Cell<Instant>,
     requests: Cell<usize>,
+    served: Cell<u64>,
 }
 
 /// A request whose response body has not finished yet.
@@ -197,6 +348,7 @@ struct OpenRequest(Rc<Activity>);
 impl OpenRequest {
     fn enter(activity: &Rc<Activity>) -> OpenRequest {
         activity.requests.set(activity.requests.get() + 1);
+        activity.served.set(activity.served.get() + 1);
         OpenRequest(activity.clone())
     }
 }

@@ -74,8 +74,12 @@ impl Server {
         self
     }
 
-    /// Starts the binary and waits until it prints `listening on http://ADDR`.
-    pub async fn start(self) -> Running {
+    /// Starts the binary and waits until it prints `listening on http://ADDR`. One
+    /// worker process unless the test asks for `--workers`.
+    pub async fn start(mut self) -> Running {
+        if !self.args.iter().any(|a| a.starts_with("--workers")) {
+            self.args.push("--workers=1".into());
+        }
         let mut child = Command::new(binary())
             .arg("serve")
             .arg("--listen=127.0.0.1:0")
@@ -175,6 +179,25 @@ impl HttpClient {
         }
     }
 
+    /// The same client, opening a new connection for every request: what a failure
+    /// counts then is requests, not keep-alive connections a worker dropped.
+    pub fn fresh_connections(&self) -> HttpClient {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(0)
+            .build(connector);
+        HttpClient {
+            addr: self.addr,
+            client,
+        }
+    }
+
+    /// The server's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
     /// GET `path`.
     pub async fn get(&self, path: &str) -> Reply {
         self.send(Method::GET, path, Bytes::new()).await
@@ -249,7 +272,19 @@ impl Running {
         self.child.id()
     }
 
-    /// Sends a signal by name (`TERM`, `KILL`, ...).
+    /// Sends a signal by name (`TERM`, `KILL`, ...) to one of the workers.
+    pub fn signal_pid(&self, pid: u32, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(pid.to_string())
+            .status();
+        assert!(
+            status.is_ok_and(|s| s.success()),
+            "kill -{name} {pid} failed"
+        );
+    }
+
+    /// Sends a signal by name (`TERM`, `KILL`, ...) to the master.
     pub fn signal(&self, name: &str) {
         let status = Command::new("kill")
             .arg(format!("-{name}"))
@@ -270,16 +305,40 @@ impl Running {
         None
     }
 
-    /// Resident memory of the process, in bytes (from /proc).
+    /// The master's worker processes (its children), from /proc.
+    pub fn worker_pids(&self) -> Vec<u32> {
+        let pid = self.pid();
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect()
+    }
+
+    /// Waits until the master has `count` workers and every one of them reported
+    /// ready in the log; returns their pids.
+    pub fn wait_for_workers(&self, count: usize, timeout: Duration) -> Vec<u32> {
+        let end = Instant::now() + timeout;
+        loop {
+            let pids = self.worker_pids();
+            let log = self.log();
+            let ready = pids
+                .iter()
+                .all(|p| log.contains(&format!("pid={p} boot_ms=")));
+            if pids.len() == count && ready {
+                return pids;
+            }
+            assert!(
+                Instant::now() < end,
+                "expected {count} ready workers, have {pids:?}:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Resident memory of the worker processes together, in bytes (from /proc).
     pub fn rss_bytes(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
-            .expect("the process is alive");
-        let kb: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmRSS is in /proc/PID/status");
-        kb * 1024
+        self.worker_pids().iter().map(|&pid| rss_of(pid)).sum()
     }
 }
 
@@ -326,4 +385,15 @@ impl Log {
             state = self.changed.wait_timeout(state, end - now).unwrap().0;
         }
     }
+}
+
+/// Resident memory of one process, in bytes.
+fn rss_of(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0);
+    kb * 1024
 }

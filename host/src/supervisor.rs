@@ -1,0 +1,520 @@
+//! The master process: binds the listener once, runs `--workers` worker processes that
+//! inherit it, watches their heartbeats, replaces the ones that die or hang, and
+//! carries out the signal table (docs/operations.md). It runs no guest code.
+//!
+//! Workers are this binary re-executed as `wasmloop worker ARGS` with the listening
+//! socket as file descriptor 3 (systemd's `LISTEN_FDS` convention) and their stdout
+//! piped back: one [`Report`] per line. The kernel spreads connections across the
+//! workers' `accept` calls on the one shared socket; there are no per-worker
+//! `SO_REUSEPORT` sockets, whose closing would reset the connections queued on them.
+//!
+//! Replacing a worker (SIGHUP for all of them, `--max-requests` for one) is one step
+//! at a time: start a new worker, wait until it reports ready, then ask the old one
+//! to drain. So capacity never drops below `--workers` and no request fails.
+
+use std::collections::BTreeMap;
+use std::os::fd::AsFd as _;
+use std::process::{ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use command_fds::{CommandFdExt as _, FdMapping};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt as _, BufReader};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
+
+use crate::config::ServeConfig;
+use crate::telemetry;
+
+/// What a worker tells the master, one line each on its stdout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Report {
+    /// The worker is serving.
+    Ready,
+    /// The worker's event loop is alive and has served this many requests.
+    Beat { served: u64 },
+    /// The worker reached `--max-requests` and asks to be replaced.
+    Retire,
+}
+
+impl Report {
+    /// The line for this report, newline included.
+    pub fn line(&self) -> String {
+        match self {
+            Report::Ready => "ready\n".to_string(),
+            Report::Beat { served } => format!("beat {served}\n"),
+            Report::Retire => "retire\n".to_string(),
+        }
+    }
+
+    /// Parses a line written by [`Report::line`].
+    pub fn parse(line: &str) -> Option<Report> {
+        match line.trim().split_once(' ') {
+            None if line.trim() == "ready" => Some(Report::Ready),
+            None if line.trim() == "retire" => Some(Report::Retire),
+            Some(("beat", n)) => n.parse().ok().map(|served| Report::Beat { served }),
+            _ => None,
+        }
+    }
+}
+
+/// A worker started at run time did not come up: the master stops rather than
+/// respawn it over and over.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+/// How often heartbeats are checked and delayed respawns are due.
+const TICK: Duration = Duration::from_millis(100);
+
+/// Runs the master until a stop signal; returns an error when a worker fails at
+/// start-up.
+pub fn run(config: ServeConfig) -> anyhow::Result<()> {
+    config.validate()?;
+    let _log = telemetry::init(&config.log_level, config.log_format)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("failed to start the master's event loop")?;
+    runtime.block_on(Master::new(config)?.run())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Started, not ready yet.
+    Booting,
+    Serving,
+    /// Asked to stop (TERM); finishing what it has.
+    Draining,
+}
+
+struct Worker {
+    started: Instant,
+    last_report: Instant,
+    served: u64,
+    phase: Phase,
+    /// To be replaced by a fresh worker (SIGHUP, or it reached --max-requests).
+    replace: bool,
+}
+
+enum Event {
+    Report(u32, Report),
+    Exited(u32, std::io::Result<ExitStatus>),
+}
+
+struct Master {
+    config: ServeConfig,
+    /// Arguments a worker is started with (this process's, `serve` -> `worker`).
+    worker_args: Vec<std::ffi::OsString>,
+    /// The shared socket; closed when the master stops.
+    listener: Option<std::net::TcpListener>,
+    target: usize,
+    workers: BTreeMap<u32, Worker>,
+    /// A new worker started to replace an old one, and the old one.
+    replacing: Option<(u32, u32)>,
+    events_tx: mpsc::UnboundedSender<Event>,
+    events: mpsc::UnboundedReceiver<Event>,
+    /// Crashes since a worker last lived long enough; sets the respawn delay.
+    crashes: u32,
+    respawn_at: Option<Instant>,
+    restarts: u64,
+    announced: bool,
+}
+
+impl Master {
+    fn new(config: ServeConfig) -> anyhow::Result<Master> {
+        let mut worker_args: Vec<_> = std::env::args_os().skip(1).collect();
+        match worker_args.first_mut() {
+            Some(arg) if arg == "serve" => *arg = "worker".into(),
+            _ => bail!("the master must be started as `wasmloop serve ...`"),
+        }
+        let listener = bind(&config)?;
+        let (events_tx, events) = mpsc::unbounded_channel();
+        Ok(Master {
+            target: config.worker_count(),
+            config,
+            worker_args,
+            listener: Some(listener),
+            workers: BTreeMap::new(),
+            replacing: None,
+            events_tx,
+            events,
+            crashes: 0,
+            respawn_at: None,
+            restarts: 0,
+            announced: false,
+        })
+    }
+
+    async fn run(mut self) -> anyhow::Result<()> {
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let mut quit = signal(SignalKind::quit())?;
+        let mut hup = signal(SignalKind::hangup())?;
+        let mut ttin = signal(SignalKind::from_raw(nix::libc::SIGTTIN))?;
+        let mut ttou = signal(SignalKind::from_raw(nix::libc::SIGTTOU))?;
+        let mut tick = tokio::time::interval(TICK);
+
+        tracing::info!(workers = self.target, "master starting");
+        for _ in 0..self.target {
+            self.spawn()?;
+        }
+        loop {
+            tokio::select! {
+                Some(event) = self.events.recv() => self.on_event(event)?,
+                _ = tick.tick() => self.on_tick()?,
+                _ = term.recv() => return self.stop_gracefully("SIGTERM").await,
+                _ = int.recv() => return self.stop_gracefully("SIGINT").await,
+                _ = quit.recv() => return self.stop_fast().await,
+                _ = hup.recv() => {
+                    tracing::info!("SIGHUP: replacing every worker, one at a time");
+                    for worker in self.workers.values_mut().filter(|w| w.phase != Phase::Draining) {
+                        worker.replace = true;
+                    }
+                }
+                _ = ttin.recv() => {
+                    self.target += 1;
+                    tracing::info!(workers = self.target, "SIGTTIN: one worker more");
+                }
+                _ = ttou.recv() => {
+                    self.target = (self.target - 1).max(1);
+                    tracing::info!(workers = self.target, "SIGTTOU: one worker less");
+                }
+            }
+            self.reconcile()?;
+        }
+    }
+
+    fn on_event(&mut self, event: Event) -> anyhow::Result<()> {
+        match event {
+            Event::Report(pid, report) => {
+                let Some(worker) = self.workers.get_mut(&pid) else {
+                    return Ok(());
+                };
+                worker.last_report = Instant::now();
+                match report {
+                    Report::Ready => {
+                        if worker.phase == Phase::Booting {
+                            worker.phase = Phase::Serving;
+                            tracing::info!(
+                                pid,
+                                boot_ms = worker.started.elapsed().as_millis() as u64,
+                                "worker ready"
+                            );
+                        }
+                    }
+                    Report::Beat { served } => worker.served = served,
+                    Report::Retire => {
+                        if !worker.replace && worker.phase == Phase::Serving {
+                            tracing::info!(
+                                pid,
+                                served = worker.served,
+                                "worker reached --max-requests; replacing it"
+                            );
+                            worker.replace = true;
+                        }
+                    }
+                }
+                if !self.announced
+                    && self
+                        .workers
+                        .values()
+                        .filter(|w| w.phase == Phase::Serving)
+                        .count()
+                        >= self.target
+                {
+                    self.announced = true;
+                    // The one line scripts wait for, once every worker serves.
+                    if let Some(listener) = &self.listener {
+                        eprintln!("listening on http://{}", listener.local_addr()?);
+                    }
+                }
+            }
+            Event::Exited(pid, status) => {
+                let Some(worker) = self.workers.remove(&pid) else {
+                    return Ok(());
+                };
+                let status = describe(&status);
+                match worker.phase {
+                    Phase::Draining => {
+                        tracing::info!(pid, %status, served = worker.served, "worker stopped")
+                    }
+                    Phase::Booting => {
+                        bail!("worker {pid} failed at start-up ({status}); its error is above")
+                    }
+                    Phase::Serving => {
+                        self.restarts += 1;
+                        let lived = worker.started.elapsed();
+                        self.crashes = if lived > Duration::from_secs(30) {
+                            1
+                        } else {
+                            self.crashes + 1
+                        };
+                        let delay = backoff(self.crashes);
+                        tracing::warn!(
+                            pid, %status, served = worker.served, lived_s = lived.as_secs(),
+                            restarts = self.restarts, respawn_in_ms = delay.as_millis() as u64,
+                            "worker died; replacing it"
+                        );
+                        self.respawn_at = Some(Instant::now() + delay);
+                    }
+                }
+                if self.replacing.is_some_and(|(new, _)| new == pid) {
+                    self.replacing = None;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Kills workers whose loop went quiet, and stops on a worker that never booted.
+    fn on_tick(&mut self) -> anyhow::Result<()> {
+        let timeout = self.config.timeout_worker_healthcheck;
+        for (&pid, worker) in &self.workers {
+            let quiet = worker.last_report.elapsed();
+            match worker.phase {
+                Phase::Booting if quiet > BOOT_TIMEOUT => {
+                    send(pid, Signal::SIGKILL);
+                    bail!(
+                        "worker {pid} did not become ready within {}s",
+                        BOOT_TIMEOUT.as_secs()
+                    );
+                }
+                Phase::Serving | Phase::Draining if quiet > timeout => {
+                    tracing::warn!(
+                        pid,
+                        quiet_ms = quiet.as_millis() as u64,
+                        "worker's event loop stopped reporting; killing it"
+                    );
+                    send(pid, Signal::SIGKILL);
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves toward `target` workers, replacing old ones one at a time.
+    ///
+    /// Workers marked `replace` keep serving until their replacement is ready, so
+    /// they count toward the target; a replacement in flight is one worker extra.
+    fn reconcile(&mut self) -> anyhow::Result<()> {
+        if let Some((new, old)) = self.replacing {
+            if self
+                .workers
+                .get(&new)
+                .is_some_and(|w| w.phase == Phase::Serving)
+            {
+                self.replacing = None;
+                self.drain(old);
+            }
+        } else if let Some(old) = self.oldest(|w| w.replace && w.phase == Phase::Serving) {
+            let new = self.spawn()?;
+            self.replacing = Some((new, old));
+        }
+
+        let live = self
+            .workers
+            .values()
+            .filter(|w| w.phase != Phase::Draining)
+            .count();
+        let expected = self.target + usize::from(self.replacing.is_some());
+        if live < expected && self.respawn_at.is_none_or(|at| Instant::now() >= at) {
+            self.respawn_at = None;
+            self.spawn()?;
+        } else if live > expected {
+            let surplus = self
+                .oldest(|w| w.replace && w.phase == Phase::Serving)
+                .or_else(|| self.oldest(|w| w.phase == Phase::Serving));
+            if let Some(pid) =
+                surplus.filter(|&pid| self.replacing.is_none_or(|(new, _)| new != pid))
+            {
+                self.drain(pid);
+            }
+        }
+        Ok(())
+    }
+
+    fn oldest(&self, pick: impl Fn(&Worker) -> bool) -> Option<u32> {
+        self.workers
+            .iter()
+            .filter(|(_, w)| pick(w))
+            .min_by_key(|(_, w)| w.started)
+            .map(|(&pid, _)| pid)
+    }
+
+    fn drain(&mut self, pid: u32) {
+        if let Some(worker) = self.workers.get_mut(&pid) {
+            tracing::info!(pid, served = worker.served, "asking worker to drain");
+            worker.phase = Phase::Draining;
+            send(pid, Signal::SIGTERM);
+        }
+    }
+
+    /// Starts one worker and the task that relays its reports and its exit.
+    fn spawn(&mut self) -> anyhow::Result<u32> {
+        let exe = std::env::current_exe().context("failed to find the wasmloop binary")?;
+        let listener = self
+            .listener
+            .as_ref()
+            .context("the master is stopping")?
+            .as_fd()
+            .try_clone_to_owned()
+            .context("failed to share the listener")?;
+        let mut command = tokio::process::Command::new(exe);
+        command
+            .args(&self.worker_args)
+            .env("LISTEN_FDS", "1")
+            .env_remove("LISTEN_PID")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .fd_mappings(vec![FdMapping {
+                parent_fd: listener,
+                child_fd: 3,
+            }])
+            .context("failed to pass the listener to a worker")?;
+        let mut child = command.spawn().context("failed to start a worker")?;
+        let pid = child.id().context("a worker exited at once")?;
+        let stdout = child
+            .stdout
+            .take()
+            .context("a worker's stdout is not piped")?;
+        let events = self.events_tx.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(report) = Report::parse(&line) {
+                    let _ = events.send(Event::Report(pid, report));
+                }
+            }
+            let status = child.wait().await;
+            let _ = events.send(Event::Exited(pid, status));
+        });
+        let now = Instant::now();
+        self.workers.insert(
+            pid,
+            Worker {
+                started: now,
+                last_report: now,
+                served: 0,
+                phase: Phase::Booting,
+                replace: false,
+            },
+        );
+        tracing::info!(pid, "worker started");
+        Ok(pid)
+    }
+
+    /// TERM/INT: workers stop accepting and finish what they hold, then exit 0.
+    async fn stop_gracefully(mut self, why: &str) -> anyhow::Result<()> {
+        tracing::info!(workers = self.workers.len(), "{why}: graceful stop");
+        let pids: Vec<u32> = self.workers.keys().copied().collect();
+        for pid in pids {
+            self.drain(pid);
+        }
+        // The workers have their own copies of the socket; closing ours lets the
+        // kernel refuse new connections once they have closed theirs.
+        self.listener = None;
+        let deadline = Instant::now() + self.config.graceful_timeout + Duration::from_secs(2);
+        self.wait_for_exits(deadline).await;
+        Ok(())
+    }
+
+    /// QUIT: workers exit at once.
+    async fn stop_fast(mut self) -> anyhow::Result<()> {
+        tracing::info!(workers = self.workers.len(), "SIGQUIT: fast stop");
+        for &pid in self.workers.keys() {
+            send(pid, Signal::SIGQUIT);
+        }
+        self.listener = None;
+        self.wait_for_exits(Instant::now() + Duration::from_secs(2))
+            .await;
+        Ok(())
+    }
+
+    async fn wait_for_exits(&mut self, deadline: Instant) {
+        while !self.workers.is_empty() {
+            match tokio::time::timeout_at(deadline.into(), self.events.recv()).await {
+                Ok(Some(Event::Exited(pid, status))) => {
+                    self.workers.remove(&pid);
+                    tracing::info!(pid, status = %describe(&status), "worker stopped");
+                }
+                Ok(Some(Event::Report(..))) => {}
+                Ok(None) | Err(_) => break,
+            }
+        }
+        for &pid in self.workers.keys() {
+            tracing::warn!(
+                pid,
+                "worker still running after the stop deadline; killing it"
+            );
+            send(pid, Signal::SIGKILL);
+        }
+    }
+}
+
+/// Binds the shared listening socket with `--backlog`.
+fn bind(config: &ServeConfig) -> anyhow::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let addr = config.listen;
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket
+        .bind(&addr.into())
+        .with_context(|| format!("failed to listen on {addr}"))?;
+    let backlog = i32::try_from(config.backlog).unwrap_or(i32::MAX);
+    socket
+        .listen(backlog)
+        .with_context(|| format!("failed to listen on {addr}"))?;
+    Ok(socket.into())
+}
+
+fn send(pid: u32, signal: Signal) {
+    if let Ok(pid) = i32::try_from(pid) {
+        let _ = kill(Pid::from_raw(pid), signal);
+    }
+}
+
+/// The delay before respawning after the `crashes`-th crash in a row: 100 ms,
+/// doubling, at most 10 s.
+fn backoff(crashes: u32) -> Duration {
+    let exponent = crashes.saturating_sub(1).min(7);
+    (Duration::from_millis(100) * 2u32.pow(exponent)).min(Duration::from_secs(10))
+}
+
+fn describe(status: &std::io::Result<ExitStatus>) -> String {
+    use std::os::unix::process::ExitStatusExt as _;
+    match status {
+        Ok(s) => match (s.code(), s.signal()) {
+            (Some(code), _) => format!("exit code {code}"),
+            (None, Some(sig)) => {
+                Signal::try_from(sig).map_or(format!("signal {sig}"), |s| format!("killed by {s}"))
+            }
+            _ => "unknown exit".to_string(),
+        },
+        Err(e) => format!("could not be waited for: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_round_trip_through_their_lines() {
+        for report in [Report::Ready, Report::Beat { served: 42 }, Report::Retire] {
+            assert_eq!(Report::parse(&report.line()), Some(report));
+        }
+        assert_eq!(Report::parse("hello"), None);
+        assert_eq!(Report::parse("beat many"), None);
+    }
+
+    #[test]
+    fn respawns_back_off_exponentially_up_to_ten_seconds() {
+        assert_eq!(backoff(1), Duration::from_millis(100));
+        assert_eq!(backoff(2), Duration::from_millis(200));
+        assert_eq!(backoff(4), Duration::from_millis(800));
+        assert_eq!(backoff(30), Duration::from_secs(10));
+    }
+}

@@ -1,0 +1,292 @@
+//! The master and its workers, with real processes and real signals: crashes,
+//! hangs, graceful stop, rolling restarts, retirement, scaling.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use wasmloop_tests::{HttpClient, Server, guests};
+
+/// Requests sent by `clients` loops, each on a fresh connection, until stopped.
+struct Load {
+    ok: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<Vec<String>>>,
+}
+
+impl Load {
+    fn start(client: &HttpClient, clients: usize, path: &'static str) -> Load {
+        let (ok, failed, stop) = (
+            Arc::default(),
+            Arc::default(),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let tasks = (0..clients)
+            .map(|_| {
+                let client = client.fresh_connections();
+                let (ok, failed, stop): (Arc<AtomicU64>, Arc<AtomicU64>, Arc<AtomicBool>) =
+                    (Arc::clone(&ok), Arc::clone(&failed), Arc::clone(&stop));
+                tokio::spawn(async move {
+                    let mut errors = Vec::new();
+                    while !stop.load(Ordering::Relaxed) {
+                        let req =
+                            http::Request::get(format!("http://{}{path}", client_addr(&client)))
+                                .body(http_body_util::Full::new(bytes::Bytes::new()))
+                                .unwrap();
+                        match client.try_request(req).await {
+                            Ok(reply) if reply.status == 200 => {
+                                ok.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Ok(reply) => {
+                                failed.fetch_add(1, Ordering::Relaxed);
+                                errors.push(format!("status {}: {}", reply.status, reply.text()));
+                            }
+                            Err(e) => {
+                                failed.fetch_add(1, Ordering::Relaxed);
+                                errors.push(e);
+                            }
+                        }
+                    }
+                    errors
+                })
+            })
+            .collect();
+        Load {
+            ok,
+            failed,
+            stop,
+            tasks,
+        }
+    }
+
+    fn ok(&self) -> u64 {
+        self.ok.load(Ordering::Relaxed)
+    }
+
+    /// Stops the loops; returns (successes, failures, the failures' errors).
+    async fn finish(self) -> (u64, u64, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        let errors = join_all(self.tasks)
+            .await
+            .into_iter()
+            .flat_map(|r| r.unwrap())
+            .collect();
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+            errors,
+        )
+    }
+}
+
+fn client_addr(client: &HttpClient) -> std::net::SocketAddr {
+    client.addr()
+}
+
+/// Waits, polling, until `cond` holds.
+async fn eventually(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let end = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < end, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_worker_is_replaced_and_the_other_keeps_serving() {
+    let server = Server::new(guests::SYNC_GUEST)
+        .arg("--workers=2")
+        .start()
+        .await;
+    let before = server.wait_for_workers(2, Duration::from_secs(10));
+    let clients = 8;
+    let load = Load::start(&server.client(), clients, "/");
+    eventually("requests flowing", Duration::from_secs(5), || {
+        load.ok() > 50
+    })
+    .await;
+
+    let victim = before[0];
+    server.signal_pid(victim, "KILL");
+    let killed_at = Instant::now();
+    eventually("a replacement worker", Duration::from_secs(5), || {
+        let pids = server.worker_pids();
+        pids.len() == 2 && !pids.contains(&victim)
+    })
+    .await;
+    let replacement = *server
+        .worker_pids()
+        .iter()
+        .find(|p| !before.contains(p))
+        .unwrap();
+    server.wait_for_workers(2, Duration::from_secs(5));
+    let replaced_after = killed_at.elapsed();
+    let served_before = load.ok();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (ok, failed, errors) = load.finish().await;
+
+    assert!(
+        replaced_after < Duration::from_secs(1),
+        "the replacement was ready after {replaced_after:?}"
+    );
+    assert!(ok > served_before, "requests stopped after the kill");
+    // At most the requests in flight on the killed worker fail: one per client.
+    assert!(
+        failed <= clients as u64,
+        "{failed} requests failed: {errors:?}"
+    );
+    assert!(
+        server.log().contains(&format!("pid={victim}"))
+            && server.log().contains("killed by SIGKILL")
+    );
+    assert!(
+        server
+            .log()
+            .contains(&format!("worker ready pid={replacement}"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_twenty_slow_requests_across_workers() {
+    let mut server = Server::new(guests::ASYNC_GUEST)
+        .arg("--workers=2")
+        .arg("--graceful-timeout=10s")
+        .start()
+        .await;
+    server.wait_for_workers(2, Duration::from_secs(10));
+    let client = server.client().fresh_connections();
+    let in_flight =
+        tokio::spawn(async move { join_all((0..20).map(|_| client.get("/sleep?ms=1000"))).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let signalled = Instant::now();
+    server.signal("TERM");
+    let replies = in_flight.await.unwrap();
+    let statuses: Vec<u16> = replies.iter().map(|r| r.status.as_u16()).collect();
+    assert_eq!(statuses, vec![200; 20]);
+    let status = server
+        .wait_exit(Duration::from_secs(10))
+        .expect("the master exits after the drain");
+    assert!(status.success(), "{status:?}");
+    assert!(signalled.elapsed() < Duration::from_secs(10));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_replaces_every_worker_without_failing_a_request() {
+    let server = Server::new(guests::SYNC_GUEST)
+        .arg("--workers=2")
+        .start()
+        .await;
+    let before: HashSet<u32> = server
+        .wait_for_workers(2, Duration::from_secs(10))
+        .into_iter()
+        .collect();
+    let load = Load::start(&server.client(), 4, "/");
+    eventually("requests flowing", Duration::from_secs(5), || {
+        load.ok() > 50
+    })
+    .await;
+    server.signal("HUP");
+    eventually("every worker replaced", Duration::from_secs(15), || {
+        let now: HashSet<u32> = server.worker_pids().into_iter().collect();
+        now.len() == 2 && now.is_disjoint(&before)
+    })
+    .await;
+    server.wait_for_workers(2, Duration::from_secs(5));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (ok, failed, errors) = load.finish().await;
+    assert_eq!(
+        failed, 0,
+        "failed requests during the rolling restart: {errors:?}"
+    );
+    assert!(ok > 100);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_retire_after_max_requests_without_failing_a_request() {
+    let server = Server::new(guests::ASYNC_GUEST)
+        .arg("--workers=2")
+        .arg("--max-requests=50")
+        .arg("--max-requests-jitter=10")
+        .start()
+        .await;
+    let before: HashSet<u32> = server
+        .wait_for_workers(2, Duration::from_secs(10))
+        .into_iter()
+        .collect();
+    let load = Load::start(&server.client(), 4, "/");
+    eventually(
+        "both first workers retired",
+        Duration::from_secs(20),
+        || {
+            let now: HashSet<u32> = server.worker_pids().into_iter().collect();
+            now.is_disjoint(&before) && load.ok() > 300
+        },
+    )
+    .await;
+    let (ok, failed, errors) = load.finish().await;
+    assert_eq!(
+        failed, 0,
+        "failed requests while workers retired: {errors:?}"
+    );
+    assert!(ok > 300);
+    assert!(server.log().contains("reached --max-requests"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_whose_loop_hangs_is_killed_and_replaced() {
+    let server = Server::new(guests::SYNC_GUEST)
+        .arg("--timeout-worker-healthcheck=1s")
+        .start()
+        .await;
+    let [hung] = server.wait_for_workers(1, Duration::from_secs(10))[..] else {
+        unreachable!()
+    };
+    // SIGSTOP freezes the whole worker, its loop included: no more heartbeats.
+    server.signal_pid(hung, "STOP");
+    eventually("the hung worker replaced", Duration::from_secs(5), || {
+        let pids = server.worker_pids();
+        pids.len() == 1 && pids[0] != hung
+    })
+    .await;
+    server.wait_for_workers(1, Duration::from_secs(5));
+    assert_eq!(server.get("/").await.status, 200);
+    assert!(server.log().contains("stopped reporting; killing it"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ttin_and_ttou_add_and_remove_a_worker() {
+    let server = Server::new(guests::HELLO_ASYNC).start().await;
+    server.wait_for_workers(1, Duration::from_secs(10));
+    server.signal("TTIN");
+    eventually("two workers", Duration::from_secs(10), || {
+        server.worker_pids().len() == 2
+    })
+    .await;
+    server.wait_for_workers(2, Duration::from_secs(10));
+    server.signal("TTOU");
+    eventually("one worker", Duration::from_secs(10), || {
+        server.worker_pids().len() == 1
+    })
+    .await;
+    assert_eq!(server.get("/").await.status, 200);
+}
+
+#[tokio::test]
+async fn a_worker_that_fails_at_start_up_stops_the_master() {
+    let start = Instant::now();
+    let (status, output) = Server::new("/nonexistent/handler.wasm")
+        .arg("--workers=2")
+        .start_expecting_failure();
+    assert!(!status.success());
+    assert!(
+        output.contains("failed to read /nonexistent/handler.wasm"),
+        "{output}"
+    );
+    assert!(output.contains("failed at start-up"), "{output}");
+    // No respawn storm: the master gave up at the first failure.
+    assert!(output.matches("worker started").count() <= 2, "{output}");
+    assert!(start.elapsed() < Duration::from_secs(10));
+}
