@@ -65,8 +65,8 @@ measure() { # name, then the server command
 
 results=$(
   measure native target/release/native-hello 127.0.0.1:0
-  measure pool target/release/wasmloop serve --listen 127.0.0.1:0 --log-level warn "$wasm/hello.wasm"
-  measure loop target/release/wasmloop serve --listen 127.0.0.1:0 --log-level warn "$wasm/hello_async.wasm"
+  measure pool target/release/wasmloop serve --listen 127.0.0.1:0 --workers 1 --log-level warn "$wasm/hello.wasm"
+  measure loop target/release/wasmloop serve --listen 127.0.0.1:0 --workers 1 --log-level warn "$wasm/hello_async.wasm"
 )
 native_rps=$(echo "$results" | awk '$1 == "native" {print $2}')
 

@@ -2,8 +2,6 @@
 //! requests run under. The server routes requests to it; `loop_exec` and `pool` run
 //! them. (Tenants and versions of apps arrive with the deploy path.)
 
-use std::sync::Arc;
-
 use anyhow::Context as _;
 use wasmtime::Engine;
 
@@ -38,10 +36,16 @@ impl App {
             mode = %handler.mode,
             "loaded component"
         );
+        let allow_outbound: Vec<String> = config
+            .allow_outbound
+            .iter()
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty())
+            .collect();
         let limits = Limits {
             fuel: config.fuel,
             max_memory,
-            allow_outbound: Arc::from(Vec::new()),
+            allow_outbound: allow_outbound.into(),
         };
         Ok(App {
             engine,

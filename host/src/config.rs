@@ -99,6 +99,12 @@ pub struct ServeConfig {
     #[arg(long, env = "WASMLOOP_POOL_QUEUE", default_value_t = 256)]
     pub pool_queue: usize,
 
+    /// Hosts guests may send HTTP requests to: `HOST` (any port) or `HOST:PORT`,
+    /// comma-separated. Any other outbound request fails inside the guest with
+    /// `HTTP-request-denied`, and nothing is sent. Default: none.
+    #[arg(long, env = "WASMLOOP_ALLOW_OUTBOUND", value_delimiter = ',')]
+    pub allow_outbound: Vec<String>,
+
     /// Fuel (WebAssembly work units) one request may burn; out of fuel is 503
     /// `cpu_limit`. The default is about one second of CPU on a current x86-64 core
     /// (see docs/operations.md for the measurement).

@@ -262,6 +262,12 @@ impl Running {
         self.log.text()
     }
 
+    /// Whether a log line contains every one of `parts`, waiting up to 5 s for it:
+    /// log lines go through a non-blocking writer and may trail the event they tell.
+    pub fn has_log(&self, parts: &[&str]) -> bool {
+        self.wait_for_log(parts, Duration::from_secs(5)).is_some()
+    }
+
     /// Waits until a log line contains every one of `parts`; returns that line.
     pub fn wait_for_log(&self, parts: &[&str], timeout: Duration) -> Option<String> {
         self.log

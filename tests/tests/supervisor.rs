@@ -138,15 +138,8 @@ async fn a_killed_worker_is_replaced_and_the_other_keeps_serving() {
         failed <= clients as u64,
         "{failed} requests failed: {errors:?}"
     );
-    assert!(
-        server.log().contains(&format!("pid={victim}"))
-            && server.log().contains("killed by SIGKILL")
-    );
-    assert!(
-        server
-            .log()
-            .contains(&format!("worker ready pid={replacement}"))
-    );
+    assert!(server.has_log(&[&format!("pid={victim}")]) && server.has_log(&["killed by SIGKILL"]));
+    assert!(server.has_log(&[&format!("worker ready pid={replacement}")]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -232,7 +225,7 @@ async fn workers_retire_after_max_requests_without_failing_a_request() {
         "failed requests while workers retired: {errors:?}"
     );
     assert!(ok > 300);
-    assert!(server.log().contains("reached --max-requests"));
+    assert!(server.has_log(&["reached --max-requests"]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -253,7 +246,7 @@ async fn a_worker_whose_loop_hangs_is_killed_and_replaced() {
     .await;
     server.wait_for_workers(1, Duration::from_secs(5));
     assert_eq!(server.get("/").await.status, 200);
-    assert!(server.log().contains("stopped reporting; killing it"));
+    assert!(server.has_log(&["stopped reporting; killing it"]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

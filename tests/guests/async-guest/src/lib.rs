@@ -12,6 +12,7 @@
 //! | `/alloc` | allocates until memory runs out |
 //! | `/echo` | answers with the request body |
 //! | `/big?kb=N` | streams N KiB of `x` in 16 KiB chunks |
+//! | `/fetch?to=HOST:PORT` | GETs `http://HOST:PORT/upstream` and answers with its body, or 502 and the error |
 
 use wasip3::clocks::monotonic_clock;
 use wasip3::http::types::{ErrorCode, Fields, Request, Response};
@@ -53,6 +54,28 @@ fn respond(status: u16, chunks: Vec<Vec<u8>>) -> Result<Response, ErrorCode> {
 
 fn text(status: u16, body: impl Into<String>) -> Result<Response, ErrorCode> {
     respond(status, vec![body.into().into_bytes()])
+}
+
+fn query_str<'a>(path: &'a str, key: &str) -> Option<&'a str> {
+    let (_, q) = path.split_once('?')?;
+    q.split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| v)
+}
+
+/// An awaited GET over wasi:http 0.3's client.
+async fn fetch(authority: &str) -> Result<Vec<u8>, String> {
+    use wasip3::http::types::{Request as OutRequest, Scheme};
+    let (_, trailers) = wit_future::new(|| Ok(None));
+    let (request, _sent) = OutRequest::new(Fields::new(), None, trailers, None);
+    request.set_scheme(Some(&Scheme::Http)).map_err(|()| "bad scheme")?;
+    request.set_authority(Some(authority)).map_err(|()| "bad authority")?;
+    request.set_path_with_query(Some("/upstream")).map_err(|()| "bad path")?;
+    let response = wasip3::http::client::send(request).await.map_err(|e| format!("{e:?}"))?;
+    let (_, result) = wit_future::new(|| Ok(()));
+    let (body, _trailers) = Response::consume_body(response, result);
+    Ok(body.collect().await)
 }
 
 fn work(iterations: u64) -> u64 {
@@ -110,6 +133,10 @@ impl wasip3::exports::http::handler::Guest for Handler {
                     .collect();
                 respond(200, chunks)
             }
+            "/fetch" => match fetch(query_str(&path, "to").unwrap_or("")).await {
+                Ok(body) => respond(200, vec![body]),
+                Err(e) => text(502, format!("fetch failed: {e}\n")),
+            },
             _ => text(404, "not found\n"),
         }
     }

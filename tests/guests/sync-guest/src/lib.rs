@@ -12,6 +12,7 @@
 //! | `/echo` | answers with the request body |
 //! | `/big?kb=N` | answers with N KiB of `x` |
 //! | `/fuel?n=N` | runs N iterations of a fixed loop (fuel calibration) |
+//! | `/fetch?to=HOST:PORT` | GETs `http://HOST:PORT/upstream` and answers with its body, or 502 and the error |
 
 use wasip2::clocks::monotonic_clock;
 use wasip2::exports::http::incoming_handler::Guest;
@@ -29,6 +30,38 @@ fn query(path: &str, key: &str) -> Option<u64> {
         .filter_map(|kv| kv.split_once('='))
         .find(|(k, _)| *k == key)
         .and_then(|(_, v)| v.parse().ok())
+}
+
+fn query_str<'a>(path: &'a str, key: &str) -> Option<&'a str> {
+    let (_, q) = path.split_once('?')?;
+    q.split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| v)
+}
+
+/// A blocking GET over wasi:http's outgoing handler.
+fn fetch(authority: &str) -> Result<Vec<u8>, String> {
+    use wasip2::http::outgoing_handler;
+    use wasip2::http::types::{OutgoingRequest, Scheme};
+    let request = OutgoingRequest::new(Fields::new());
+    request.set_scheme(Some(&Scheme::Http)).map_err(|()| "bad scheme")?;
+    request.set_authority(Some(authority)).map_err(|()| "bad authority")?;
+    request.set_path_with_query(Some("/upstream")).map_err(|()| "bad path")?;
+    let pending = outgoing_handler::handle(request, None).map_err(|e| format!("{e:?}"))?;
+    pending.subscribe().block();
+    let response = pending
+        .get()
+        .ok_or("no response")?
+        .map_err(|()| "response taken twice")?
+        .map_err(|e| format!("{e:?}"))?;
+    let body = response.consume().map_err(|()| "no body")?;
+    let stream = body.stream().map_err(|()| "no body stream")?;
+    let mut bytes = Vec::new();
+    while let Ok(chunk) = stream.blocking_read(64 * 1024) {
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(bytes)
 }
 
 fn respond(out: ResponseOutparam, status: u16, body: &[u8]) {
@@ -107,6 +140,10 @@ impl Guest for Handler {
                 let n = query(&path, "n").unwrap_or(1_000_000);
                 respond(out, 200, format!("{}\n", work(n)).as_bytes());
             }
+            "/fetch" => match fetch(query_str(&path, "to").unwrap_or("")) {
+                Ok(body) => respond(out, 200, &body),
+                Err(e) => respond(out, 502, format!("fetch failed: {e}\n").as_bytes()),
+            },
             _ => respond(out, 404, b"not found\n"),
         }
     }
