@@ -46,6 +46,7 @@ impl App {
             fuel: config.fuel,
             max_memory,
             allow_outbound: allow_outbound.into(),
+            vars: std::sync::Arc::new(config.vars.iter().cloned().collect()),
         };
         Ok(App {
             engine,

@@ -128,6 +128,7 @@ pub fn load_bytes(engine: &Engine, bytes: &[u8], choice: ModeChoice) -> anyhow::
             #[expect(clippy::disallowed_methods, reason = "the pool's linker")]
             wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
             p2::add_only_http_to_linker_sync(&mut linker)?;
+            wasmtime_wasi_config::add_to_linker(&mut linker, Sandbox::config)?;
             let instance = instantiate_pre(&linker, engine, &component)?;
             HandlerPre::ProxySync(
                 p2::bindings::sync::ProxyPre::new(instance)
@@ -152,6 +153,7 @@ fn async_linker(engine: &Engine) -> anyhow::Result<Linker<Sandbox>> {
     wasmtime_wasi::p3::add_to_linker(&mut linker)?;
     p2::add_only_http_to_linker_async(&mut linker)?;
     p3::add_to_linker(&mut linker)?;
+    wasmtime_wasi_config::add_to_linker(&mut linker, Sandbox::config)?;
     Ok(linker)
 }
 

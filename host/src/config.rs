@@ -105,6 +105,12 @@ pub struct ServeConfig {
     #[arg(long, env = "WASMLOOP_ALLOW_OUTBOUND", value_delimiter = ',')]
     pub allow_outbound: Vec<String>,
 
+    /// A configuration variable for the handler, `KEY=VALUE`; repeat the flag for
+    /// more. Guests read them through the standard wasi:config interface. (The
+    /// environment variable holds one pair; use the flag for several.)
+    #[arg(long = "var", env = "WASMLOOP_VAR", value_parser = parse_var)]
+    pub vars: Vec<(String, String)>,
+
     /// Fuel (WebAssembly work units) one request may burn; out of fuel is 503
     /// `cpu_limit`. The default is about one second of CPU on a current x86-64 core
     /// (see docs/operations.md for the measurement).
@@ -212,6 +218,16 @@ impl ServeConfig {
     }
 }
 
+/// Parses `KEY=VALUE` (the value may be empty and may contain `=`).
+pub fn parse_var(text: &str) -> anyhow::Result<(String, String)> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() => {
+            Ok((key.trim().to_string(), value.to_string()))
+        }
+        _ => bail!("invalid variable `{text}`: expected KEY=VALUE"),
+    }
+}
+
 /// Parses `4096`, `64K`, `128M`, `1G` (powers of 1024; a trailing `B` or `iB` is allowed).
 pub fn parse_size(text: &str) -> anyhow::Result<u64> {
     let t = text.trim();
@@ -236,6 +252,21 @@ pub fn parse_size(text: &str) -> anyhow::Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn variables_parse_as_key_value() {
+        assert_eq!(
+            parse_var("GREETING=hi").unwrap(),
+            ("GREETING".into(), "hi".into())
+        );
+        assert_eq!(parse_var("URL=a=b").unwrap(), ("URL".into(), "a=b".into()));
+        assert_eq!(
+            parse_var("EMPTY=").unwrap(),
+            ("EMPTY".into(), String::new())
+        );
+        assert!(parse_var("novalue").is_err());
+        assert!(parse_var("=x").is_err());
+    }
 
     #[test]
     fn sizes_parse_with_binary_suffixes() {

@@ -13,10 +13,11 @@ use crate::guest_output::GuestOutput;
 use wasmtime::component::ResourceTable;
 use wasmtime::{Engine, ResourceLimiter, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_config::{WasiConfig, WasiConfigVariables};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
 /// The limits every request's store runs under.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Limits {
     /// Fuel the request may burn.
     pub fuel: u64,
@@ -24,6 +25,8 @@ pub struct Limits {
     pub max_memory: usize,
     /// Hosts (`host` or `host:port`) guests may send requests to.
     pub allow_outbound: Arc<[String]>,
+    /// What the guest reads through wasi:config.
+    pub vars: Arc<WasiConfigVariables>,
 }
 
 /// The data of one request's store.
@@ -33,6 +36,7 @@ pub struct Sandbox {
     table: ResourceTable,
     memory: MemoryLimiter,
     outbound: OutboundPolicy,
+    vars: Arc<WasiConfigVariables>,
 }
 
 impl Sandbox {
@@ -61,11 +65,17 @@ impl Sandbox {
             outbound: OutboundPolicy {
                 allow: limits.allow_outbound.clone(),
             },
+            vars: limits.vars.clone(),
         };
         let mut store = Store::new(engine, sandbox);
         store.limiter(|s| &mut s.memory);
         store.set_fuel(limits.fuel)?;
         Ok(store)
+    }
+
+    /// wasi:config for this store: the app's variables.
+    pub fn config(&mut self) -> WasiConfig<'_> {
+        WasiConfig::from(&*self.vars)
     }
 
     /// Whether the memory limiter refused a grow during this request.

@@ -137,6 +137,12 @@ fn help_lists_every_flag_with_its_environment_variable() {
         "--timeout-keep-alive",
         "--limit-concurrency",
         "--graceful-timeout",
+        "--workers",
+        "--timeout-worker-healthcheck",
+        "--max-requests",
+        "--max-requests-jitter",
+        "--allow-outbound",
+        "--var",
     ] {
         assert!(help.contains(flag), "--help lacks {flag}:\n{help}");
     }

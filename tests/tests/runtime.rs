@@ -353,3 +353,22 @@ async fn guest_output_is_logged_with_the_request_id() {
         );
     }
 }
+
+#[tokio::test]
+async fn configuration_variables_reach_the_guest_through_wasi_config() {
+    let server = Server::new(guests::SYNC_GUEST)
+        .arg("--var=GREETING=hello, world")
+        .arg("--var=URL=http://x/?a=b")
+        .start()
+        .await;
+    assert_eq!(
+        server.get("/config?key=GREETING").await.text(),
+        "hello, world"
+    );
+    assert_eq!(server.get("/config?key=URL").await.text(), "http://x/?a=b");
+    let missing = server.get("/config?key=NOPE").await;
+    assert_eq!(
+        (missing.status.as_u16(), missing.text().as_str()),
+        (404, "no such variable\n")
+    );
+}

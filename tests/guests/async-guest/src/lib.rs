@@ -69,10 +69,18 @@ async fn fetch(authority: &str) -> Result<Vec<u8>, String> {
     use wasip3::http::types::{Request as OutRequest, Scheme};
     let (_, trailers) = wit_future::new(|| Ok(None));
     let (request, _sent) = OutRequest::new(Fields::new(), None, trailers, None);
-    request.set_scheme(Some(&Scheme::Http)).map_err(|()| "bad scheme")?;
-    request.set_authority(Some(authority)).map_err(|()| "bad authority")?;
-    request.set_path_with_query(Some("/upstream")).map_err(|()| "bad path")?;
-    let response = wasip3::http::client::send(request).await.map_err(|e| format!("{e:?}"))?;
+    request
+        .set_scheme(Some(&Scheme::Http))
+        .map_err(|()| "bad scheme")?;
+    request
+        .set_authority(Some(authority))
+        .map_err(|()| "bad authority")?;
+    request
+        .set_path_with_query(Some("/upstream"))
+        .map_err(|()| "bad path")?;
+    let response = wasip3::http::client::send(request)
+        .await
+        .map_err(|e| format!("{e:?}"))?;
     let (_, result) = wit_future::new(|| Ok(()));
     let (body, _trailers) = Response::consume_body(response, result);
     Ok(body.collect().await)

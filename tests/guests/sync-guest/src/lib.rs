@@ -12,6 +12,7 @@
 //! | `/echo` | answers with the request body |
 //! | `/big?kb=N` | answers with N KiB of `x` |
 //! | `/fuel?n=N` | runs N iterations of a fixed loop (fuel calibration) |
+//! | `/config?key=K` | the value of configuration variable K (wasi:config), or 404 |
 //! | `/fetch?to=HOST:PORT` | GETs `http://HOST:PORT/upstream` and answers with its body, or 502 and the error |
 
 use wasip2::clocks::monotonic_clock;
@@ -21,6 +22,22 @@ use wasip2::http::types::{
 };
 
 struct Handler;
+
+/// wasi:config, the standard interface for configuration variables.
+mod config {
+    wit_bindgen::generate!({
+        inline: r#"
+            package wasi:config@0.2.0-rc.1;
+            interface store {
+                variant error { upstream(string), io(string) }
+                get: func(key: string) -> result<option<string>, error>;
+                get-all: func() -> result<list<tuple<string, string>>, error>;
+            }
+            world imports { import store; }
+        "#,
+        world: "imports",
+    });
+}
 
 wasip2::http::proxy::export!(Handler);
 
@@ -45,9 +62,15 @@ fn fetch(authority: &str) -> Result<Vec<u8>, String> {
     use wasip2::http::outgoing_handler;
     use wasip2::http::types::{OutgoingRequest, Scheme};
     let request = OutgoingRequest::new(Fields::new());
-    request.set_scheme(Some(&Scheme::Http)).map_err(|()| "bad scheme")?;
-    request.set_authority(Some(authority)).map_err(|()| "bad authority")?;
-    request.set_path_with_query(Some("/upstream")).map_err(|()| "bad path")?;
+    request
+        .set_scheme(Some(&Scheme::Http))
+        .map_err(|()| "bad scheme")?;
+    request
+        .set_authority(Some(authority))
+        .map_err(|()| "bad authority")?;
+    request
+        .set_path_with_query(Some("/upstream"))
+        .map_err(|()| "bad path")?;
     let pending = outgoing_handler::handle(request, None).map_err(|e| format!("{e:?}"))?;
     pending.subscribe().block();
     let response = pending
@@ -139,6 +162,13 @@ impl Guest for Handler {
             "/fuel" => {
                 let n = query(&path, "n").unwrap_or(1_000_000);
                 respond(out, 200, format!("{}\n", work(n)).as_bytes());
+            }
+            "/config" => {
+                match config::wasi::config::store::get(query_str(&path, "key").unwrap_or("")) {
+                    Ok(Some(value)) => respond(out, 200, value.as_bytes()),
+                    Ok(None) => respond(out, 404, b"no such variable\n"),
+                    Err(e) => respond(out, 500, format!("{e:?}\n").as_bytes()),
+                }
             }
             "/fetch" => match fetch(query_str(&path, "to").unwrap_or("")) {
                 Ok(body) => respond(out, 200, &body),
