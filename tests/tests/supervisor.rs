@@ -32,10 +32,9 @@ impl Load {
                 tokio::spawn(async move {
                     let mut errors = Vec::new();
                     while !stop.load(Ordering::Relaxed) {
-                        let req =
-                            http::Request::get(format!("http://{}{path}", client_addr(&client)))
-                                .body(http_body_util::Full::new(bytes::Bytes::new()))
-                                .unwrap();
+                        let req = http::Request::get(format!("http://{}{path}", client.addr()))
+                            .body(http_body_util::Full::new(bytes::Bytes::new()))
+                            .unwrap();
                         match client.try_request(req).await {
                             Ok(reply) if reply.status == 200 => {
                                 ok.fetch_add(1, Ordering::Relaxed);
@@ -80,10 +79,6 @@ impl Load {
             errors,
         )
     }
-}
-
-fn client_addr(client: &HttpClient) -> std::net::SocketAddr {
-    client.addr()
 }
 
 /// Waits, polling, until `cond` holds.
