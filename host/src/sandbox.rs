@@ -230,10 +230,12 @@ mod tests {
 
     #[test]
     fn a_listed_port_must_match() {
-        let uri: http::Uri = "http://127.0.0.1:8081/".parse().unwrap();
-        assert!(policy(&["127.0.0.1:8081"]).allows(&uri));
-        assert!(!policy(&["127.0.0.1:9000"]).allows(&uri));
-        assert!(policy(&["127.0.0.1"]).allows(&uri));
+        // Policy strings only: nothing binds or connects here (tests/tests/outbound.rs
+        // checks an IP literal against a real upstream).
+        let uri: http::Uri = "http://upstream.test:8081/".parse().unwrap();
+        assert!(policy(&["upstream.test:8081"]).allows(&uri));
+        assert!(!policy(&["upstream.test:9000"]).allows(&uri));
+        assert!(policy(&["upstream.test"]).allows(&uri));
         let https: http::Uri = "https://api.example.com/".parse().unwrap();
         assert!(policy(&["api.example.com:443"]).allows(&https));
         assert!(!policy(&["api.example.com:80"]).allows(&https));
