@@ -1,0 +1,8 @@
+use wasmloop_sdk::handler;
+
+#[handler]
+fn hello() -> &'static str {
+    "hello"
+}
+
+fn main() {}

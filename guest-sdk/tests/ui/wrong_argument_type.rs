@@ -1,0 +1,8 @@
+use wasmloop_sdk::handler;
+
+#[handler]
+fn hello(path: String) -> String {
+    path
+}
+
+fn main() {}
