@@ -2,6 +2,9 @@
 //! the request id, so a guest's `println!` and its panic message sit next to the
 //! access log line of the request that printed them.
 //!
+//! A line that starts with a level (`ERROR `, `WARN `, `INFO `, `DEBUG `, as the SDK's
+//! logging macros write) is logged at that level.
+//!
 //! Writes never fail: a guest that prints past the per-request budget loses the rest
 //! of its output, not its request (Rust's `println!` panics when a write fails).
 
@@ -70,7 +73,16 @@ impl Lines {
     fn emit(&mut self) {
         let line = String::from_utf8_lossy(&self.partial);
         let line = line.trim_end_matches('\r');
-        tracing::info!(target: "wasmloop::guest", id = %self.request_id, stream = self.stream, "{line}");
+        let (id, stream) = (&*self.request_id, self.stream);
+        // The SDK's logging macros start a line with its level; anything else a guest
+        // prints is logged at info.
+        match line.split_once(' ') {
+            Some(("ERROR", msg)) => tracing::error!(target: "wasmloop::guest", id, stream, "{msg}"),
+            Some(("WARN", msg)) => tracing::warn!(target: "wasmloop::guest", id, stream, "{msg}"),
+            Some(("DEBUG", msg)) => tracing::debug!(target: "wasmloop::guest", id, stream, "{msg}"),
+            Some(("INFO", msg)) => tracing::info!(target: "wasmloop::guest", id, stream, "{msg}"),
+            _ => tracing::info!(target: "wasmloop::guest", id, stream, "{line}"),
+        }
         self.partial.clear();
     }
 }
