@@ -31,6 +31,26 @@ pub enum Command {
     /// as file descriptor 3. Not for direct use.
     #[command(hide = true)]
     Worker(Box<ServeConfig>),
+    /// Create a handler crate, ready to build: `wasmloop new NAME [--async]`.
+    New(NewArgs),
+}
+
+/// Arguments of `wasmloop new`.
+#[derive(Debug, clap::Args)]
+pub struct NewArgs {
+    /// The crate's name; also the directory created for it.
+    pub name: String,
+    /// Write an `async fn` handler (runs on the event loop) instead of a plain `fn`
+    /// (runs on the thread pool).
+    #[arg(long = "async")]
+    pub is_async: bool,
+    /// Directory to create the crate in (default: the current directory).
+    #[arg(long, default_value = ".")]
+    pub dir: PathBuf,
+    /// Depend on the SDK at this path instead of the copy next to the wasmloop sources
+    /// this binary was built from (or, when those are gone, the registry release).
+    #[arg(long, env = "WASMLOOP_SDK_PATH")]
+    pub sdk_path: Option<PathBuf>,
 }
 
 /// Where a handler runs.

@@ -19,7 +19,7 @@
 //! And around them: [`config`] (flags and environment), [`engine`] (the Wasmtime
 //! engine and its epoch ticker), [`component`] (loading and classifying a
 //! component), [`app`] (a loaded handler with its limits), [`body`] (request and
-//! response bodies), [`telemetry`] (logs).
+//! response bodies), [`telemetry`] (logs), [`template`] (`wasmloop new`).
 
 pub mod app;
 pub mod body;
@@ -35,4 +35,5 @@ pub mod pool;
 pub mod sandbox;
 pub mod supervisor;
 pub mod telemetry;
+pub mod template;
 pub mod worker;

@@ -1,11 +1,13 @@
-//! The `wasmloop` binary: arguments, then the master (`serve`) or one of its worker
-//! processes (`worker`, started by the master); and the exit code. Exit 0 after a
-//! clean stop, 1 when start-up fails (the reason is printed), 2 for bad arguments.
+//! The `wasmloop` binary: arguments, then the master (`serve`), one of its worker
+//! processes (`worker`, started by the master) or a new handler crate (`new`); and the
+//! exit code. Exit 0 after a clean stop, 1 when start-up fails (the reason is printed),
+//! 2 for bad arguments.
 
 use std::process::ExitCode;
 
 use clap::Parser as _;
-use wasmloop::config::{Cli, Command};
+use wasmloop::config::{Cli, Command, NewArgs};
+use wasmloop::template::{SdkSource, Template};
 use wasmloop::{supervisor, worker};
 
 fn main() -> ExitCode {
@@ -13,6 +15,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(config) => supervisor::run(*config),
         Command::Worker(config) => worker::run_process(*config),
+        Command::New(args) => new(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -21,4 +24,32 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `wasmloop new`: writes the crate and says how to build and serve it.
+fn new(args: &NewArgs) -> anyhow::Result<()> {
+    let template = Template {
+        name: args.name.clone(),
+        is_async: args.is_async,
+        sdk: SdkSource::find(args.sdk_path.as_deref())?,
+    };
+    let dir = args.dir.join(&args.name);
+    template.write(&dir)?;
+    let style = if args.is_async {
+        "an async fn handler: it runs on the event loop"
+    } else {
+        "a plain fn handler: it runs on the thread pool"
+    };
+    println!("Created {} ({style}).", dir.display());
+    if let SdkSource::Path(path) = &template.sdk {
+        println!("It uses the SDK at {}.", path.display());
+    }
+    println!();
+    println!("    cd {}", dir.display());
+    println!("    cargo build --release");
+    println!(
+        "    wasmloop serve target/wasm32-wasip2/release/{}.wasm",
+        template.wasm_name()
+    );
+    Ok(())
 }

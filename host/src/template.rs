@@ -1,0 +1,193 @@
+//! `wasmloop new`: writes a handler crate that builds as it is. The crate depends on
+//! `wasmloop-sdk`, targets `wasm32-wasip2` through `.cargo/config.toml`, and is its own
+//! Cargo workspace so that it builds wherever it is created. The handler sources are
+//! `host/templates/{sync,async}.rs`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
+
+/// Where the crate's `wasmloop-sdk` dependency comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SdkSource {
+    /// A local checkout of the SDK.
+    Path(PathBuf),
+    /// A version from the registry.
+    Version(String),
+}
+
+impl SdkSource {
+    /// `--sdk-path` if given; else the SDK next to the wasmloop sources this binary
+    /// was built from, when they are still there; else the registry release.
+    pub fn find(explicit: Option<&Path>) -> anyhow::Result<SdkSource> {
+        if let Some(path) = explicit {
+            let path = path
+                .canonicalize()
+                .with_context(|| format!("failed to find the SDK at {}", path.display()))?;
+            if !path.join("Cargo.toml").is_file() {
+                bail!(
+                    "{} is not the wasmloop-sdk crate (no Cargo.toml)",
+                    path.display()
+                );
+            }
+            return Ok(SdkSource::Path(path));
+        }
+        let beside_sources = Path::new(env!("CARGO_MANIFEST_DIR")).join("../guest-sdk");
+        if let Ok(path) = beside_sources.canonicalize()
+            && path.join("Cargo.toml").is_file()
+        {
+            return Ok(SdkSource::Path(path));
+        }
+        Ok(SdkSource::Version(env!("CARGO_PKG_VERSION").to_string()))
+    }
+
+    fn dependency(&self) -> String {
+        match self {
+            SdkSource::Path(path) => format!("{{ path = {:?} }}", path.display().to_string()),
+            SdkSource::Version(version) => format!("{version:?}"),
+        }
+    }
+}
+
+/// What to create.
+#[derive(Debug, Clone)]
+pub struct Template {
+    /// The crate's name (and directory).
+    pub name: String,
+    /// An `async fn` handler (the loop) instead of a plain `fn` (the pool).
+    pub is_async: bool,
+    /// Where `wasmloop-sdk` comes from.
+    pub sdk: SdkSource,
+}
+
+impl Template {
+    /// Writes the crate into `dir`, which must not exist yet. Returns the files written.
+    pub fn write(&self, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+        check_name(&self.name)?;
+        if dir.exists() {
+            bail!(
+                "{} already exists; pick another name or remove it",
+                dir.display()
+            );
+        }
+        let files = self.files();
+        let mut written = Vec::new();
+        for (relative, contents) in &files {
+            let path = dir.join(relative);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)
+                    .with_context(|| format!("failed to create {}", parent.display()))?;
+            }
+            #[expect(clippy::disallowed_methods, reason = "a CLI command, not the loop")]
+            std::fs::write(&path, contents)
+                .with_context(|| format!("failed to write {}", path.display()))?;
+            written.push(path);
+        }
+        Ok(written)
+    }
+
+    /// The name of the `.wasm` file `cargo build` makes.
+    pub fn wasm_name(&self) -> String {
+        self.name.replace('-', "_")
+    }
+
+    fn files(&self) -> Vec<(&'static str, String)> {
+        let source = if self.is_async {
+            include_str!("../templates/async.rs")
+        } else {
+            include_str!("../templates/sync.rs")
+        };
+        let source = source
+            .replace("{{name}}", &self.name)
+            .replace("{{wasm}}", &self.wasm_name());
+        let style = if self.is_async {
+            "an `async fn` handler: wasmloop runs it on its event loop"
+        } else {
+            "a plain `fn` handler: wasmloop runs it on its thread pool"
+        };
+        let manifest = format!(
+            r#"[package]
+name = "{name}"
+version = "0.1.0"
+edition = "2024"
+publish = false
+
+[lib]
+crate-type = ["cdylib"]
+
+[dependencies]
+wasmloop-sdk = {sdk}
+serde = {{ version = "1", features = ["derive"] }}
+
+[profile.release]
+opt-level = "s"
+strip = true
+
+# A workspace of its own, so the crate builds wherever it was created.
+[workspace]
+"#,
+            name = self.name,
+            sdk = self.sdk.dependency(),
+        );
+        let readme = format!(
+            "# {name}\n\n{style}.\n\n```sh\nrustup target add wasm32-wasip2   # once\ncargo build --release\nwasmloop serve target/wasm32-wasip2/release/{wasm}.wasm\ncurl http://127.0.0.1:8080/hello/world\n```\n",
+            name = self.name,
+            wasm = self.wasm_name(),
+        );
+        vec![
+            ("Cargo.toml", manifest),
+            (
+                ".cargo/config.toml",
+                "# Handlers are WebAssembly components.\n[build]\ntarget = \"wasm32-wasip2\"\n"
+                    .to_string(),
+            ),
+            (".gitignore", "/target\n".to_string()),
+            ("README.md", readme),
+            ("src/lib.rs", source),
+        ]
+    }
+}
+
+/// Cargo's rules for a package name, checked here so the mistake is named before any
+/// file is written.
+fn check_name(name: &str) -> anyhow::Result<()> {
+    let mut chars = name.chars();
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic());
+    let rest_ok = chars.all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if !first_ok || !rest_ok || name.len() > 64 {
+        bail!("{name:?} is not a crate name: use a letter, then letters, digits, `-` or `_`");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_cargo_would_refuse_are_refused() {
+        for bad in ["", "1abc", "my app", "a/b", "../x", "-x"] {
+            assert!(check_name(bad).is_err(), "{bad:?}");
+        }
+        for good in ["hello", "my-app", "my_app2"] {
+            assert!(check_name(good).is_ok(), "{good:?}");
+        }
+    }
+
+    #[test]
+    fn the_templates_fill_in_the_name_and_the_sdk() {
+        let template = Template {
+            name: "my-app".into(),
+            is_async: true,
+            sdk: SdkSource::Version("0.1.0".into()),
+        };
+        let files = template.files();
+        let manifest = &files[0].1;
+        assert!(manifest.contains("name = \"my-app\""), "{manifest}");
+        assert!(manifest.contains("wasmloop-sdk = \"0.1.0\""), "{manifest}");
+        let source = &files.last().unwrap().1;
+        assert!(source.contains("async fn handle"));
+        assert!(source.contains("release/my_app.wasm"));
+        assert!(!source.contains("{{"));
+    }
+}
