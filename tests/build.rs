@@ -7,7 +7,18 @@ use std::process::Command;
 
 const WORKSPACES: &[(&str, &[&str])] = &[
     ("guests", &["sync_guest", "async_guest", "wstd_guest"]),
-    ("../examples", &["hello", "hello_async"]),
+    ("sdk-guests", &["sdk_sync", "sdk_async"]),
+    (
+        "../examples",
+        &[
+            "hello",
+            "hello_async",
+            "json_api",
+            "fetch_proxy",
+            "cpu_bound",
+            "sleepy",
+        ],
+    ),
 ];
 
 fn main() {
@@ -19,6 +30,11 @@ fn main() {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     check_target_installed();
 
+    // The SDK is a path dependency of the wasm workspaces: edits to it rebuild them.
+    println!(
+        "cargo:rerun-if-changed={}",
+        manifest_dir.join("../guest-sdk").display()
+    );
     let mut constants = String::new();
     for (dir, artifacts) in WORKSPACES {
         let workspace = manifest_dir.join(dir);
@@ -38,6 +54,10 @@ fn main() {
             .env_remove("CARGO_ENCODED_RUSTFLAGS")
             .env_remove("RUSTFLAGS")
             .env_remove("CARGO_TARGET_DIR")
+            // Nor clippy's wrapper, when this runs under `cargo clippy`: CI lints the
+            // wasm workspaces on their own.
+            .env_remove("RUSTC_WORKSPACE_WRAPPER")
+            .env_remove("CLIPPY_ARGS")
             .status()
             .expect("failed to run cargo for the wasm guests");
         assert!(
@@ -66,6 +86,10 @@ fn main() {
         newest_mtime(&host_src)
     );
 
+    constants.push_str(&format!(
+        "/// The target directory the guests were built in.\npub const TARGET_DIR: &str = {:?};\n",
+        target_dir.display().to_string()
+    ));
     let out = PathBuf::from(std::env::var("OUT_DIR").unwrap()).join("guests.rs");
     std::fs::write(out, constants).unwrap();
 }

@@ -241,6 +241,49 @@ impl HttpClient {
     }
 }
 
+/// A plain HTTP server on 127.0.0.1:0 standing in for what guests call out to. It
+/// answers every request with `upstream saw PATH` and counts the connections it
+/// accepted, so a test can tell that a refused call never left the host.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    connections: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Upstream {
+    /// Binds and starts serving on the current runtime.
+    pub async fn start() -> Upstream {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = connections.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(
+                        |req: http::Request<hyper::body::Incoming>| async move {
+                            let body = format!("upstream saw {}", req.uri().path());
+                            Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                                Bytes::from(body),
+                            )))
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Upstream { addr, connections }
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
 impl Running {
     /// A client for this server that can move into a task.
     pub fn client(&self) -> HttpClient {

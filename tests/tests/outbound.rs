@@ -1,42 +1,19 @@
 //! Outbound HTTP from guests goes only to the hosts the operator listed with
 //! `--allow-outbound`; anything else fails inside the guest, and no connection is made.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-
-use wasmloop_tests::{Server, guests};
-
-/// A local upstream on 127.0.0.1:0 that answers every request and counts connections.
-async fn upstream() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let connections = Arc::new(AtomicUsize::new(0));
-    let counter = connections.clone();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            counter.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(
-                    |req: http::Request<hyper::body::Incoming>| async move {
-                        let body = format!("upstream saw {}", req.uri().path());
-                        Ok::<_, std::convert::Infallible>(http::Response::new(
-                            http_body_util::Full::new(bytes::Bytes::from(body)),
-                        ))
-                    },
-                );
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    (addr, connections)
-}
+use wasmloop_tests::{Server, Upstream, guests};
 
 #[tokio::test]
 async fn a_listed_host_is_reached_from_both_styles() {
-    let (addr, connections) = upstream().await;
-    for guest in [guests::SYNC_GUEST, guests::ASYNC_GUEST] {
+    let upstream = Upstream::start().await;
+    let addr = upstream.addr;
+    let guests = [
+        guests::SYNC_GUEST,
+        guests::ASYNC_GUEST,
+        guests::SDK_SYNC,
+        guests::SDK_ASYNC,
+    ];
+    for guest in guests {
         let server = Server::new(guest)
             .arg(&format!("--allow-outbound=example.com,{addr}"))
             .start()
@@ -48,25 +25,25 @@ async fn a_listed_host_is_reached_from_both_styles() {
             "{guest}"
         );
     }
-    assert_eq!(connections.load(Ordering::SeqCst), 2);
+    assert_eq!(upstream.connections(), guests.len());
 }
 
 #[tokio::test]
 async fn an_unlisted_host_gets_an_error_and_no_connection() {
-    let (addr, connections) = upstream().await;
+    let upstream = Upstream::start().await;
+    let addr = upstream.addr;
     let other_port = format!("127.0.0.1:{}", addr.port().wrapping_add(1).max(1));
-    for (guest, flag) in [
-        (guests::SYNC_GUEST, None),
-        (guests::ASYNC_GUEST, None),
-        (
-            guests::SYNC_GUEST,
-            Some(format!("--allow-outbound={other_port}")),
-        ),
-        (
-            guests::ASYNC_GUEST,
-            Some(format!("--allow-outbound={other_port}")),
-        ),
-    ] {
+    let guests = [
+        guests::SYNC_GUEST,
+        guests::ASYNC_GUEST,
+        guests::SDK_SYNC,
+        guests::SDK_ASYNC,
+    ];
+    let flags = [None, Some(format!("--allow-outbound={other_port}"))];
+    for (guest, flag) in guests
+        .iter()
+        .flat_map(|g| flags.iter().map(move |f| (*g, f)))
+    {
         let mut server = Server::new(guest);
         if let Some(flag) = &flag {
             server = server.arg(flag);
@@ -87,7 +64,7 @@ async fn an_unlisted_host_gets_an_error_and_no_connection() {
         );
     }
     assert_eq!(
-        connections.load(Ordering::SeqCst),
+        upstream.connections(),
         0,
         "a denied request reached the upstream"
     );

@@ -1,5 +1,5 @@
-//! `hello`: a sync handler (wasi:http 0.2 `incoming-handler`), so wasmloop runs it on
-//! its thread pool under the fuel limit.
+//! `hello`: a plain `fn` handler. The SDK exports it as a wasi:http 0.2 handler, so
+//! wasmloop runs it on its thread pool, under the fuel limit.
 //!
 //! Build and serve:
 //!
@@ -9,27 +9,9 @@
 //! curl http://127.0.0.1:8080/
 //! ```
 
-use wasip2::exports::http::incoming_handler::Guest;
-use wasip2::http::types::{
-    Fields, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam,
-};
+use wasmloop_sdk::{Request, handler};
 
-struct Hello;
-
-wasip2::http::proxy::export!(Hello);
-
-impl Guest for Hello {
-    fn handle(_request: IncomingRequest, out: ResponseOutparam) {
-        let headers = Fields::from_list(&[("content-type".to_string(), b"text/plain".to_vec())])
-            .expect("static headers are valid");
-        let response = OutgoingResponse::new(headers);
-        let body = response.body().expect("a new response has a body");
-        ResponseOutparam::set(out, Ok(response));
-        let stream = body.write().expect("a new body has a stream");
-        stream
-            .blocking_write_and_flush(b"Hello, world!\n")
-            .expect("the client is still there");
-        drop(stream);
-        OutgoingBody::finish(body, None).expect("the body is complete");
-    }
+#[handler]
+fn hello(_req: Request) -> &'static str {
+    "Hello, world!\n"
 }
