@@ -12,6 +12,8 @@ use crate::sandbox::Limits;
 
 /// Everything needed to run one request of an app.
 pub struct App {
+    /// The app's name in logs and metrics: the component's file name, for now.
+    pub name: std::sync::Arc<str>,
     pub engine: Engine,
     pub handler: Handler,
     pub limits: Limits,
@@ -48,7 +50,12 @@ impl App {
             allow_outbound: allow_outbound.into(),
             vars: std::sync::Arc::new(config.vars.iter().cloned().collect()),
         };
+        let name = config
+            .component
+            .file_stem()
+            .map_or_else(|| "app".into(), |s| s.to_string_lossy().into());
         Ok(App {
+            name,
             engine,
             handler,
             limits,

@@ -33,6 +33,8 @@ pub enum Command {
     Worker(Box<ServeConfig>),
     /// Create a handler crate, ready to build: `wasmloop new NAME [--async]`.
     New(NewArgs),
+    /// Say what limits a running server's throughput, from its last minute of metrics.
+    Doctor(DoctorArgs),
 }
 
 /// Arguments of `wasmloop new`.
@@ -51,6 +53,34 @@ pub struct NewArgs {
     /// this binary was built from (or, when those are gone, the registry release).
     #[arg(long, env = "WASMLOOP_SDK_PATH")]
     pub sdk_path: Option<PathBuf>,
+}
+
+/// The admin listener's address, or none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminListen {
+    Off,
+    At(SocketAddr),
+}
+
+fn parse_admin_listen(value: &str) -> Result<AdminListen, String> {
+    if value.eq_ignore_ascii_case("off") {
+        return Ok(AdminListen::Off);
+    }
+    value
+        .parse()
+        .map(AdminListen::At)
+        .map_err(|e| format!("{e}: give HOST:PORT or `off`"))
+}
+
+/// Arguments of `wasmloop doctor`.
+#[derive(Debug, clap::Args)]
+pub struct DoctorArgs {
+    /// The admin listener of the server to examine.
+    #[arg(long, env = "WASMLOOP_ADMIN", default_value = "http://127.0.0.1:9090")]
+    pub admin: String,
+    /// Print the report as JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Where a handler runs.
@@ -83,6 +113,12 @@ pub struct ServeConfig {
     /// as `listening on http://ADDR`.
     #[arg(long, env = "WASMLOOP_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+
+    /// Address of the admin listener (`/metrics`, `/doctor`, `/healthz`), or `off`.
+    /// Keep it on a private interface. The bound address is printed as
+    /// `admin listening on http://ADDR`.
+    #[arg(long, env = "WASMLOOP_ADMIN_LISTEN", default_value = "127.0.0.1:9090", value_parser = parse_admin_listen)]
+    pub admin_listen: AdminListen,
 
     /// Worker processes (default: one per CPU core). Each runs one event loop and its
     /// own thread pool; the kernel spreads connections across them.

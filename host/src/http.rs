@@ -25,7 +25,8 @@ use crate::body::{self, RequestBody, ResponseBody};
 use crate::component::Mode;
 use crate::error::{Fault, RequestError};
 use crate::loop_exec;
-use crate::outcome::{self, RunContext};
+use crate::metrics::{Finished, Gauges, Recorder, Snapshot};
+use crate::outcome::{self, Outcome, RunContext};
 use crate::pool::{Job, Pool};
 
 /// Limits the front door applies before a guest runs.
@@ -50,14 +51,21 @@ pub struct Server {
     /// Requests after which this worker asks to be replaced (`--max-requests`).
     quota: Option<u64>,
     quota_reached: tokio::sync::Notify,
+    recorder: Arc<Recorder>,
 }
 
 impl Server {
-    pub fn new(app: Arc<App>, pool: Option<Pool>, front: FrontDoor) -> Rc<Server> {
+    pub fn new(
+        app: Arc<App>,
+        pool: Option<Pool>,
+        front: FrontDoor,
+        recorder: Arc<Recorder>,
+    ) -> Rc<Server> {
         Rc::new(Server {
             app,
             pool,
             front,
+            recorder,
             in_flight: Rc::new(Cell::new(0)),
             ids: RequestIds::new(),
             quota: None,
@@ -70,9 +78,11 @@ impl Server {
         app: Arc<App>,
         pool: Option<Pool>,
         front: FrontDoor,
+        recorder: Arc<Recorder>,
         quota: u64,
     ) -> Rc<Server> {
-        let mut server = Rc::into_inner(Server::new(app, pool, front)).expect("just made");
+        let mut server =
+            Rc::into_inner(Server::new(app, pool, front, recorder)).expect("just made");
         server.quota = Some(quota);
         Rc::new(server)
     }
@@ -93,6 +103,26 @@ impl Server {
     /// Requests in flight on this worker.
     pub fn in_flight(&self) -> usize {
         self.in_flight.get()
+    }
+
+    /// This worker's metrics, with the gauges read now.
+    pub fn snapshot(&self) -> Snapshot {
+        let (threads, busy, queued) = self
+            .pool
+            .as_ref()
+            .map_or((0, 0, 0), |p| (p.threads(), p.busy(), p.queued()));
+        self.recorder.snapshot(Gauges {
+            in_flight: self.in_flight.get() as u64,
+            pool_threads: threads as u64,
+            pool_busy: busy as u64,
+            pool_queued: queued as u64,
+            ..Gauges::default()
+        })
+    }
+
+    /// Records how late the loop ran a timer.
+    pub fn loop_lag(&self, lag: Duration) {
+        self.recorder.loop_lag(lag);
     }
 
     /// Gives the pool back for an orderly stop (its threads are joined off the loop).
@@ -117,9 +147,12 @@ impl Server {
             path: req.uri().path().to_string(),
             mode: self.app.mode(),
             start,
+            app: self.app.name.clone(),
+            recorder: self.recorder.clone(),
         };
 
         if self.in_flight.get() >= self.front.limit_concurrency {
+            self.recorder.rejected(&self.app.name, "concurrency_limit");
             return Ok(log.refuse(RequestError::Overloaded(
                 "the worker is at --limit-concurrency",
             )));
@@ -155,8 +188,10 @@ impl Server {
                     req,
                     ctx: ctx.clone(),
                     reply,
+                    queued_at: Instant::now(),
                 };
                 if let Err(e) = pool.submit(job) {
+                    self.recorder.rejected(&self.app.name, "pool_full");
                     return Ok(log.refuse(e));
                 }
             }
@@ -203,7 +238,7 @@ impl Server {
             let outcome = pending.done.await.unwrap_or_default();
             log.finish(
                 status,
-                outcome.fuel_used,
+                &outcome,
                 head_error.as_ref().or(outcome.error.as_ref()),
             );
             drop(in_flight);
@@ -325,13 +360,15 @@ struct AccessLog {
     path: String,
     mode: Mode,
     start: Instant,
+    app: Arc<str>,
+    recorder: Arc<Recorder>,
 }
 
 impl AccessLog {
     /// Answers a request refused before any guest ran, and logs it.
     fn refuse(self, err: RequestError) -> Response<ResponseBody> {
         let response = error_response(&err, &self.id);
-        self.finish(response.status(), 0, Some(&err));
+        self.finish(response.status(), &Outcome::default(), Some(&err));
         response
     }
 
@@ -340,14 +377,26 @@ impl AccessLog {
         response
             .headers_mut()
             .insert("x-request-id", header_value(&self.id));
-        self.finish(response.status(), 0, None);
+        self.finish(response.status(), &Outcome::default(), None);
         response
     }
 
-    /// Writes the access log line: warn for the guest's and client's failures, error
-    /// for the host's.
-    fn finish(&self, status: StatusCode, fuel: u64, error: Option<&RequestError>) {
-        let duration_ms = (self.start.elapsed().as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0;
+    /// Counts the request and writes the access log line: warn for the guest's and
+    /// client's failures, error for the host's.
+    fn finish(&self, status: StatusCode, outcome: &Outcome, error: Option<&RequestError>) {
+        let duration = self.start.elapsed();
+        let fuel = outcome.fuel_used;
+        self.recorder.request(&Finished {
+            app: &self.app,
+            mode: self.mode,
+            status: status.as_u16(),
+            duration,
+            fuel,
+            cause: error.map(RequestError::cause),
+            forced_yields: outcome.forced_yields,
+            guest_time: outcome.guest_time,
+        });
+        let duration_ms = (duration.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0;
         let (id, method, path, mode, status) = (
             &self.id,
             &self.method,

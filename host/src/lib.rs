@@ -16,20 +16,27 @@
 //! - [`outcome`]: what a run hands back: the head, then how it ended.
 //! - [`error`]: why a request failed, and the status code for it.
 //!
+//! Observability: [`metrics`] (what workers count and how the master merges it),
+//! [`admin`] (the master's admin listener: `/metrics`, `/doctor`), [`doctor`] (naming
+//! the bottleneck from a minute of metrics).
+//!
 //! And around them: [`config`] (flags and environment), [`engine`] (the Wasmtime
 //! engine and its epoch ticker), [`component`] (loading and classifying a
 //! component), [`app`] (a loaded handler with its limits), [`body`] (request and
 //! response bodies), [`telemetry`] (logs), [`template`] (`wasmloop new`).
 
+pub mod admin;
 pub mod app;
 pub mod body;
 pub mod component;
 pub mod config;
+pub mod doctor;
 pub mod engine;
 pub mod error;
 pub mod guest_output;
 pub mod http;
 pub mod loop_exec;
+pub mod metrics;
 pub mod outcome;
 pub mod pool;
 pub mod sandbox;

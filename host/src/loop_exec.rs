@@ -9,7 +9,11 @@
 //! `run_concurrent` is driven, so the task that owns the store pumps the body into a
 //! channel the server writes from, and drops the store when the body is done.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use http::Request;
 use http_body_util::BodyExt as _;
@@ -56,13 +60,11 @@ async fn run(
     let mut store = match Sandbox::store(&app.engine, &app.limits, &ctx.id) {
         Ok(store) => store,
         Err(e) => {
-            return Outcome {
-                fuel_used: 0,
-                error: Some(RequestError::Host(e.into())),
-            };
+            return Outcome::failed(RequestError::Host(e.into()));
         }
     };
-    store.epoch_deadline_callback(|_| {
+    store.epoch_deadline_callback(|mut cx| {
+        cx.data_mut().forced_yields += 1;
         Ok(UpdateDeadline::YieldCustom(
             1,
             Box::pin(tokio::task::yield_now()),
@@ -83,6 +85,8 @@ async fn run(
             ))),
         }
     };
+    let mut guest_time = Duration::ZERO;
+    let drive = Timed::new(drive, &mut guest_time);
     let result = tokio::select! {
         r = tokio::time::timeout_at(ctx.deadline.into(), drive) => r.unwrap_or(Err(RequestError::Timeout)),
         // The client went away: nobody will read what the guest makes.
@@ -94,6 +98,35 @@ async fn run(
             .fuel
             .saturating_sub(store.get_fuel().unwrap_or(0)),
         error: result.err(),
+        forced_yields: store.data().forced_yields,
+        guest_time,
+    }
+}
+
+/// Adds up the time spent inside a future's polls: for a guest's run on the loop,
+/// the time it held the loop thread.
+struct Timed<'t, F> {
+    inner: Pin<Box<F>>,
+    total: &'t mut Duration,
+}
+
+impl<'t, F> Timed<'t, F> {
+    fn new(inner: F, total: &'t mut Duration) -> Self {
+        Timed {
+            inner: Box::pin(inner),
+            total,
+        }
+    }
+}
+
+impl<F: Future> Future for Timed<'_, F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let start = Instant::now();
+        let poll = self.inner.as_mut().poll(cx);
+        *self.total += start.elapsed();
+        poll
     }
 }
 

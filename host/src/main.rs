@@ -16,6 +16,7 @@ fn main() -> ExitCode {
         Command::Serve(config) => supervisor::run(*config),
         Command::Worker(config) => worker::run_process(*config),
         Command::New(args) => new(&args),
+        Command::Doctor(args) => wasmloop::admin::doctor_cli(&args.admin, args.json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

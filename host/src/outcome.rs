@@ -3,7 +3,7 @@
 //! outcome (fuel used, any error after the head) once the guest's store is dropped.
 //! Both execution paths, loop and pool, speak this; the server owns what happens next.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use http::Response;
 use tokio::sync::oneshot;
@@ -22,6 +22,21 @@ pub struct Outcome {
     pub fuel_used: u64,
     /// What ended the run early, if anything.
     pub error: Option<RequestError>,
+    /// Times the guest was preempted at an epoch tick (loop only).
+    pub forced_yields: u64,
+    /// Time the guest spent running: inside its polls on the loop, on its thread in
+    /// the pool.
+    pub guest_time: Duration,
+}
+
+impl Outcome {
+    /// A run that ended before the guest ran.
+    pub fn failed(error: RequestError) -> Outcome {
+        Outcome {
+            error: Some(error),
+            ..Outcome::default()
+        }
+    }
 }
 
 /// The request's identity and bounds, handed to the execution path.

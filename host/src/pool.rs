@@ -26,6 +26,7 @@ use crate::app::App;
 use crate::body::{BoxError, RequestBody};
 use crate::component::HandlerPre;
 use crate::error::RequestError;
+use crate::metrics::Recorder;
 use crate::outcome::{Head, Outcome, Reply, RunContext};
 use crate::sandbox::Sandbox;
 
@@ -35,6 +36,8 @@ pub struct Job {
     pub req: Request<RequestBody>,
     pub ctx: RunContext,
     pub reply: Reply,
+    /// When the job was submitted, for the queue-wait metric.
+    pub queued_at: Instant,
 }
 
 /// The pool's threads and the queue in front of them.
@@ -47,11 +50,12 @@ pub struct Pool {
     /// just waking up to take.
     admitted: Arc<AtomicUsize>,
     capacity: usize,
+    threads_started: usize,
 }
 
 impl Pool {
     /// Starts `threads` threads behind a queue of `queue` waiting jobs.
-    pub fn start(threads: usize, queue: usize) -> anyhow::Result<Pool> {
+    pub fn start(threads: usize, queue: usize, recorder: Arc<Recorder>) -> anyhow::Result<Pool> {
         let capacity = threads + queue;
         let (tx, rx) = crossbeam_channel::bounded::<Job>(capacity);
         let busy = Arc::new(AtomicUsize::new(0));
@@ -59,9 +63,10 @@ impl Pool {
         let handles = (0..threads)
             .map(|i| {
                 let (rx, busy, admitted) = (rx.clone(), busy.clone(), admitted.clone());
+                let recorder = recorder.clone();
                 std::thread::Builder::new()
                     .name(format!("wasmloop-pool-{i}"))
-                    .spawn(move || work(rx, busy, admitted))
+                    .spawn(move || work(rx, busy, admitted, &recorder))
                     .context("failed to start a pool thread")
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
@@ -71,6 +76,7 @@ impl Pool {
             busy,
             admitted,
             capacity,
+            threads_started: threads,
         })
     }
 
@@ -98,6 +104,11 @@ impl Pool {
                 }
             }
         })
+    }
+
+    /// The pool's threads.
+    pub fn threads(&self) -> usize {
+        self.threads_started
     }
 
     /// Threads running a job right now.
@@ -132,10 +143,18 @@ impl Pool {
     }
 }
 
-fn work(queue: Receiver<Job>, busy: Arc<AtomicUsize>, admitted: Arc<AtomicUsize>) {
+fn work(
+    queue: Receiver<Job>,
+    busy: Arc<AtomicUsize>,
+    admitted: Arc<AtomicUsize>,
+    recorder: &Recorder,
+) {
     while let Ok(job) = queue.recv() {
         busy.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
+        let waited = started.saturating_duration_since(job.queued_at);
         run(job);
+        recorder.pool_job(waited, started.elapsed());
         busy.fetch_sub(1, Ordering::Relaxed);
         admitted.fetch_sub(1, Ordering::AcqRel);
     }
@@ -147,6 +166,7 @@ fn run(job: Job) {
         req,
         ctx,
         reply,
+        queued_at: _,
     } = job;
     let Reply { head, done } = reply;
     if ctx.cancel.is_cancelled() {
@@ -162,14 +182,14 @@ fn run(job: Job) {
     let outcome = call(&app, req, &ctx, head.clone());
     let unanswered = head.lock().ok().and_then(|mut h| h.take());
     let outcome = match (unanswered, outcome) {
-        (Some(head), Outcome { fuel_used, error }) => {
-            let err = error.unwrap_or_else(|| {
+        (Some(head), outcome) => {
+            let err = outcome.error.unwrap_or_else(|| {
                 RequestError::GuestError("handler returned without setting a response".into())
             });
             let _ = head.send(Err(err));
             Outcome {
-                fuel_used,
                 error: None,
+                ..outcome
             }
         }
         (None, outcome) => outcome,
@@ -185,18 +205,12 @@ fn call(
 ) -> Outcome {
     let HandlerPre::ProxySync(pre) = &app.handler.pre else {
         let error = RequestError::Host(anyhow::anyhow!("an async handler was sent to the pool"));
-        return Outcome {
-            fuel_used: 0,
-            error: Some(error),
-        };
+        return Outcome::failed(error);
     };
     let mut store = match Sandbox::store(&app.engine, &app.limits, &ctx.id) {
         Ok(store) => store,
         Err(e) => {
-            return Outcome {
-                fuel_used: 0,
-                error: Some(RequestError::Host(e.into())),
-            };
+            return Outcome::failed(RequestError::Host(e.into()));
         }
     };
     let deadline = ctx.deadline;
@@ -210,6 +224,7 @@ fn call(
     });
     store.set_epoch_deadline(1);
 
+    let started = Instant::now();
     let result = (|| -> wasmtime::Result<()> {
         let proxy = pre.instantiate(&mut store)?;
         let http = store.data_mut();
@@ -236,5 +251,10 @@ fn call(
     let error = result.err().map(|e| {
         RequestError::from_guest(e, store.data().memory_refused(), ctx.cancel.is_cancelled())
     });
-    Outcome { fuel_used, error }
+    Outcome {
+        fuel_used,
+        error,
+        forced_yields: 0,
+        guest_time: started.elapsed(),
+    }
 }

@@ -10,6 +10,7 @@
 use std::sync::Arc;
 
 use crate::guest_output::GuestOutput;
+use crate::metrics::LiveInstance;
 use wasmtime::component::ResourceTable;
 use wasmtime::{Engine, ResourceLimiter, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -37,6 +38,9 @@ pub struct Sandbox {
     memory: MemoryLimiter,
     outbound: OutboundPolicy,
     vars: Arc<WasiConfigVariables>,
+    /// Times the guest was made to yield at an epoch tick.
+    pub forced_yields: u64,
+    _live: LiveInstance,
 }
 
 impl Sandbox {
@@ -66,6 +70,8 @@ impl Sandbox {
                 allow: limits.allow_outbound.clone(),
             },
             vars: limits.vars.clone(),
+            forced_yields: 0,
+            _live: LiveInstance::new(),
         };
         let mut store = Store::new(engine, sandbox);
         store.limiter(|s| &mut s.memory);

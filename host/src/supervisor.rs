@@ -25,11 +25,16 @@ use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
-use crate::config::ServeConfig;
+use std::sync::{Arc, Mutex};
+
+use crate::admin::{self, AdminState, SharedState};
+use crate::config::{AdminListen, ServeConfig};
+use crate::doctor;
+use crate::metrics::{MasterFacts, Snapshot};
 use crate::telemetry;
 
 /// What a worker tells the master, one line each on its stdout.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Report {
     /// The worker is serving.
     Ready,
@@ -37,6 +42,8 @@ pub enum Report {
     Beat { served: u64 },
     /// The worker reached `--max-requests` and asks to be replaced.
     Retire,
+    /// The worker's metrics (every second).
+    Metrics(Box<Snapshot>),
 }
 
 impl Report {
@@ -46,6 +53,10 @@ impl Report {
             Report::Ready => "ready\n".to_string(),
             Report::Beat { served } => format!("beat {served}\n"),
             Report::Retire => "retire\n".to_string(),
+            Report::Metrics(snapshot) => match serde_json::to_string(snapshot) {
+                Ok(json) => format!("metrics {json}\n"),
+                Err(_) => String::new(),
+            },
         }
     }
 
@@ -55,6 +66,9 @@ impl Report {
             None if line.trim() == "ready" => Some(Report::Ready),
             None if line.trim() == "retire" => Some(Report::Retire),
             Some(("beat", n)) => n.parse().ok().map(|served| Report::Beat { served }),
+            Some(("metrics", json)) => serde_json::from_str(json)
+                .ok()
+                .map(|snapshot| Report::Metrics(Box::new(snapshot))),
             _ => None,
         }
     }
@@ -118,6 +132,9 @@ struct Master {
     respawn_at: Option<Instant>,
     restarts: u64,
     announced: bool,
+    /// The admin listener until `run` serves it, and what it shows.
+    admin_listener: Option<std::net::TcpListener>,
+    admin: SharedState,
 }
 
 impl Master {
@@ -128,6 +145,30 @@ impl Master {
             _ => bail!("the master must be started as `wasmloop serve ...`"),
         }
         let listener = bind(&config)?;
+        let admin_listener = match config.admin_listen {
+            AdminListen::Off => None,
+            AdminListen::At(addr) => {
+                let admin = std::net::TcpListener::bind(addr)
+                    .with_context(|| format!("failed to bind the admin listener to {addr}"))?;
+                admin.set_nonblocking(true)?;
+                Some(admin)
+            }
+        };
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+        let admin = Arc::new(Mutex::new(AdminState::new(
+            doctor::Facts {
+                workers: 0,
+                cores,
+                threads: config.threads as u64,
+                limit_concurrency: config.limit_concurrency as u64,
+                fuel: config.fuel,
+                epoch_interval_ms: config.epoch_interval.as_secs_f64() * 1000.0,
+            },
+            MasterFacts {
+                cores,
+                ..MasterFacts::default()
+            },
+        )));
         let (events_tx, events) = mpsc::unbounded_channel();
         Ok(Master {
             target: config.worker_count(),
@@ -142,6 +183,8 @@ impl Master {
             respawn_at: None,
             restarts: 0,
             announced: false,
+            admin_listener,
+            admin,
         })
     }
 
@@ -154,6 +197,12 @@ impl Master {
         let mut ttou = signal(SignalKind::from_raw(nix::libc::SIGTTOU))?;
         let mut tick = tokio::time::interval(TICK);
 
+        if let Some(listener) = self.admin_listener.take() {
+            let listener = tokio::net::TcpListener::from_std(listener)
+                .context("failed to register the admin listener")?;
+            eprintln!("admin listening on http://{}", listener.local_addr()?);
+            tokio::spawn(admin::serve(listener, self.admin.clone()));
+        }
         tracing::info!(workers = self.target, "master starting");
         for _ in 0..self.target {
             self.spawn()?;
@@ -203,6 +252,11 @@ impl Master {
                         }
                     }
                     Report::Beat { served } => worker.served = served,
+                    Report::Metrics(snapshot) => {
+                        if let Ok(mut admin) = self.admin.lock() {
+                            admin.aggregate.update(pid, *snapshot);
+                        }
+                    }
                     Report::Retire => {
                         if !worker.replace && worker.phase == Phase::Serving {
                             tracing::info!(
@@ -230,6 +284,9 @@ impl Master {
                 }
             }
             Event::Exited(pid, status) => {
+                if let Ok(mut admin) = self.admin.lock() {
+                    admin.aggregate.retire(pid);
+                }
                 let Some(worker) = self.workers.remove(&pid) else {
                     return Ok(());
                 };
@@ -268,6 +325,16 @@ impl Master {
 
     /// Kills workers whose loop went quiet, and stops on a worker that never booted.
     fn on_tick(&mut self) -> anyhow::Result<()> {
+        if let Ok(mut admin) = self.admin.lock() {
+            admin.master.workers = self
+                .workers
+                .values()
+                .filter(|w| w.phase == Phase::Serving)
+                .count() as u64;
+            admin.master.workers_target = self.target as u64;
+            admin.master.worker_restarts = self.restarts;
+            admin.sample();
+        }
         let timeout = self.config.timeout_worker_healthcheck;
         for (&pid, worker) in &self.workers {
             let quiet = worker.last_report.elapsed();

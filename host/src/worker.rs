@@ -32,6 +32,7 @@ use crate::component::Mode;
 use crate::config::ServeConfig;
 use crate::engine::EpochTicker;
 use crate::http::{FrontDoor, Server};
+use crate::metrics::Recorder;
 use crate::pool::Pool;
 use crate::supervisor::Report;
 use crate::telemetry;
@@ -51,8 +52,13 @@ pub fn run_process(config: ServeConfig) -> anyhow::Result<()> {
         .context("failed to make the listener non-blocking")?;
 
     let app = Arc::new(App::load(&config)?);
+    let recorder = Arc::new(Recorder::default());
     let pool = match app.mode() {
-        Mode::Pool => Some(Pool::start(config.threads, config.pool_queue)?),
+        Mode::Pool => Some(Pool::start(
+            config.threads,
+            config.pool_queue,
+            recorder.clone(),
+        )?),
         Mode::Loop => None,
     };
     let _ticker = EpochTicker::start(app.engine.clone(), config.epoch_interval)?;
@@ -71,8 +77,14 @@ pub fn run_process(config: ServeConfig) -> anyhow::Result<()> {
             timeout: config.timeout,
         };
         let server = match config.max_requests {
-            0 => Server::new(app, pool, front),
-            n => Server::with_quota(app, pool, front, n + jitter(config.max_requests_jitter)),
+            0 => Server::new(app, pool, front, recorder),
+            n => Server::with_quota(
+                app,
+                pool,
+                front,
+                recorder,
+                n + jitter(config.max_requests_jitter),
+            ),
         };
         let limits = ConnLimits {
             max_header_size: usize::try_from(config.max_header_size).unwrap_or(usize::MAX),
@@ -87,8 +99,10 @@ pub fn run_process(config: ServeConfig) -> anyhow::Result<()> {
             config.timeout_worker_healthcheck / 5,
             master_gone.clone(),
         ));
+        let lag_probe = tokio::task::spawn_local(probe_loop_lag(server.clone()));
         serve(listener, server.clone(), limits, stop_signal(master_gone)).await;
         reporter.abort();
+        lag_probe.abort();
         anyhow::Ok(server.take_pool())
     })?;
     drop(local);
@@ -108,6 +122,8 @@ async fn report_to_master(server: Rc<Server>, interval: Duration, master_gone: C
     let mut out = tokio::io::stdout();
     let mut beat = tokio::time::interval(interval);
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut metrics = tokio::time::interval(METRICS_INTERVAL);
+    metrics.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut retired = false;
     let mut report = Report::Ready;
     loop {
@@ -118,6 +134,7 @@ async fn report_to_master(server: Rc<Server>, interval: Duration, master_gone: C
         }
         report = tokio::select! {
             _ = beat.tick() => Report::Beat { served: server.served() },
+            _ = metrics.tick() => Report::Metrics(Box::new(server.snapshot())),
             () = server.quota_reached(), if !retired => {
                 retired = true;
                 Report::Retire
@@ -128,6 +145,23 @@ async fn report_to_master(server: Rc<Server>, interval: Duration, master_gone: C
 
 /// Resolves when the worker should drain: TERM, INT, or the master went away. QUIT
 /// exits the process at once.
+/// How often a worker sends its metrics to the master.
+const METRICS_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the loop-lag probe asks to be woken.
+const LAG_PROBE: Duration = Duration::from_millis(10);
+
+/// Measures how late the loop wakes a timer: the delay every task on this worker
+/// sees when something holds the loop thread.
+async fn probe_loop_lag(server: Rc<Server>) {
+    let mut due = Instant::now() + LAG_PROBE;
+    loop {
+        tokio::time::sleep_until(due.into()).await;
+        let now = Instant::now();
+        server.loop_lag(now.saturating_duration_since(due));
+        due = now + LAG_PROBE;
+    }
+}
+
 async fn stop_signal(master_gone: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int), Ok(mut quit)) = (

@@ -10,7 +10,11 @@ use std::process::Command;
 
 fn serve(component: &Path, extra: &[&str]) -> (bool, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_wasmloop"))
-        .args(["serve", "--listen=127.0.0.1:0"])
+        .args([
+            "serve",
+            "--listen=127.0.0.1:0",
+            "--admin-listen=127.0.0.1:0",
+        ])
         .args(extra)
         .arg(component)
         .output()
@@ -143,6 +147,7 @@ fn help_lists_every_flag_with_its_environment_variable() {
         "--max-requests-jitter",
         "--allow-outbound",
         "--var",
+        "--admin-listen",
     ] {
         assert!(help.contains(flag), "--help lacks {flag}:\n{help}");
     }

@@ -24,7 +24,7 @@ cp tests/compat/python/app.py "$work/"
 (cd "$work" && "$OLDPWD/$venv/bin/componentize-py" -d "$OLDPWD/wit" -w wasmloop:handler/sync-handler@0.1.0 \
   componentize app -o app.wasm >/dev/null)
 
-"$wasmloop" serve --listen 127.0.0.1:0 --workers 1 "$work/app.wasm" 2>"$work/log" &
+"$wasmloop" serve --listen 127.0.0.1:0 --admin-listen off --workers 1 "$work/app.wasm" 2>"$work/log" &
 server=$!
 for _ in $(seq 600); do
   addr=$(sed -n 's/^listening on http:\/\///p' "$work/log")

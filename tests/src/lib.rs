@@ -68,6 +68,13 @@ impl Server {
         }
     }
 
+    /// Tests run side by side: each server's admin listener takes a free port too.
+    fn default_admin_listener(&mut self) {
+        if !self.args.iter().any(|a| a.starts_with("--admin-listen")) {
+            self.args.push("--admin-listen=127.0.0.1:0".into());
+        }
+    }
+
     /// Adds one command-line argument (`--threads=2`).
     pub fn arg(mut self, arg: &str) -> Server {
         self.args.push(arg.to_string());
@@ -80,6 +87,7 @@ impl Server {
         if !self.args.iter().any(|a| a.starts_with("--workers")) {
             self.args.push("--workers=1".into());
         }
+        self.default_admin_listener();
         let mut child = Command::new(binary())
             .arg("serve")
             .arg("--listen=127.0.0.1:0")
@@ -112,9 +120,20 @@ impl Server {
         let addr: SocketAddr = line["listening on http://".len()..]
             .parse()
             .expect("the printed address parses");
+        let admin = log
+            .wait_for(
+                |l| l.starts_with("admin listening on http://"),
+                Duration::ZERO,
+            )
+            .map(|l| {
+                l["admin listening on http://".len()..]
+                    .parse()
+                    .expect("the printed admin address parses")
+            });
         Running {
             child,
             addr,
+            admin,
             log,
             client: HttpClient::new(addr),
         }
@@ -122,7 +141,8 @@ impl Server {
 
     /// Runs the binary to completion, expecting it to fail at start-up; returns its
     /// exit status and output.
-    pub fn start_expecting_failure(self) -> (ExitStatus, String) {
+    pub fn start_expecting_failure(mut self) -> (ExitStatus, String) {
+        self.default_admin_listener();
         let output = Command::new(binary())
             .arg("serve")
             .arg("--listen=127.0.0.1:0")
@@ -142,6 +162,8 @@ impl Server {
 pub struct Running {
     child: Child,
     pub addr: SocketAddr,
+    /// The admin listener, unless started with `--admin-listen=off`.
+    pub admin: Option<SocketAddr>,
     log: Arc<Log>,
     client: HttpClient,
 }
@@ -241,6 +263,20 @@ impl HttpClient {
     }
 }
 
+/// The text of one `/metrics` scrape: values read from it belong together.
+#[derive(Debug, Clone)]
+pub struct Metrics(pub String);
+
+impl Metrics {
+    /// The value of `series`, written `name{labels}` exactly as exposed (labels in
+    /// their exposed order), or `None` when absent.
+    pub fn get(&self, series: &str) -> Option<f64> {
+        self.0
+            .lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+}
+
 /// A plain HTTP server on 127.0.0.1:0 standing in for what guests call out to. It
 /// answers every request with `upstream saw PATH` and counts the connections it
 /// accepted, so a test can tell that a refused call never left the host.
@@ -285,6 +321,58 @@ impl Upstream {
 }
 
 impl Running {
+    /// GET `path` from the admin listener.
+    pub async fn admin_get(&self, path: &str) -> Reply {
+        let admin = self.admin.expect("the server has an admin listener");
+        HttpClient::new(admin).get(path).await
+    }
+
+    /// One scrape of `/metrics`.
+    pub async fn metrics(&self) -> Metrics {
+        Metrics(self.admin_get("/metrics").await.text())
+    }
+
+    /// The value of one series in a fresh scrape of `/metrics`; see [`Metrics::get`].
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        self.metrics().await.get(series)
+    }
+
+    /// Waits until `series` satisfies `pred` (metrics reach the master once a second).
+    pub async fn wait_for_metric(
+        &self,
+        series: &str,
+        pred: impl Fn(f64) -> bool,
+        timeout: Duration,
+    ) -> Option<f64> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let value = self.metric(series).await;
+            if value.is_some_and(&pred) {
+                return value;
+            }
+            if Instant::now() >= deadline {
+                return value;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Runs `wasmloop doctor` against this server; returns its output.
+    pub fn doctor(&self) -> String {
+        let admin = self.admin.expect("the server has an admin listener");
+        let output = Command::new(binary())
+            .args(["doctor", "--admin"])
+            .arg(format!("http://{admin}"))
+            .output()
+            .expect("failed to run wasmloop doctor");
+        assert!(
+            output.status.success(),
+            "doctor failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
     /// A client for this server that can move into a task.
     pub fn client(&self) -> HttpClient {
         self.client.clone()

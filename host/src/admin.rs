@@ -1,0 +1,186 @@
+//! The admin listener, served by the master: `/metrics` (Prometheus text for all
+//! workers), `/doctor` (the doctor's report as JSON) and `/healthz`. It owns the
+//! master's metric view, [`AdminState`]: the latest snapshot of every worker and a
+//! minute of history for the doctor's window.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::CONTENT_TYPE;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+use crate::doctor::{self, Facts};
+use crate::metrics::{Aggregate, Counters, MasterFacts, Snapshot};
+
+/// How far back the doctor looks.
+pub const WINDOW: Duration = Duration::from_secs(60);
+/// How often the history takes a sample.
+const SAMPLE_EVERY: Duration = Duration::from_secs(1);
+
+/// What the admin endpoints read, updated by the master as reports arrive.
+#[derive(Debug)]
+pub struct AdminState {
+    pub aggregate: Aggregate,
+    pub master: MasterFacts,
+    pub facts: Facts,
+    /// Merged counters, one sample a second, oldest first, covering [`WINDOW`].
+    history: VecDeque<(Instant, Counters)>,
+}
+
+/// The state shared by the master and the admin connections.
+pub type SharedState = Arc<Mutex<AdminState>>;
+
+impl AdminState {
+    pub fn new(facts: Facts, master: MasterFacts) -> AdminState {
+        AdminState {
+            aggregate: Aggregate::default(),
+            master,
+            facts,
+            history: VecDeque::from([(Instant::now(), Counters::default())]),
+        }
+    }
+
+    /// Takes a history sample if one is due; called from the master's tick.
+    pub fn sample(&mut self) {
+        let now = Instant::now();
+        if self
+            .history
+            .back()
+            .is_some_and(|(at, _)| now.duration_since(*at) < SAMPLE_EVERY)
+        {
+            return;
+        }
+        self.history
+            .push_back((now, self.aggregate.merged().counters));
+        while self
+            .history
+            .get(1)
+            .is_some_and(|(at, _)| now.duration_since(*at) >= WINDOW)
+        {
+            self.history.pop_front();
+        }
+    }
+
+    /// The doctor's report over the window (or since start, when younger).
+    pub fn doctor(&self) -> doctor::Report {
+        let now: Snapshot = self.aggregate.merged();
+        let (since, before) = self
+            .history
+            .front()
+            .map_or((Instant::now(), Counters::default()), |(at, c)| {
+                (*at, c.clone())
+            });
+        let mut facts = self.facts.clone();
+        facts.workers = self.master.workers;
+        facts.cores = self.master.cores;
+        doctor::diagnose(&before, &now, since.elapsed(), &facts)
+    }
+}
+
+/// Serves the admin endpoints until the task is dropped.
+pub async fn serve(listener: TcpListener, state: SharedState) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(respond(&req, &state)) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn respond(req: &Request<Incoming>, state: &SharedState) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "only GET\n".into(),
+        );
+    }
+    let Ok(state) = state.lock() else {
+        return reply(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "text/plain",
+            "state poisoned\n".into(),
+        );
+    };
+    match req.uri().path() {
+        "/metrics" => reply(
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            state.aggregate.encode(&state.master),
+        ),
+        "/doctor" => match serde_json::to_string_pretty(&state.doctor()) {
+            Ok(json) => reply(StatusCode::OK, "application/json", json),
+            Err(e) => reply(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "text/plain",
+                format!("{e}\n"),
+            ),
+        },
+        "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n".into()),
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found: try /metrics, /doctor or /healthz\n".into(),
+        ),
+    }
+}
+
+fn reply(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, http::HeaderValue::from_static(content_type));
+    response
+}
+
+/// `wasmloop doctor`: fetches `/doctor` from `admin` and prints it.
+pub fn doctor_cli(admin: &str, json: bool) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    use http_body_util::BodyExt as _;
+    let url: http::Uri = format!("{}/doctor", admin.trim_end_matches('/'))
+        .parse()
+        .with_context(|| format!("{admin} is not a URL"))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let body = runtime.block_on(async {
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<Full<Bytes>>();
+        let response = tokio::time::timeout(Duration::from_secs(10), client.get(url.clone()))
+            .await
+            .with_context(|| format!("{url} did not answer within 10 s"))?
+            .with_context(|| {
+                format!("failed to reach {url}; is the server running with --admin-listen?")
+            })?;
+        let status = response.status();
+        let body = response.into_body().collect().await?.to_bytes();
+        anyhow::ensure!(status.is_success(), "{url} answered {status}");
+        anyhow::Ok(body)
+    })?;
+    if json {
+        println!("{}", String::from_utf8_lossy(&body));
+        return Ok(());
+    }
+    let report: doctor::Report =
+        serde_json::from_slice(&body).context("the server's /doctor answer is not a report")?;
+    print!("{}", doctor::render(&report));
+    Ok(())
+}

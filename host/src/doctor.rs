@@ -1,0 +1,433 @@
+//! `wasmloop doctor`: reads the counters of the last minute and says, in plain words
+//! and with numbers, what limits throughput. The rules live in [`diagnose`], a pure
+//! function of two metric views, so each one is tested without a server; the master
+//! runs it for `GET /doctor` and the CLI prints the result.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::metrics::{Counters, Histogram, Snapshot};
+
+/// What the server is configured with, for the rules that compare against it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Facts {
+    pub workers: u64,
+    pub cores: u64,
+    /// Pool threads per worker (`--threads`).
+    pub threads: u64,
+    pub limit_concurrency: u64,
+    pub fuel: u64,
+    pub epoch_interval_ms: f64,
+}
+
+/// How much a finding matters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// Requests are slowed down or refused because of it.
+    Warning,
+    /// Worth changing; nothing is failing because of it.
+    Advice,
+}
+
+/// One thing that limits throughput.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Finding {
+    pub severity: Severity,
+    /// A stable name: `pool_saturated`, `loop_hot_guest`, `concurrency_limit`,
+    /// `cpu_limit`, `failures`, `few_workers`.
+    pub code: String,
+    /// What happened, with numbers.
+    pub summary: String,
+    /// What to do about it.
+    pub advice: String,
+}
+
+/// The doctor's answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Report {
+    pub window_seconds: f64,
+    pub workers: u64,
+    pub cores: u64,
+    pub requests: u64,
+    pub latency_p50_ms: Option<f64>,
+    pub latency_p99_ms: Option<f64>,
+    /// Share of pool thread time spent running requests, 0..1; none without a pool.
+    pub pool_busy: Option<f64>,
+    pub loop_lag_p99_ms: Option<f64>,
+    /// Most important first; empty when nothing limits throughput.
+    pub findings: Vec<Finding>,
+}
+
+/// Requests above this share of pool thread time make the pool the bottleneck.
+const POOL_SATURATED: f64 = 0.7;
+/// A wait for a pool thread longer than this counts as queueing.
+const QUEUED: f64 = 0.005;
+/// Forced yields in the window above which a loop guest is called hot.
+const HOT_YIELDS: u64 = 25;
+
+/// Compares `now` with `before` (taken `window` earlier) and names the bottlenecks.
+pub fn diagnose(before: &Counters, now: &Snapshot, window: Duration, facts: &Facts) -> Report {
+    let c = &now.counters;
+    let seconds = window.as_secs_f64().max(0.001);
+    let mut findings = Vec::new();
+
+    let delta = |now: u64, then: Option<&u64>| now.saturating_sub(then.copied().unwrap_or(0));
+    let requests: u64 = c
+        .requests
+        .iter()
+        .map(|(k, n)| delta(*n, before.requests.get(k)))
+        .sum();
+    let mut latency = Histogram::default();
+    for (key, h) in &c.latency {
+        let earlier = before.latency.get(key).cloned().unwrap_or_default();
+        latency.add(&h.since(&earlier));
+    }
+    let lag = c.loop_lag.since(&before.loop_lag);
+    let loop_lag_p99 = lag.quantile(0.99);
+
+    // The pool: busy most of the time, and requests waited for a thread.
+    let pool_threads = now.gauges.pool_threads;
+    let pool_busy = (pool_threads > 0).then(|| {
+        ((c.pool_busy_seconds - before.pool_busy_seconds) / (seconds * pool_threads as f64))
+            .clamp(0.0, 1.0)
+    });
+    let waits = c.pool_queue_wait.since(&before.pool_queue_wait);
+    let queued = waits.above(QUEUED);
+    let pool_full: u64 = sum_by_reason(c, before, "pool_full");
+    // Queueing is the symptom that matters: a pool can look half idle over the window
+    // and still make most requests wait during a burst.
+    let mostly_queued = waits.count > 0
+        && queued * 5 >= waits.count
+        && waits.quantile(0.5).is_some_and(|median| median >= 0.01);
+    if let Some(busy) = pool_busy
+        && ((busy >= POOL_SATURATED && queued > 0) || mostly_queued || pool_full > 0)
+    {
+        let mut summary = format!(
+            "The pool's {pool_threads} threads were busy {:.0}% of the last {seconds:.0} s and requests queued for them: {queued} of {} waited over {} ms (median wait up to {}).",
+            busy * 100.0,
+            waits.count,
+            QUEUED * 1000.0,
+            ms(waits.quantile(0.5)),
+        );
+        if pool_full > 0 {
+            let _ = write!(
+                summary,
+                " {pool_full} were refused with 503 because the queue was full."
+            );
+        }
+        findings.push(Finding {
+            severity: Severity::Warning,
+            code: "pool_saturated".into(),
+            summary,
+            advice: format!(
+                "If the handler mostly waits (outbound calls, sleeps), raise --threads (now {}) or write it as an `async fn` so it runs on the event loop and holds no thread while it waits. If it computes, add workers (up to one per core) or make it do less.",
+                facts.threads
+            ),
+        });
+    }
+
+    // Loop-resident guests that compute without awaiting.
+    let mut loop_busy_total = 0.0;
+    for ((app, mode), secs) in &c.guest_seconds {
+        if mode != "loop" {
+            continue;
+        }
+        let earlier = before
+            .guest_seconds
+            .get(&(app.clone(), mode.clone()))
+            .copied()
+            .unwrap_or(0.0);
+        let busy = (secs - earlier).max(0.0);
+        loop_busy_total += busy;
+        let yields = delta(
+            c.forced_yields.get(app).copied().unwrap_or(0),
+            before.forced_yields.get(app),
+        );
+        if yields >= HOT_YIELDS {
+            findings.push(Finding {
+                severity: Severity::Warning,
+                code: "loop_hot_guest".into(),
+                summary: format!(
+                    "App {app} computes on the event loop without awaiting: the host preempted it {yields} times in the last {seconds:.0} s, and it held the loop for {busy:.1} s ({:.0}% of the loop's time). Requests sharing the loop waited for it: loop lag p99 {}, worst in the last second {}.",
+                    busy / (seconds * facts.workers.max(1) as f64) * 100.0,
+                    ms(loop_lag_p99),
+                    ms(Some(now.gauges.loop_lag_max)),
+                ),
+                advice: format!(
+                    "Move the CPU-heavy part of {app} to a plain `fn` handler (it then runs on the pool, a thread of its own under --fuel), or split the work and await between the pieces. Preemption every {} ms keeps its neighbours going, but they share the loop with it.",
+                    facts.epoch_interval_ms
+                ),
+            });
+        }
+    }
+
+    // Requests refused at the worker's concurrency limit.
+    let at_limit = sum_by_reason(c, before, "concurrency_limit");
+    if at_limit > 0 {
+        findings.push(Finding {
+            severity: Severity::Warning,
+            code: "concurrency_limit".into(),
+            summary: format!(
+                "{} in the last {seconds:.0} s were refused with 503 because a worker already had --limit-concurrency={} requests in flight.",
+                requests_word(at_limit),
+                facts.limit_concurrency
+            ),
+            advice: "Raise --limit-concurrency if memory and CPU allow (each in-flight request holds an instance), or add workers.".into(),
+        });
+    }
+
+    // Requests that ran out of fuel, and other failures by cause.
+    for ((app, cause), n) in &c.failures {
+        let n = delta(*n, before.failures.get(&(app.clone(), cause.clone())));
+        if n == 0 {
+            continue;
+        }
+        match cause.as_str() {
+            "cpu_limit" => findings.push(Finding {
+                severity: Severity::Warning,
+                code: "cpu_limit".into(),
+                summary: format!(
+                    "{} of app {app} ran out of fuel (503 cpu_limit) in the last {seconds:.0} s; each may burn --fuel={:.1e} units (about 1.5e10 per CPU second).",
+                    requests_word(n),
+                    facts.fuel as f64
+                ),
+                advice: format!("Raise --fuel if {app} is meant to compute that long, else find what loops."),
+            }),
+            "timeout" | "memory_limit" | "guest_trap" => findings.push(Finding {
+                severity: Severity::Warning,
+                code: "failures".into(),
+                summary: format!(
+                    "{} of app {app} failed with {cause} in the last {seconds:.0} s.",
+                    requests_word(n)
+                ),
+                advice: match cause.as_str() {
+                    "timeout" => "Requests ran past --timeout: look for slow upstreams or raise --timeout.".into(),
+                    "memory_limit" => "The guest asked for more than --max-memory: raise it or make the guest allocate less.".into(),
+                    _ => format!("{app} trapped or panicked: its stderr is in the log next to each request id."),
+                },
+            }),
+            _ => {}
+        }
+    }
+
+    // Fewer workers than cores while the work is CPU-bound.
+    let loop_share = loop_busy_total / (seconds * facts.workers.max(1) as f64);
+    if facts.workers < facts.cores && (pool_busy.is_some_and(|b| b >= 0.5) || loop_share >= 0.5) {
+        findings.push(Finding {
+            severity: Severity::Advice,
+            code: "few_workers".into(),
+            summary: format!(
+                "{} worker(s) serve on {} cores while the work keeps them busy.",
+                facts.workers, facts.cores
+            ),
+            advice: format!(
+                "Start with --workers {} (each worker runs one event loop on one core), or send SIGTTIN to the master to add one now.",
+                facts.cores
+            ),
+        });
+    }
+
+    findings.sort_by_key(|f| f.severity != Severity::Warning);
+    Report {
+        window_seconds: seconds,
+        workers: facts.workers,
+        cores: facts.cores,
+        requests,
+        latency_p50_ms: latency.quantile(0.5).map(|s| s * 1000.0),
+        latency_p99_ms: latency.quantile(0.99).map(|s| s * 1000.0),
+        pool_busy,
+        loop_lag_p99_ms: loop_lag_p99.map(|s| s * 1000.0),
+        findings,
+    }
+}
+
+fn requests_word(n: u64) -> String {
+    if n == 1 {
+        "1 request".into()
+    } else {
+        format!("{n} requests")
+    }
+}
+
+fn sum_by_reason(now: &Counters, before: &Counters, reason: &str) -> u64 {
+    now.rejected
+        .iter()
+        .filter(|((_, r), _)| r == reason)
+        .map(|(k, n)| n.saturating_sub(before.rejected.get(k).copied().unwrap_or(0)))
+        .sum()
+}
+
+/// A duration in seconds as "12 ms" (bucket bounds, so "up to").
+fn ms(seconds: Option<f64>) -> String {
+    match seconds {
+        None => "n/a".into(),
+        Some(s) if s.is_infinite() => "over 60 s".into(),
+        Some(s) if s < 0.01 => format!("{:.1} ms", s * 1000.0),
+        Some(s) => format!("{:.0} ms", s * 1000.0),
+    }
+}
+
+/// The report as the CLI prints it.
+pub fn render(report: &Report) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "wasmloop doctor: the last {:.0} s, {} worker(s) on {} core(s)",
+        report.window_seconds, report.workers, report.cores
+    );
+    let per_second = report.requests as f64 / report.window_seconds;
+    let _ = write!(
+        out,
+        "  {} requests ({per_second:.1}/s), latency p50 {} p99 {}",
+        report.requests,
+        ms(report.latency_p50_ms.map(|v| v / 1000.0)),
+        ms(report.latency_p99_ms.map(|v| v / 1000.0)),
+    );
+    if let Some(busy) = report.pool_busy {
+        let _ = write!(out, ", pool busy {:.0}%", busy * 100.0);
+    }
+    let _ = writeln!(
+        out,
+        ", loop lag p99 {}",
+        ms(report.loop_lag_p99_ms.map(|v| v / 1000.0))
+    );
+    let _ = writeln!(out);
+    if report.findings.is_empty() {
+        let _ = writeln!(
+            out,
+            "No bottleneck found: no queueing for pool threads, no hot guest on the loop, no refused or failed requests."
+        );
+    }
+    for finding in &report.findings {
+        let label = match finding.severity {
+            Severity::Warning => "WARNING",
+            Severity::Advice => "ADVICE",
+        };
+        let _ = writeln!(out, "{label} [{}] {}", finding.code, finding.summary);
+        let _ = writeln!(out, "  -> {}", finding.advice);
+        let _ = writeln!(out);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::component::Mode;
+    use crate::metrics::{Finished, Gauges, Recorder};
+
+    fn facts() -> Facts {
+        Facts {
+            workers: 1,
+            cores: 2,
+            threads: 4,
+            limit_concurrency: 1000,
+            fuel: 10_000_000_000,
+            epoch_interval_ms: 2.0,
+        }
+    }
+
+    fn served(recorder: &Recorder, mode: Mode, n: usize) {
+        for _ in 0..n {
+            recorder.request(&Finished {
+                app: "app",
+                mode,
+                status: 200,
+                duration: Duration::from_millis(2),
+                fuel: 100,
+                cause: None,
+                forced_yields: 0,
+                guest_time: Duration::from_micros(100),
+            });
+        }
+    }
+
+    fn codes(report: &Report) -> Vec<&str> {
+        report.findings.iter().map(|f| f.code.as_str()).collect()
+    }
+
+    #[test]
+    fn a_healthy_server_has_no_findings() {
+        let recorder = Recorder::default();
+        served(&recorder, Mode::Pool, 100);
+        recorder.pool_job(Duration::from_micros(50), Duration::from_millis(1));
+        let now = recorder.snapshot(Gauges {
+            pool_threads: 4,
+            ..Gauges::default()
+        });
+        let report = diagnose(
+            &Counters::default(),
+            &now,
+            Duration::from_secs(60),
+            &facts(),
+        );
+        assert_eq!(codes(&report), Vec::<&str>::new());
+        assert!(render(&report).contains("No bottleneck found"));
+    }
+
+    #[test]
+    fn a_busy_pool_with_a_queue_is_saturated() {
+        let recorder = Recorder::default();
+        for _ in 0..100 {
+            // 4 threads × 10 s = 40 thread-seconds; 36 of them busy.
+            recorder.pool_job(Duration::from_millis(80), Duration::from_millis(360));
+        }
+        let now = recorder.snapshot(Gauges {
+            pool_threads: 4,
+            ..Gauges::default()
+        });
+        let report = diagnose(
+            &Counters::default(),
+            &now,
+            Duration::from_secs(10),
+            &facts(),
+        );
+        assert_eq!(codes(&report), ["pool_saturated", "few_workers"]);
+        assert!(
+            report.findings[0].summary.contains("busy 90%"),
+            "{:?}",
+            report.findings[0]
+        );
+    }
+
+    #[test]
+    fn only_what_happened_in_the_window_counts() {
+        let recorder = Recorder::default();
+        recorder.rejected("app", "concurrency_limit");
+        let before = recorder.snapshot(Gauges::default()).counters;
+        let now = recorder.snapshot(Gauges::default());
+        let report = diagnose(&before, &now, Duration::from_secs(60), &facts());
+        assert!(report.findings.is_empty(), "{:?}", report.findings);
+        recorder.rejected("app", "concurrency_limit");
+        let now = recorder.snapshot(Gauges::default());
+        let report = diagnose(&before, &now, Duration::from_secs(60), &facts());
+        assert_eq!(codes(&report), ["concurrency_limit"]);
+    }
+
+    #[test]
+    fn a_guest_preempted_again_and_again_is_hot() {
+        let recorder = Recorder::default();
+        recorder.request(&Finished {
+            app: "spinner",
+            mode: Mode::Loop,
+            status: 200,
+            duration: Duration::from_millis(400),
+            fuel: 1,
+            cause: None,
+            forced_yields: 200,
+            guest_time: Duration::from_millis(400),
+        });
+        let now = recorder.snapshot(Gauges::default());
+        let report = diagnose(
+            &Counters::default(),
+            &now,
+            Duration::from_secs(10),
+            &facts(),
+        );
+        assert_eq!(codes(&report), ["loop_hot_guest"]);
+        assert!(report.findings[0].summary.contains("App spinner"));
+    }
+}

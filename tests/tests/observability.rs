@@ -1,0 +1,233 @@
+//! Metrics and `wasmloop doctor` end to end: series move when requests, limits, hot
+//! guests and a busy pool make them move, and the doctor names the bottleneck in
+//! staged scenarios (and stays quiet for a healthy server).
+
+use std::time::{Duration, Instant};
+
+use wasmloop_tests::{HttpClient, Running, Server, guests};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// Sends `path` from `clients` concurrent loops until `duration` has passed.
+async fn load(client: &HttpClient, path: &str, clients: usize, duration: Duration) {
+    let until = Instant::now() + duration;
+    let tasks: Vec<_> = (0..clients)
+        .map(|_| {
+            let (client, path) = (client.fresh_connections(), path.to_string());
+            tokio::spawn(async move {
+                while Instant::now() < until {
+                    let _ = client.get(&path).await;
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+}
+
+/// Waits until the master has the worker's metrics for at least `n` requests.
+async fn wait_for_requests(server: &Running, series: &str, n: f64) {
+    let got = server.wait_for_metric(series, |v| v >= n, WAIT).await;
+    assert!(got.is_some_and(|v| v >= n), "{series}: {got:?}");
+}
+
+#[tokio::test]
+async fn a_request_moves_its_series() {
+    let server = Server::new(guests::SYNC_GUEST).start().await;
+    let series = r#"wasmloop_requests_total{app="sync_guest",mode="pool",status="200"}"#;
+    assert_eq!(server.metric(series).await, None);
+    assert_eq!(server.get("/").await.status, 200);
+    wait_for_requests(&server, series, 1.0).await;
+    let server = &server;
+    let metric = |s: &'static str| async move { server.metric(s).await.unwrap_or(-1.0) };
+    assert_eq!(
+        metric(r#"wasmloop_request_duration_seconds_count{app="sync_guest",mode="pool"}"#).await,
+        1.0
+    );
+    assert!(metric(r#"wasmloop_fuel_consumed_total{app="sync_guest"}"#).await > 0.0);
+    assert_eq!(metric("wasmloop_workers").await, 1.0);
+    assert_eq!(metric("wasmloop_pool_threads").await, 40.0);
+    assert_eq!(metric("wasmloop_instances_live").await, 0.0);
+    assert_eq!(metric("wasmloop_requests_in_flight").await, 0.0);
+    let text = server.admin_get("/metrics").await;
+    assert!(
+        text.headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/openmetrics-text"),
+    );
+    assert!(text.text().ends_with("# EOF\n"));
+    assert_eq!(server.admin_get("/healthz").await.text(), "ok\n");
+    assert_eq!(server.admin_get("/nope").await.status, 404);
+}
+
+#[tokio::test]
+async fn fuel_exhaustion_counts_as_cpu_limit() {
+    let server = Server::new(guests::SYNC_GUEST)
+        .arg("--fuel=100000000")
+        .start()
+        .await;
+    assert_eq!(server.get("/forever").await.status, 503);
+    let series = r#"wasmloop_request_failures_total{app="sync_guest",cause="cpu_limit"}"#;
+    wait_for_requests(&server, series, 1.0).await;
+    let status = r#"wasmloop_requests_total{app="sync_guest",mode="pool",status="503"}"#;
+    assert_eq!(server.metric(status).await, Some(1.0));
+}
+
+#[tokio::test]
+async fn a_spinning_async_guest_counts_forced_yields_and_loop_lag() {
+    // A long epoch makes each preemption a visible lag for the loop's probe timer.
+    let server = Server::new(guests::ASYNC_GUEST)
+        .arg("--epoch-interval=20ms")
+        .start()
+        .await;
+    assert_eq!(server.get("/spin?ms=400").await.status, 200);
+    let yields = r#"wasmloop_guest_forced_yields_total{app="async_guest"}"#;
+    // 400 ms of computing at 20 ms ticks: about 20 preemptions.
+    wait_for_requests(&server, yields, 10.0).await;
+    let cpu = server
+        .metric(r#"wasmloop_guest_cpu_seconds_total{app="async_guest",mode="loop"}"#)
+        .await;
+    assert!(cpu.is_some_and(|s| s >= 0.3), "{cpu:?}");
+
+    let pid = server.worker_pids()[0];
+    let metrics = server.metrics().await;
+    let total = metrics
+        .get(&format!(
+            r#"wasmloop_loop_lag_seconds_count{{worker="{pid}"}}"#
+        ))
+        .unwrap();
+    let quick = metrics
+        .get(&format!(
+            r#"wasmloop_loop_lag_seconds_bucket{{le="0.01",worker="{pid}"}}"#
+        ))
+        .unwrap();
+    assert!(
+        total - quick >= 5.0,
+        "expected the spinning guest to delay the probe past 10 ms several times: {total} probes, {quick} on time"
+    );
+}
+
+#[tokio::test]
+async fn a_saturated_pool_shows_its_queue() {
+    let server = Server::new(guests::SYNC_GUEST)
+        .arg("--threads=1")
+        .start()
+        .await;
+    let client = server.client();
+    let requests: Vec<_> = (0..5)
+        .map(|_| {
+            let client = client.fresh_connections();
+            tokio::spawn(async move { client.get("/sleep?ms=1000").await })
+        })
+        .collect();
+    let depth = server
+        .wait_for_metric("wasmloop_pool_queue_depth", |v| v > 0.0, WAIT)
+        .await;
+    assert!(depth.is_some_and(|d| d > 0.0), "{depth:?}");
+    let metrics = server.metrics().await;
+    assert_eq!(
+        metrics.get("wasmloop_pool_threads_busy"),
+        Some(1.0),
+        "{}",
+        metrics.0
+    );
+    for request in requests {
+        assert_eq!(request.await.unwrap().status, 200);
+    }
+    let waited = server
+        .wait_for_metric("wasmloop_pool_queue_wait_seconds_count", |v| v >= 5.0, WAIT)
+        .await;
+    assert_eq!(waited, Some(5.0));
+}
+
+#[tokio::test]
+async fn counters_survive_a_worker_that_is_killed_and_replaced() {
+    let server = Server::new(guests::ASYNC_GUEST).start().await;
+    for _ in 0..3 {
+        server.get("/").await;
+    }
+    let series = r#"wasmloop_requests_total{app="async_guest",mode="loop",status="200"}"#;
+    wait_for_requests(&server, series, 3.0).await;
+    let victim = server.worker_pids()[0];
+    server.signal_pid(victim, "KILL");
+    let replaced = server
+        .wait_for_metric("wasmloop_worker_restarts_total", |v| v >= 1.0, WAIT)
+        .await;
+    assert_eq!(replaced, Some(1.0));
+    server.wait_for_workers(1, WAIT);
+    server.get("/").await;
+    wait_for_requests(&server, series, 4.0).await;
+}
+
+#[tokio::test]
+async fn doctor_is_quiet_about_a_healthy_server() {
+    let server = Server::new(guests::SYNC_GUEST).start().await;
+    for _ in 0..20 {
+        assert_eq!(server.get("/").await.status, 200);
+    }
+    let series = r#"wasmloop_requests_total{app="sync_guest",mode="pool",status="200"}"#;
+    wait_for_requests(&server, series, 20.0).await;
+    let report = server.doctor();
+    assert!(report.contains("No bottleneck found"), "{report}");
+    assert!(!report.contains("WARNING"), "{report}");
+    assert!(report.contains("20 requests"), "{report}");
+}
+
+#[tokio::test]
+async fn doctor_names_a_saturated_pool() {
+    let server = Server::new(guests::SYNC_GUEST)
+        .arg("--threads=2")
+        .start()
+        .await;
+    load(&server.client(), "/sleep?ms=200", 8, Duration::from_secs(3)).await;
+    let series = r#"wasmloop_requests_total{app="sync_guest",mode="pool",status="200"}"#;
+    wait_for_requests(&server, series, 20.0).await;
+    let report = server.doctor();
+    let first = report.lines().find(|l| l.starts_with("WARNING"));
+    assert!(
+        first.is_some_and(|l| l.contains("[pool_saturated]")),
+        "{report}"
+    );
+    assert!(report.contains("raise --threads (now 2)"), "{report}");
+}
+
+#[tokio::test]
+async fn doctor_names_a_hot_guest_on_the_loop() {
+    let server = Server::new(guests::ASYNC_GUEST).start().await;
+    let client = server.client();
+    let (spinning, _) = tokio::join!(
+        load(&client, "/spin?ms=250", 1, Duration::from_secs(3)),
+        load(&client, "/", 1, Duration::from_secs(3)),
+    );
+    let () = spinning;
+    let series = r#"wasmloop_guest_forced_yields_total{app="async_guest"}"#;
+    wait_for_requests(&server, series, 100.0).await;
+    let report = server.doctor();
+    let first = report.lines().find(|l| l.starts_with("WARNING"));
+    assert!(
+        first.is_some_and(|l| l.contains("[loop_hot_guest]") && l.contains("App async_guest")),
+        "{report}"
+    );
+}
+
+#[tokio::test]
+async fn doctor_names_a_concurrency_limit() {
+    let server = Server::new(guests::ASYNC_GUEST)
+        .arg("--limit-concurrency=2")
+        .start()
+        .await;
+    load(&server.client(), "/sleep?ms=300", 6, Duration::from_secs(2)).await;
+    let series =
+        r#"wasmloop_requests_rejected_total{app="async_guest",reason="concurrency_limit"}"#;
+    wait_for_requests(&server, series, 1.0).await;
+    let report = server.doctor();
+    let first = report.lines().find(|l| l.starts_with("WARNING"));
+    assert!(
+        first.is_some_and(
+            |l| l.contains("[concurrency_limit]") && l.contains("--limit-concurrency=2")
+        ),
+        "{report}"
+    );
+}
