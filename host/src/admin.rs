@@ -16,6 +16,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
+use crate::api::DeployContext;
 use crate::doctor::{self, Facts};
 use crate::metrics::{Aggregate, Counters, MasterFacts, Snapshot};
 
@@ -84,17 +85,32 @@ impl AdminState {
     }
 }
 
-/// Serves the admin endpoints until the task is dropped.
-pub async fn serve(listener: TcpListener, state: SharedState) {
+/// Serves the admin endpoints until the task is dropped; the `/v1` API too when the
+/// server serves a data directory.
+pub async fn serve(listener: TcpListener, state: SharedState, api: Option<Arc<DeployContext>>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
-        let state = state.clone();
+        let (state, api) = (state.clone(), api.clone());
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let state = state.clone();
-                async move { Ok::<_, Infallible>(respond(&req, &state)) }
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let (state, api) = (state.clone(), api.clone());
+                async move {
+                    if req.uri().path().starts_with("/v1/") {
+                        let reply = match &api {
+                            Some(api) => crate::api::handle(req, api).await,
+                            None => None,
+                        };
+                        return Ok::<_, Infallible>(reply.unwrap_or_else(|| {
+                            reply_text(
+                                StatusCode::NOT_FOUND,
+                                "the admin API serves deploys when the server runs without a component (serve --data-dir DIR)\n",
+                            )
+                        }));
+                    }
+                    Ok::<_, Infallible>(respond(&req, &state))
+                }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -139,6 +155,10 @@ fn respond(req: &Request<Incoming>, state: &SharedState) -> Response<Full<Bytes>
             "not found: try /metrics, /doctor or /healthz\n".into(),
         ),
     }
+}
+
+fn reply_text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
+    reply(status, "text/plain", body.to_string())
 }
 
 fn reply(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {

@@ -1,68 +1,289 @@
-//! An app: a loaded handler with the engine it was compiled for and the limits its
-//! requests run under. The server routes requests to it; `loop_exec` and `pool` run
-//! them. (Tenants and versions of apps arrive with the deploy path.)
+//! An app: one version of a loaded handler with the limits its requests run under and
+//! the admission slots it counts against (its own, and its tenant's). The worker's
+//! route table (`routes.rs`) maps requests to apps; `loop_exec` and `pool` run them.
+//!
+//! An app comes either from `serve COMPONENT.wasm` ([`App::from_file`]) or from the
+//! registry ([`App::from_registry`], loading the artifact the deploy path compiled).
+//! A request holds its `Arc<App>` from start to end, so a deploy that swaps the table
+//! lets requests in flight finish on the version they started on.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use wasmtime::Engine;
 
 use crate::component::{self, Handler, Mode};
+use crate::config::ModeChoice;
 use crate::config::ServeConfig;
-use crate::engine::{self, EngineSizing};
+use crate::deploy::sha256_hex;
+use crate::registry::ActiveApp;
 use crate::sandbox::Limits;
 
 /// Everything needed to run one request of an app.
 pub struct App {
-    /// The app's name in logs and metrics: the component's file name, for now.
-    pub name: std::sync::Arc<str>,
+    /// The app's name in logs and metrics: `tenant/app`, or the component's file
+    /// name when serving a single file.
+    pub name: Arc<str>,
+    /// The tenant's name, in registry mode.
+    pub tenant: Option<Arc<str>>,
+    /// The version number, in registry mode (0 for a single file).
+    pub version: u64,
     pub engine: Engine,
     pub handler: Handler,
     pub limits: Limits,
+    /// Wall-clock limit of one request.
+    pub timeout: Duration,
+    /// This app's requests in flight on this worker, and their limit.
+    pub slots: Arc<Slots>,
+    /// The tenant's slots, shared by all its apps on this worker.
+    pub tenant_slots: Option<Arc<TenantSlots>>,
+}
+
+/// A counter with a ceiling, taken per request and given back by the guard.
+#[derive(Debug)]
+pub struct Slots {
+    used: AtomicU64,
+    max: u64,
+}
+
+impl Slots {
+    pub fn new(max: u64) -> Slots {
+        Slots {
+            used: AtomicU64::new(0),
+            max,
+        }
+    }
+
+    /// Takes a slot, or `None` when all are taken.
+    pub fn try_take(self: &Arc<Self>) -> Option<SlotGuard> {
+        let mut used = self.used.load(Ordering::Relaxed);
+        loop {
+            if used >= self.max {
+                return None;
+            }
+            match self.used.compare_exchange_weak(
+                used,
+                used + 1,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Some(SlotGuard(self.clone())),
+                Err(now) => used = now,
+            }
+        }
+    }
+
+    pub fn used(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+}
+
+/// Gives its slot back when dropped.
+#[derive(Debug)]
+pub struct SlotGuard(Arc<Slots>);
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        self.0.used.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// What one tenant may hold on one worker.
+#[derive(Debug)]
+pub struct TenantSlots {
+    /// Requests in flight.
+    pub in_flight: Arc<Slots>,
+    /// Pool threads (running or queued for one).
+    pub pool: Arc<Slots>,
+}
+
+/// The server-wide defaults and ceilings an app's settings are resolved against.
+#[derive(Debug, Clone)]
+pub struct Defaults {
+    pub fuel: u64,
+    pub max_memory: u64,
+    pub timeout: Duration,
+    pub allow_outbound: Vec<String>,
+    pub vars: Vec<(String, String)>,
+    pub mode: ModeChoice,
+    /// Per worker: requests in flight (`--limit-concurrency`) and pool threads.
+    pub limit_concurrency: u64,
+    pub threads: u64,
+    /// A tenant's share of the worker's capacity when its limits do not say.
+    pub tenant_share: f64,
+}
+
+impl Defaults {
+    pub fn from_config(config: &ServeConfig) -> Defaults {
+        Defaults {
+            fuel: config.fuel,
+            max_memory: config.max_memory,
+            timeout: config.timeout,
+            allow_outbound: config
+                .allow_outbound
+                .iter()
+                .map(|h| h.trim().to_string())
+                .filter(|h| !h.is_empty())
+                .collect(),
+            vars: config.vars.clone(),
+            mode: config.mode,
+            limit_concurrency: config.limit_concurrency as u64,
+            threads: config.threads as u64,
+            tenant_share: config.tenant_share,
+        }
+    }
+
+    /// The slots a tenant gets on this worker: its limits, else its share of the
+    /// worker's, and never all the pool threads while there is more than one.
+    pub fn tenant_slots(&self, limits: &crate::registry::TenantLimits) -> TenantSlots {
+        let share = |total: u64| ((total as f64 * self.tenant_share).floor() as u64).max(1);
+        let pool_cap = if self.threads > 1 {
+            self.threads - 1
+        } else {
+            1
+        };
+        TenantSlots {
+            in_flight: Arc::new(Slots::new(
+                limits
+                    .max_in_flight
+                    .unwrap_or_else(|| share(self.limit_concurrency))
+                    .min(self.limit_concurrency),
+            )),
+            pool: Arc::new(Slots::new(
+                limits
+                    .max_pool_threads
+                    .unwrap_or_else(|| share(self.threads))
+                    .min(pool_cap),
+            )),
+        }
+    }
 }
 
 impl App {
-    /// Builds the engine from the configuration and loads, checks and links the
-    /// component it names. Blocks (reads and compiles): call it before the loop runs.
-    pub fn load(config: &ServeConfig) -> anyhow::Result<App> {
-        let max_memory =
-            usize::try_from(config.max_memory).context("--max-memory does not fit in memory")?;
-        let engine = engine::build(EngineSizing {
-            loop_slots: u32::try_from(config.limit_concurrency).unwrap_or(u32::MAX),
-            pool_slots: u32::try_from(config.threads).unwrap_or(u32::MAX),
-            max_memory,
-        })?;
-        let handler = component::load(&engine, &config.component, config.mode)?;
+    /// Loads, checks and links the component a single-file `serve` names.
+    /// Blocks (reads and compiles): call it before the loop runs.
+    pub fn from_file(engine: &Engine, path: &Path, defaults: &Defaults) -> anyhow::Result<App> {
+        let handler = component::load(engine, path, defaults.mode)?;
         tracing::info!(
-            component = %config.component.display(),
+            component = %path.display(),
             export = %handler.export,
-            export_async = handler.export_is_async,
+            export_is_async = handler.export_is_async,
             mode = %handler.mode,
             "loaded component"
         );
-        let allow_outbound: Vec<String> = config
-            .allow_outbound
-            .iter()
-            .map(|h| h.trim().to_string())
-            .filter(|h| !h.is_empty())
-            .collect();
-        let limits = Limits {
-            fuel: config.fuel,
-            max_memory,
-            allow_outbound: allow_outbound.into(),
-            vars: std::sync::Arc::new(config.vars.iter().cloned().collect()),
-        };
-        let name = config
-            .component
+        let name: Arc<str> = path
             .file_stem()
             .map_or_else(|| "app".into(), |s| s.to_string_lossy().into());
+        let limits = Limits {
+            fuel: defaults.fuel,
+            max_memory: usize::try_from(defaults.max_memory).unwrap_or(usize::MAX),
+            allow_outbound: defaults.allow_outbound.clone().into(),
+            vars: Arc::new(defaults.vars.iter().cloned().collect()),
+        };
         Ok(App {
             name,
-            engine,
+            tenant: None,
+            version: 0,
+            engine: engine.clone(),
             handler,
             limits,
+            timeout: defaults.timeout,
+            slots: Arc::new(Slots::new(u64::MAX)),
+            tenant_slots: None,
         })
+    }
+
+    /// Loads a deployed version: its cached artifact when it is intact, else the
+    /// component itself (compiling it). Blocks: call it off the loop.
+    #[expect(clippy::disallowed_methods, reason = "runs on a blocking thread")]
+    pub fn from_registry(
+        engine: &Engine,
+        entry: &ActiveApp,
+        files: &AppFiles,
+        defaults: &Defaults,
+        tenant_slots: Arc<TenantSlots>,
+    ) -> anyhow::Result<App> {
+        let settings = &entry.version.settings;
+        let name: Arc<str> = format!("{}/{}", entry.tenant, entry.app).into();
+        let choice = match settings.mode.as_deref() {
+            Some("loop") => ModeChoice::Loop,
+            Some("pool") => ModeChoice::Pool,
+            _ => ModeChoice::Auto,
+        };
+        let artifact = files.artifact.as_ref().and_then(|(path, expected)| {
+            let bytes = std::fs::read(path).ok()?;
+            if sha256_hex(&bytes) == *expected {
+                Some(bytes)
+            } else {
+                tracing::warn!(app = %name, path = %path.display(), "cached artifact is corrupt; compiling the component instead");
+                None
+            }
+        });
+        let handler = match artifact.map(|bytes| component::deserialize(engine, &bytes)) {
+            Some(Ok(compiled)) => component::prepare(engine, &compiled, choice)?,
+            other => {
+                if let Some(Err(e)) = other {
+                    tracing::warn!(app = %name, "cannot load the cached artifact ({e:#}); compiling the component instead");
+                }
+                component::load(engine, &files.component, choice)?
+            }
+        };
+        let tenant = &entry.tenant_limits;
+        let capped = |app: Option<u64>, tenant: Option<u64>, server: u64| {
+            app.unwrap_or(server)
+                .min(tenant.unwrap_or(u64::MAX))
+                .min(server)
+        };
+        let mut vars: Vec<(String, String)> = defaults.vars.clone();
+        vars.extend(settings.vars.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let limits = Limits {
+            fuel: capped(settings.fuel, tenant.fuel, defaults.fuel),
+            max_memory: usize::try_from(capped(
+                settings.max_memory,
+                tenant.max_memory,
+                defaults.max_memory,
+            ))
+            .unwrap_or(usize::MAX),
+            allow_outbound: settings.allow_outbound.clone().into(),
+            vars: Arc::new(vars.into_iter().collect()),
+        };
+        let timeout_ms = capped(
+            settings.timeout_ms,
+            tenant.timeout_ms,
+            defaults.timeout.as_millis() as u64,
+        );
+        anyhow::Ok(App {
+            name,
+            tenant: Some(entry.tenant.as_str().into()),
+            version: entry.version.number,
+            engine: engine.clone(),
+            handler,
+            limits,
+            timeout: Duration::from_millis(timeout_ms),
+            slots: Arc::new(Slots::new(settings.max_in_flight.unwrap_or(u64::MAX))),
+            tenant_slots: Some(tenant_slots),
+        })
+        .inspect(|app| {
+            tracing::info!(
+                app = %app.name, version = app.version, export = %app.handler.export,
+                mode = %app.handler.mode, "loaded app"
+            );
+        })
+        .context("failed to load a deployed app")
     }
 
     pub fn mode(&self) -> Mode {
         self.handler.mode
     }
+}
+
+/// Where a deployed version's files are.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct AppFiles {
+    pub component: std::path::PathBuf,
+    /// The cached artifact and its recorded SHA-256, when there is one.
+    pub artifact: Option<(std::path::PathBuf, String)>,
 }

@@ -89,7 +89,34 @@ pub fn load_bytes(engine: &Engine, bytes: &[u8], choice: ModeChoice) -> anyhow::
     let component = Component::new(engine, bytes)
         .map_err(anyhow::Error::from)
         .context("the component failed to validate or compile")?;
+    prepare(engine, &component, choice)
+}
 
+/// Loads an artifact `wasmloop compile` wrote (`Component::serialize`).
+///
+/// The caller must pass bytes that this program serialized: the deploy path writes
+/// artifacts into the data directory and records their SHA-256 in the registry, and
+/// the worker checks that hash before it calls this. Wasmtime itself refuses
+/// artifacts from another Wasmtime version or engine configuration.
+#[allow(
+    unsafe_code,
+    reason = "the one place artifacts are deserialized; see above"
+)]
+pub fn deserialize(engine: &Engine, artifact: &[u8]) -> anyhow::Result<Component> {
+    // SAFETY: `artifact` was produced by `Component::serialize` in `wasmloop compile`
+    // and its hash matched the one recorded when it was written (see the doc comment).
+    unsafe { Component::deserialize(engine, artifact) }
+        .map_err(anyhow::Error::from)
+        .context("failed to load the compiled artifact")
+}
+
+/// Classifies a compiled component and links it for its mode.
+pub fn prepare(
+    engine: &Engine,
+    component: &Component,
+    choice: ModeChoice,
+) -> anyhow::Result<Handler> {
+    let component = component.clone();
     let (export, export_is_async) = find_handler_export(engine, &component)?;
     let flavor = flavor_of(&export).expect("find_handler_export returns wasi:http exports only");
     let mode = match choice {
@@ -157,7 +184,7 @@ fn async_linker(engine: &Engine) -> anyhow::Result<Linker<Sandbox>> {
     Ok(linker)
 }
 
-fn check_is_component(bytes: &[u8]) -> anyhow::Result<()> {
+pub fn check_is_component(bytes: &[u8]) -> anyhow::Result<()> {
     if !bytes.starts_with(b"\0asm") {
         bail!("not a WebAssembly file (it does not start with the `\\0asm` magic bytes)");
     }

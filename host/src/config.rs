@@ -35,6 +35,48 @@ pub enum Command {
     New(NewArgs),
     /// Say what limits a running server's throughput, from its last minute of metrics.
     Doctor(DoctorArgs),
+    /// Manage tenants (with the admin token).
+    Tenant {
+        #[command(subcommand)]
+        command: crate::client::TenantCommand,
+        #[command(flatten)]
+        connection: crate::client::Connection,
+    },
+    /// Deploy a new version of an app (a .wasm file, or every app of a manifest).
+    Deploy {
+        #[command(flatten)]
+        args: crate::client::DeployArgs,
+        #[command(flatten)]
+        connection: crate::client::Connection,
+    },
+    /// List your apps.
+    Apps {
+        #[command(flatten)]
+        connection: crate::client::Connection,
+    },
+    /// List an app's versions.
+    Versions {
+        app: String,
+        #[command(flatten)]
+        connection: crate::client::Connection,
+    },
+    /// Make an earlier version of an app active (default: the one before the active).
+    Rollback {
+        app: String,
+        version: Option<u64>,
+        #[command(flatten)]
+        connection: crate::client::Connection,
+    },
+    /// Delete an app and its versions.
+    Delete {
+        app: String,
+        #[command(flatten)]
+        connection: crate::client::Connection,
+    },
+    /// Compile one upload into an artifact; run by the master in a bounded child
+    /// process. Not for direct use.
+    #[command(hide = true)]
+    Compile(crate::deploy::CompileArgs),
 }
 
 /// Arguments of `wasmloop new`.
@@ -104,10 +146,44 @@ pub enum LogFormat {
 /// Settings of `wasmloop serve`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServeConfig {
-    /// The component to serve: a .wasm file exporting wasi:http/incoming-handler@0.2.x
-    /// (sync) or wasi:http/handler@0.3.0 (async).
+    /// A component to serve on its own: a .wasm file exporting
+    /// wasi:http/incoming-handler@0.2.x (sync) or wasi:http/handler@0.3.0 (async).
+    /// Without it, the server serves what tenants deployed into --data-dir.
     #[arg(env = "WASMLOOP_COMPONENT")]
-    pub component: PathBuf,
+    pub component: Option<PathBuf>,
+
+    /// Where deployed apps live: the registry (SQLite) and the components and
+    /// compiled artifacts, by content hash. Used when no component is given.
+    #[arg(long, env = "WASMLOOP_DATA_DIR", default_value = "wasmloop-data")]
+    pub data_dir: PathBuf,
+
+    /// Serve the apps of a wasmloop.toml, for local development: no registry, no
+    /// deploy API, components compiled by each worker at start.
+    #[arg(long, env = "WASMLOOP_MANIFEST", conflicts_with = "component")]
+    pub manifest: Option<PathBuf>,
+
+    /// A file holding the admin token (the first line). Without it, the token comes
+    /// from WASMLOOP_ADMIN_TOKEN; without that, one is generated into
+    /// DATA_DIR/admin-token on first start.
+    #[arg(long, env = "WASMLOOP_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+
+    /// Largest component upload; larger is 413 before the body is read.
+    #[arg(long, env = "WASMLOOP_MAX_UPLOAD", default_value = "50M", value_parser = parse_size)]
+    pub max_upload: u64,
+
+    /// How long compiling an upload may take; longer is refused (422).
+    #[arg(long, env = "WASMLOOP_COMPILE_TIMEOUT", default_value = "120s", value_parser = humantime::parse_duration)]
+    pub compile_timeout: Duration,
+
+    /// Address space the compiler process may use; more is refused (422).
+    #[arg(long, env = "WASMLOOP_COMPILE_MAX_MEMORY", default_value = "4G", value_parser = parse_size)]
+    pub compile_max_memory: u64,
+
+    /// A tenant's share of each worker's --limit-concurrency and --threads when its
+    /// own limits do not say (0 < share <= 1). A tenant never gets every pool thread.
+    #[arg(long, env = "WASMLOOP_TENANT_SHARE", default_value_t = 0.5)]
+    pub tenant_share: f64,
 
     /// Address to listen on. Port 0 picks a free port; the bound address is printed
     /// as `listening on http://ADDR`.
@@ -256,6 +332,9 @@ impl ServeConfig {
         }
         if self.timeout < self.epoch_interval {
             bail!("--timeout must be longer than --epoch-interval");
+        }
+        if !(self.tenant_share > 0.0 && self.tenant_share <= 1.0) {
+            bail!("--tenant-share must be above 0 and at most 1");
         }
         Ok(())
     }

@@ -334,7 +334,7 @@ mod tests {
         for _ in 0..n {
             recorder.request(&Finished {
                 app: "app",
-                mode,
+                mode: Some(mode),
                 status: 200,
                 duration: Duration::from_millis(2),
                 fuel: 100,
@@ -412,7 +412,7 @@ mod tests {
         let recorder = Recorder::default();
         recorder.request(&Finished {
             app: "spinner",
-            mode: Mode::Loop,
+            mode: Some(Mode::Loop),
             status: 200,
             duration: Duration::from_millis(400),
             fuel: 1,

@@ -50,15 +50,40 @@ pub fn build(sizing: EngineSizing) -> anyhow::Result<Engine> {
         .table_keep_resident(64 << 10)
         .pagemap_scan(Enabled::Auto);
 
+    let mut config = base_config();
+    config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    Engine::new(&config)
+        .map_err(anyhow::Error::from)
+        .context("failed to configure the WebAssembly engine")
+}
+
+/// What every engine shares, and all that decides how code is compiled: an artifact
+/// compiled by one engine built on it loads into any other.
+fn base_config() -> Config {
     let mut config = Config::new();
     config
         .wasm_component_model_async(true)
         .consume_fuel(true)
-        .epoch_interruption(true)
-        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-    Engine::new(&config)
+        .epoch_interruption(true);
+    config
+}
+
+/// An engine that compiles and never instantiates: for `wasmloop compile`, whose
+/// artifacts the workers' pooling engines load.
+pub fn build_for_compile() -> anyhow::Result<Engine> {
+    Engine::new(&base_config())
         .map_err(anyhow::Error::from)
         .context("failed to configure the WebAssembly engine")
+}
+
+/// Names the engine settings an artifact was compiled for; part of its cache key.
+pub fn compatibility_key(engine: &Engine) -> String {
+    use std::hash::{Hash as _, Hasher as _};
+    // SipHash with fixed keys: the same settings give the same key in every process.
+    #[expect(deprecated, reason = "a stable hash across processes is the point")]
+    let mut hasher = std::hash::SipHasher::new();
+    engine.precompile_compatibility_hash().hash(&mut hasher);
+    format!("{:016x}", hasher.finish())
 }
 
 /// Advances the engine's epoch on a plain OS thread (never a runtime thread, so a busy

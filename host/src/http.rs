@@ -6,7 +6,7 @@
 //! a short status response through [`RequestError::classify`]. It writes the access
 //! log line once the guest's store is gone, when the fuel used is known.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::convert::Infallible;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -20,7 +20,6 @@ use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::App;
 use crate::body::{self, RequestBody, ResponseBody};
 use crate::component::Mode;
 use crate::error::{Fault, RequestError};
@@ -28,6 +27,7 @@ use crate::loop_exec;
 use crate::metrics::{Finished, Gauges, Recorder, Snapshot};
 use crate::outcome::{self, Outcome, RunContext};
 use crate::pool::{Job, Pool};
+use crate::routes::RouteTable;
 
 /// Limits the front door applies before a guest runs.
 #[derive(Debug, Clone)]
@@ -36,14 +36,12 @@ pub struct FrontDoor {
     pub max_body: u64,
     /// Requests in flight on this worker.
     pub limit_concurrency: usize,
-    /// Wall-clock limit for a request.
-    pub timeout: Duration,
 }
 
-/// A worker's request handling: the app, the pool when the app needs one, and the
-/// worker's in-flight count. Lives on the loop thread.
+/// A worker's request handling: the route table, the pool, and the worker's
+/// in-flight count. Lives on the loop thread.
 pub struct Server {
-    app: Arc<App>,
+    table: RefCell<Rc<RouteTable>>,
     pool: Option<Pool>,
     front: FrontDoor,
     in_flight: Rc<Cell<usize>>,
@@ -56,13 +54,13 @@ pub struct Server {
 
 impl Server {
     pub fn new(
-        app: Arc<App>,
+        table: RouteTable,
         pool: Option<Pool>,
         front: FrontDoor,
         recorder: Arc<Recorder>,
     ) -> Rc<Server> {
         Rc::new(Server {
-            app,
+            table: RefCell::new(Rc::new(table)),
             pool,
             front,
             recorder,
@@ -75,14 +73,14 @@ impl Server {
 
     /// Like [`Server::new`], for a worker that retires after `quota` requests.
     pub fn with_quota(
-        app: Arc<App>,
+        table: RouteTable,
         pool: Option<Pool>,
         front: FrontDoor,
         recorder: Arc<Recorder>,
         quota: u64,
     ) -> Rc<Server> {
         let mut server =
-            Rc::into_inner(Server::new(app, pool, front, recorder)).expect("just made");
+            Rc::into_inner(Server::new(table, pool, front, recorder)).expect("just made");
         server.quota = Some(quota);
         Rc::new(server)
     }
@@ -98,6 +96,16 @@ impl Server {
             std::future::pending::<()>().await;
         }
         self.quota_reached.notified().await;
+    }
+
+    /// The route table requests are matched against now.
+    pub fn table(&self) -> Rc<RouteTable> {
+        self.table.borrow().clone()
+    }
+
+    /// Swaps in a new route table. Requests in flight keep the app they started with.
+    pub fn set_table(&self, table: RouteTable) {
+        *self.table.borrow_mut() = Rc::new(table);
     }
 
     /// Requests in flight on this worker.
@@ -141,22 +149,55 @@ impl Server {
         if self.quota == Some(self.served()) {
             self.quota_reached.notify_one();
         }
+        let table = self.table();
+        let host = req
+            .uri()
+            .host()
+            .or_else(|| req.headers().get(HOST)?.to_str().ok()?.split(':').next())
+            .unwrap_or("");
+        let app = table.find(host, req.uri().path()).cloned();
         let log = AccessLog {
             id,
             method: req.method().to_string(),
             path: req.uri().path().to_string(),
-            mode: self.app.mode(),
+            mode: app.as_ref().map(|a| a.mode()),
             start,
-            app: self.app.name.clone(),
+            app: app.as_ref().map_or_else(|| "-".into(), |a| a.name.clone()),
+            version: app.as_ref().map_or(0, |a| a.version),
             recorder: self.recorder.clone(),
         };
+        let Some(app) = app else {
+            return Ok(log.finish_with(plain(StatusCode::NOT_FOUND, "no_app")));
+        };
+        if has_dot_segments(req.uri().path()) {
+            return Ok(log.finish_with(plain(StatusCode::BAD_REQUEST, "bad_path")));
+        }
 
+        // Admission: the worker's limit, the tenant's, the app's.
         if self.in_flight.get() >= self.front.limit_concurrency {
-            self.recorder.rejected(&self.app.name, "concurrency_limit");
+            self.recorder.rejected(&app.name, "concurrency_limit");
             return Ok(log.refuse(RequestError::Overloaded(
                 "the worker is at --limit-concurrency",
             )));
         }
+        let tenant_slot = match &app.tenant_slots {
+            Some(slots) => match slots.in_flight.try_take() {
+                Some(slot) => Some(slot),
+                None => {
+                    self.recorder.rejected(&app.name, "tenant_limit");
+                    return Ok(log.refuse(RequestError::Overloaded(
+                        "the tenant is at its limit of requests in flight",
+                    )));
+                }
+            },
+            None => None,
+        };
+        let Some(app_slot) = app.slots.try_take() else {
+            self.recorder.rejected(&app.name, "app_limit");
+            return Ok(log.refuse(RequestError::Overloaded(
+                "the app is at its limit of requests in flight",
+            )));
+        };
         let in_flight = InFlight::enter(&self.in_flight);
 
         if let Some(len) = content_length(&req)
@@ -175,27 +216,39 @@ impl Server {
 
         let ctx = RunContext {
             id: log.id.clone(),
-            deadline: start + self.front.timeout,
+            deadline: start + app.timeout,
             cancel: CancellationToken::new(),
         };
         // Dropping the guard (the client left, or the body is done) cancels the run.
         let cancel_on_drop = ctx.cancel.clone().drop_guard();
         let (reply, pending) = outcome::channel();
-        match (&self.pool, self.app.mode()) {
+        let mut pool_slot = None;
+        match (&self.pool, app.mode()) {
             (Some(pool), Mode::Pool) => {
+                if let Some(slots) = &app.tenant_slots {
+                    match slots.pool.try_take() {
+                        Some(slot) => pool_slot = Some(slot),
+                        None => {
+                            self.recorder.rejected(&app.name, "tenant_pool_share");
+                            return Ok(log.refuse(RequestError::Overloaded(
+                                "the tenant holds its share of the pool's threads",
+                            )));
+                        }
+                    }
+                }
                 let job = Job {
-                    app: self.app.clone(),
+                    app: app.clone(),
                     req,
                     ctx: ctx.clone(),
                     reply,
                     queued_at: Instant::now(),
                 };
                 if let Err(e) = pool.submit(job) {
-                    self.recorder.rejected(&self.app.name, "pool_full");
+                    self.recorder.rejected(&app.name, "pool_full");
                     return Ok(log.refuse(e));
                 }
             }
-            (_, Mode::Loop) => loop_exec::spawn(self.app.clone(), req, ctx.clone(), reply),
+            (_, Mode::Loop) => loop_exec::spawn(app.clone(), req, ctx.clone(), reply),
             (None, Mode::Pool) => {
                 return Ok(log.refuse(RequestError::Host(anyhow::anyhow!(
                     "pool mode without a pool"
@@ -241,7 +294,7 @@ impl Server {
                 &outcome,
                 head_error.as_ref().or(outcome.error.as_ref()),
             );
-            drop(in_flight);
+            drop((in_flight, tenant_slot, app_slot, pool_slot));
         });
         Ok(Response::from_parts(parts, body))
     }
@@ -256,15 +309,35 @@ fn content_length(req: &Request<Incoming>) -> Option<u64> {
         .ok()
 }
 
+/// Whether a path has `.` or `..` segments, which proxies in front may resolve
+/// differently than the route table does: refused rather than guessed at.
+fn has_dot_segments(path: &str) -> bool {
+    path.split('/').any(|segment| {
+        let lower = segment.to_ascii_lowercase();
+        matches!(
+            lower.as_str(),
+            "." | ".." | "%2e" | "%2e%2e" | ".%2e" | "%2e."
+        )
+    })
+}
+
 /// Gives the URI a scheme and authority (from Host, else the listener's address), as
-/// wasi:http requests carry them. A Host header that is not a valid authority is a
-/// 400, whose cause this returns.
+/// wasi:http requests carry them. A Host header that is not a valid authority, or one
+/// that disagrees with an absolute-form URI, is a 400, whose cause this returns.
 fn with_absolute_uri(
     req: Request<Incoming>,
     local: &Authority,
 ) -> Result<Request<Incoming>, &'static str> {
-    if req.uri().authority().is_some() {
-        return Ok(req);
+    if let Some(authority) = req.uri().authority() {
+        let agrees = req.headers().get(HOST).is_none_or(|host| {
+            host.to_str()
+                .is_ok_and(|h| h.eq_ignore_ascii_case(authority.as_str()))
+        });
+        return if agrees {
+            Ok(req)
+        } else {
+            Err("host_mismatch")
+        };
     }
     let authority = match req.headers().get(HOST) {
         None => local.clone(),
@@ -358,9 +431,10 @@ struct AccessLog {
     id: String,
     method: String,
     path: String,
-    mode: Mode,
+    mode: Option<Mode>,
     start: Instant,
     app: Arc<str>,
+    version: u64,
     recorder: Arc<Recorder>,
 }
 
@@ -397,23 +471,25 @@ impl AccessLog {
             guest_time: outcome.guest_time,
         });
         let duration_ms = (duration.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0;
-        let (id, method, path, mode, status) = (
+        let mode = self.mode.map_or_else(|| "-".to_string(), |m| m.to_string());
+        let (id, method, path, app, version, status) = (
             &self.id,
             &self.method,
             &self.path,
-            self.mode,
+            &*self.app,
+            self.version,
             status.as_u16(),
         );
         match error {
             None => tracing::info!(
-                target: "wasmloop::access", id, method, path, status, %mode, duration_ms, fuel, "request"
+                target: "wasmloop::access", id, method, path, status, app, version, %mode, duration_ms, fuel, "request"
             ),
             Some(err) if err.classify().2 == Fault::Host => tracing::error!(
-                target: "wasmloop::access", id, method, path, status, %mode, duration_ms, fuel,
+                target: "wasmloop::access", id, method, path, status, app, version, %mode, duration_ms, fuel,
                 cause = err.cause(), error = %err, "request"
             ),
             Some(err) => tracing::warn!(
-                target: "wasmloop::access", id, method, path, status, %mode, duration_ms, fuel,
+                target: "wasmloop::access", id, method, path, status, app, version, %mode, duration_ms, fuel,
                 cause = err.cause(), error = %err, "request"
             ),
         }

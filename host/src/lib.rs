@@ -26,19 +26,25 @@
 //! response bodies), [`telemetry`] (logs), [`template`] (`wasmloop new`).
 
 pub mod admin;
+pub mod api;
 pub mod app;
 pub mod body;
+pub mod client;
 pub mod component;
 pub mod config;
+pub mod deploy;
 pub mod doctor;
 pub mod engine;
 pub mod error;
 pub mod guest_output;
 pub mod http;
 pub mod loop_exec;
+pub mod manifest;
 pub mod metrics;
 pub mod outcome;
 pub mod pool;
+pub mod registry;
+pub mod routes;
 pub mod sandbox;
 pub mod supervisor;
 pub mod telemetry;

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use clap::Parser as _;
 use wasmloop::config::{Cli, Command, NewArgs};
 use wasmloop::template::{SdkSource, Template};
-use wasmloop::{supervisor, worker};
+use wasmloop::{client, supervisor, worker};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -17,6 +17,20 @@ fn main() -> ExitCode {
         Command::Worker(config) => worker::run_process(*config),
         Command::New(args) => new(&args),
         Command::Doctor(args) => wasmloop::admin::doctor_cli(&args.admin, args.json),
+        Command::Compile(args) => return wasmloop::deploy::run_compile(&args),
+        Command::Tenant {
+            command,
+            connection,
+        } => client::tenant(&connection, &command),
+        Command::Deploy { args, connection } => client::deploy(&connection, &args),
+        Command::Apps { connection } => client::apps(&connection),
+        Command::Versions { app, connection } => client::versions(&connection, &app),
+        Command::Rollback {
+            app,
+            version,
+            connection,
+        } => client::rollback(&connection, &app, version),
+        Command::Delete { app, connection } => client::delete(&connection, &app),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

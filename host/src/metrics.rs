@@ -213,7 +213,8 @@ pub struct Recorder {
 #[derive(Debug)]
 pub struct Finished<'a> {
     pub app: &'a str,
-    pub mode: Mode,
+    /// `None` when no app was found for the request.
+    pub mode: Option<Mode>,
     pub status: u16,
     pub duration: Duration,
     pub fuel: u64,
@@ -232,7 +233,7 @@ impl Recorder {
 
     /// Counts a request that got a response.
     pub fn request(&self, done: &Finished<'_>) {
-        let mode = done.mode.to_string();
+        let mode = done.mode.map_or_else(|| "-".to_string(), |m| m.to_string());
         self.with(|c| {
             let app = done.app.to_string();
             *c.requests
@@ -470,6 +471,21 @@ impl Exposition {
     }
 }
 
+/// Labels for a series of `app`: `tenant/app` names (registry mode) become an `app`
+/// and a `tenant` label, the tenant last so single-file series keep their shape.
+fn with_app(app: &str, rest: Labels) -> Labels {
+    let (tenant, name) = match app.split_once('/') {
+        Some((tenant, name)) => (Some(tenant), name),
+        None => (None, app),
+    };
+    let mut labels = vec![("app", name.to_string())];
+    labels.extend(rest);
+    if let Some(tenant) = tenant {
+        labels.push(("tenant", tenant.to_string()));
+    }
+    labels
+}
+
 fn one(value: f64) -> Vec<(Labels, f64)> {
     vec![(Vec::new(), value)]
 }
@@ -484,11 +500,10 @@ impl Collector for Exposition {
             "Requests answered, by app, mode (loop or pool) and status.",
             c.requests.iter().map(|((app, mode, status), n)| {
                 (
-                    vec![
-                        ("app", app.clone()),
-                        ("mode", mode.clone()),
-                        ("status", status.to_string()),
-                    ],
+                    with_app(
+                        app,
+                        vec![("mode", mode.clone()), ("status", status.to_string())],
+                    ),
                     *n as f64,
                 )
             }),
@@ -498,10 +513,7 @@ impl Collector for Exposition {
             "wasmloop_request_failures",
             "Requests that ended in an error, by app and cause (cpu_limit, timeout, overloaded, memory_limit, guest_trap, ...).",
             c.failures.iter().map(|((app, cause), n)| {
-                (
-                    vec![("app", app.clone()), ("cause", cause.clone())],
-                    *n as f64,
-                )
+                (with_app(app, vec![("cause", cause.clone())]), *n as f64)
             }),
         )?;
         Self::counter(
@@ -509,10 +521,7 @@ impl Collector for Exposition {
             "wasmloop_requests_rejected",
             "Requests refused with 503 before a guest ran, by app and reason (pool_full, concurrency_limit).",
             c.rejected.iter().map(|((app, reason), n)| {
-                (
-                    vec![("app", app.clone()), ("reason", reason.clone())],
-                    *n as f64,
-                )
+                (with_app(app, vec![("reason", reason.clone())]), *n as f64)
             }),
         )?;
         Self::histogram(
@@ -521,7 +530,7 @@ impl Collector for Exposition {
             "Time from receiving a request to the end of its run, by app and mode.",
             c.latency
                 .iter()
-                .map(|((app, mode), h)| (vec![("app", app.clone()), ("mode", mode.clone())], h)),
+                .map(|((app, mode), h)| (with_app(app, vec![("mode", mode.clone())]), h)),
         )?;
         Self::counter(
             &mut e,
@@ -529,7 +538,7 @@ impl Collector for Exposition {
             "Fuel guests burned, by app (about 1.5e10 units per CPU second).",
             c.fuel
                 .iter()
-                .map(|(app, n)| (vec![("app", app.clone())], *n as f64)),
+                .map(|(app, n)| (with_app(app, Vec::new()), *n as f64)),
         )?;
         Self::counter(
             &mut e,
@@ -537,7 +546,7 @@ impl Collector for Exposition {
             "Times a loop-resident guest was preempted at an epoch tick because it computed without awaiting, by app.",
             c.forced_yields
                 .iter()
-                .map(|(app, n)| (vec![("app", app.clone())], *n as f64)),
+                .map(|(app, n)| (with_app(app, Vec::new()), *n as f64)),
         )?;
         Self::counter(
             &mut e,
@@ -545,7 +554,7 @@ impl Collector for Exposition {
             "Seconds guests spent running, by app and mode (on the loop, time inside the guest's polls).",
             c.guest_seconds
                 .iter()
-                .map(|((app, mode), s)| (vec![("app", app.clone()), ("mode", mode.clone())], *s)),
+                .map(|((app, mode), s)| (with_app(app, vec![("mode", mode.clone())]), *s)),
         )?;
         Self::gauge(
             &mut e,
@@ -663,7 +672,7 @@ mod tests {
         let recorder = Recorder::default();
         let done = Finished {
             app: "hello",
-            mode: Mode::Pool,
+            mode: Some(Mode::Pool),
             status: 200,
             duration: ms(3),
             fuel: 10,
@@ -706,7 +715,7 @@ mod tests {
         let recorder = Recorder::default();
         recorder.request(&Finished {
             app: "hello",
-            mode: Mode::Loop,
+            mode: Some(Mode::Loop),
             status: 503,
             duration: ms(3),
             fuel: 0,

@@ -28,9 +28,11 @@ use tokio::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
 use crate::admin::{self, AdminState, SharedState};
+use crate::api::DeployContext;
 use crate::config::{AdminListen, ServeConfig};
 use crate::doctor;
 use crate::metrics::{MasterFacts, Snapshot};
+use crate::routes::TableMessage;
 use crate::telemetry;
 
 /// What a worker tells the master, one line each on its stdout.
@@ -44,6 +46,8 @@ pub enum Report {
     Retire,
     /// The worker's metrics (every second).
     Metrics(Box<Snapshot>),
+    /// The worker serves this route-table generation.
+    Applied(u64),
 }
 
 impl Report {
@@ -53,6 +57,7 @@ impl Report {
             Report::Ready => "ready\n".to_string(),
             Report::Beat { served } => format!("beat {served}\n"),
             Report::Retire => "retire\n".to_string(),
+            Report::Applied(generation) => format!("applied {generation}\n"),
             Report::Metrics(snapshot) => match serde_json::to_string(snapshot) {
                 Ok(json) => format!("metrics {json}\n"),
                 Err(_) => String::new(),
@@ -66,6 +71,7 @@ impl Report {
             None if line.trim() == "ready" => Some(Report::Ready),
             None if line.trim() == "retire" => Some(Report::Retire),
             Some(("beat", n)) => n.parse().ok().map(|served| Report::Beat { served }),
+            Some(("applied", n)) => n.parse().ok().map(Report::Applied),
             Some(("metrics", json)) => serde_json::from_str(json)
                 .ok()
                 .map(|snapshot| Report::Metrics(Box::new(snapshot))),
@@ -108,10 +114,17 @@ struct Worker {
     phase: Phase,
     /// To be replaced by a fresh worker (SIGHUP, or it reached --max-requests).
     replace: bool,
+    /// Lines for the worker's stdin (route tables), in registry mode.
+    stdin: Option<mpsc::UnboundedSender<String>>,
+    /// The route-table generation the worker serves.
+    applied: u64,
 }
 
-enum Event {
+/// What happens to the master, in the order it happens.
+pub enum Event {
     Report(u32, Report),
+    /// A deploy changed what is served: send this table to every worker.
+    Publish(TableMessage),
     Exited(u32, std::io::Result<ExitStatus>),
 }
 
@@ -135,6 +148,11 @@ struct Master {
     /// The admin listener until `run` serves it, and what it shows.
     admin_listener: Option<std::net::TcpListener>,
     admin: SharedState,
+    /// In registry mode: the table every worker must serve, as a stdin line.
+    table: Option<String>,
+    /// The deploy side of the admin API, in registry mode.
+    deploys: Option<Arc<DeployContext>>,
+    applied_tx: tokio::sync::watch::Sender<u64>,
 }
 
 impl Master {
@@ -170,6 +188,17 @@ impl Master {
             },
         )));
         let (events_tx, events) = mpsc::unbounded_channel();
+        let (applied_tx, applied_rx) = tokio::sync::watch::channel(0);
+        let (table, deploys) = match (&config.component, &config.manifest) {
+            (Some(_), _) => (None, None),
+            (None, Some(path)) => (Some(table_line(&manifest_table(path)?)?), None),
+            (None, None) => {
+                let deploys =
+                    Arc::new(DeployContext::open(&config, events_tx.clone(), applied_rx)?);
+                let table = deploys.table(1).context("failed to read the registry")?;
+                (Some(table_line(&table)?), Some(deploys))
+            }
+        };
         Ok(Master {
             target: config.worker_count(),
             config,
@@ -185,6 +214,9 @@ impl Master {
             announced: false,
             admin_listener,
             admin,
+            table,
+            deploys,
+            applied_tx,
         })
     }
 
@@ -201,7 +233,11 @@ impl Master {
             let listener = tokio::net::TcpListener::from_std(listener)
                 .context("failed to register the admin listener")?;
             eprintln!("admin listening on http://{}", listener.local_addr()?);
-            tokio::spawn(admin::serve(listener, self.admin.clone()));
+            tokio::spawn(admin::serve(
+                listener,
+                self.admin.clone(),
+                self.deploys.clone(),
+            ));
         }
         tracing::info!(workers = self.target, "master starting");
         for _ in 0..self.target {
@@ -257,6 +293,10 @@ impl Master {
                             admin.aggregate.update(pid, *snapshot);
                         }
                     }
+                    Report::Applied(generation) => {
+                        worker.applied = generation;
+                        self.publish_applied();
+                    }
                     Report::Retire => {
                         if !worker.replace && worker.phase == Phase::Serving {
                             tracing::info!(
@@ -282,6 +322,20 @@ impl Master {
                         eprintln!("listening on http://{}", listener.local_addr()?);
                     }
                 }
+            }
+            Event::Publish(table) => {
+                let line = table_line(&table)?;
+                for worker in self.workers.values() {
+                    if let Some(stdin) = &worker.stdin {
+                        let _ = stdin.send(line.clone());
+                    }
+                }
+                tracing::info!(
+                    generation = table.generation,
+                    apps = table.apps.len(),
+                    "route table published"
+                );
+                self.table = Some(line);
             }
             Event::Exited(pid, status) => {
                 if let Ok(mut admin) = self.admin.lock() {
@@ -321,6 +375,20 @@ impl Master {
             }
         }
         Ok(())
+    }
+
+    /// Tells deploys waiting for their table which generation every serving worker
+    /// has applied.
+    fn publish_applied(&self) {
+        let serving = self
+            .workers
+            .values()
+            .filter(|w| w.phase == Phase::Serving)
+            .map(|w| w.applied)
+            .min();
+        if let Some(generation) = serving {
+            self.applied_tx.send_replace(generation);
+        }
     }
 
     /// Kills workers whose loop went quiet, and stops on a worker that never booted.
@@ -432,7 +500,11 @@ impl Master {
             .args(&self.worker_args)
             .env("LISTEN_FDS", "1")
             .env_remove("LISTEN_PID")
-            .stdin(Stdio::null())
+            .stdin(if self.table.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
@@ -447,6 +519,23 @@ impl Master {
             .stdout
             .take()
             .context("a worker's stdout is not piped")?;
+        // Route tables go to the worker's stdin, the current one first.
+        let stdin = match (child.stdin.take(), &self.table) {
+            (Some(mut pipe), Some(current)) => {
+                let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+                let _ = tx.send(current.clone());
+                tokio::spawn(async move {
+                    use tokio::io::AsyncWriteExt as _;
+                    while let Some(line) = rx.recv().await {
+                        if pipe.write_all(line.as_bytes()).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+                Some(tx)
+            }
+            _ => None,
+        };
         let events = self.events_tx.clone();
         tokio::spawn(async move {
             let mut lines = BufReader::new(stdout).lines();
@@ -467,6 +556,8 @@ impl Master {
                 served: 0,
                 phase: Phase::Booting,
                 replace: false,
+                stdin,
+                applied: 0,
             },
         );
         tracing::info!(pid, "worker started");
@@ -507,7 +598,7 @@ impl Master {
                     self.workers.remove(&pid);
                     tracing::info!(pid, status = %describe(&status), "worker stopped");
                 }
-                Ok(Some(Event::Report(..))) => {}
+                Ok(Some(Event::Report(..) | Event::Publish(_))) => {}
                 Ok(None) | Err(_) => break,
             }
         }
@@ -562,6 +653,54 @@ fn describe(status: &std::io::Result<ExitStatus>) -> String {
         },
         Err(e) => format!("could not be waited for: {e}"),
     }
+}
+
+/// A table as the line written to a worker's stdin.
+fn table_line(table: &TableMessage) -> anyhow::Result<String> {
+    Ok(format!(
+        "table {}\n",
+        serde_json::to_string(table).context("failed to encode the route table")?
+    ))
+}
+
+/// The table for `serve --manifest`: every app of the manifest under tenant `local`,
+/// compiled by each worker from its file.
+fn manifest_table(path: &std::path::Path) -> anyhow::Result<TableMessage> {
+    let manifest = crate::manifest::Manifest::load(path)?;
+    let mut apps = Vec::new();
+    for app in &manifest.apps {
+        anyhow::ensure!(
+            app.component.exists(),
+            "app {:?}: {} does not exist",
+            app.name,
+            app.component.display()
+        );
+        apps.push(crate::routes::TableEntry {
+            active: crate::registry::ActiveApp {
+                tenant: "local".into(),
+                tenant_limits: crate::registry::TenantLimits::default(),
+                app: app.name.clone(),
+                version: crate::registry::Version {
+                    number: 1,
+                    sha256: String::new(),
+                    size: 0,
+                    export: String::new(),
+                    mode: String::new(),
+                    settings: app.settings()?,
+                    created_at: 0,
+                    active: true,
+                },
+            },
+            files: crate::app::AppFiles {
+                component: app.component.clone(),
+                artifact: None,
+            },
+        });
+    }
+    Ok(TableMessage {
+        generation: 1,
+        apps,
+    })
 }
 
 #[cfg(test)]

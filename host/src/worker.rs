@@ -26,14 +26,17 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::app::App;
+use std::collections::HashMap;
+
+use crate::app::{App, Defaults};
 use crate::body::WithGuard;
 use crate::component::Mode;
 use crate::config::ServeConfig;
-use crate::engine::EpochTicker;
+use crate::engine::{self, EngineSizing, EpochTicker};
 use crate::http::{FrontDoor, Server};
 use crate::metrics::Recorder;
 use crate::pool::Pool;
+use crate::routes::{self, RouteTable, TableMessage, TenantMap};
 use crate::supervisor::Report;
 use crate::telemetry;
 
@@ -51,17 +54,36 @@ pub fn run_process(config: ServeConfig) -> anyhow::Result<()> {
         .set_nonblocking(true)
         .context("failed to make the listener non-blocking")?;
 
-    let app = Arc::new(App::load(&config)?);
+    let engine = engine::build(EngineSizing {
+        loop_slots: u32::try_from(config.limit_concurrency).unwrap_or(u32::MAX),
+        pool_slots: u32::try_from(config.threads).unwrap_or(u32::MAX),
+        max_memory: usize::try_from(config.max_memory).context("--max-memory does not fit")?,
+    })?;
+    let defaults = Defaults::from_config(&config);
+    let mut tenants = TenantMap::new();
+    let (table, needs_pool) = match &config.component {
+        Some(path) => {
+            let app = Arc::new(App::from_file(&engine, path, &defaults)?);
+            let needs_pool = app.mode() == Mode::Pool;
+            (RouteTable::single(app), needs_pool)
+        }
+        None => {
+            // The master writes the current table as the first line, before anything else.
+            let message = read_first_table()?;
+            let table = routes::build(&engine, &message, &defaults, &HashMap::new(), &mut tenants);
+            (table, true)
+        }
+    };
     let recorder = Arc::new(Recorder::default());
-    let pool = match app.mode() {
-        Mode::Pool => Some(Pool::start(
+    let pool = match needs_pool {
+        true => Some(Pool::start(
             config.threads,
             config.pool_queue,
             recorder.clone(),
         )?),
-        Mode::Loop => None,
+        false => None,
     };
-    let _ticker = EpochTicker::start(app.engine.clone(), config.epoch_interval)?;
+    let _ticker = EpochTicker::start(engine.clone(), config.epoch_interval)?;
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -74,12 +96,11 @@ pub fn run_process(config: ServeConfig) -> anyhow::Result<()> {
         let front = FrontDoor {
             max_body: config.max_body,
             limit_concurrency: config.limit_concurrency,
-            timeout: config.timeout,
         };
         let server = match config.max_requests {
-            0 => Server::new(app, pool, front, recorder),
+            0 => Server::new(table, pool, front, recorder),
             n => Server::with_quota(
-                app,
+                table,
                 pool,
                 front,
                 recorder,
@@ -94,18 +115,36 @@ pub fn run_process(config: ServeConfig) -> anyhow::Result<()> {
             graceful_timeout: config.graceful_timeout,
         };
         let master_gone = CancellationToken::new();
+        let (applied_tx, applied_rx) = tokio::sync::mpsc::unbounded_channel();
         let reporter = tokio::task::spawn_local(report_to_master(
             server.clone(),
             config.timeout_worker_healthcheck / 5,
             master_gone.clone(),
+            applied_rx,
         ));
+        let tables = match config.component {
+            Some(_) => None,
+            None => Some(tokio::task::spawn_local(follow_tables(
+                server.clone(),
+                engine.clone(),
+                defaults.clone(),
+                tenants,
+                applied_tx,
+            ))),
+        };
         let lag_probe = tokio::task::spawn_local(probe_loop_lag(server.clone()));
         serve(listener, server.clone(), limits, stop_signal(master_gone)).await;
         reporter.abort();
         lag_probe.abort();
+        if let Some(tables) = tables {
+            tables.abort();
+        }
         anyhow::Ok(server.take_pool())
     })?;
     drop(local);
+    // Tokio's stdin reader is a blocking thread stuck in `read` until the master
+    // closes the pipe; a plain drop of the runtime would wait for it forever.
+    runtime.shutdown_background();
     if let Some(pool) = pool
         && !pool.shutdown(Instant::now() + Duration::from_secs(1))
     {
@@ -117,7 +156,12 @@ pub fn run_process(config: ServeConfig) -> anyhow::Result<()> {
 /// Writes `ready`, then a heartbeat every `interval` and `retire` once the quota is
 /// reached, from this task on the loop: a loop that stops turning stops the
 /// heartbeats, and the master sees it. A failed write means the master is gone.
-async fn report_to_master(server: Rc<Server>, interval: Duration, master_gone: CancellationToken) {
+async fn report_to_master(
+    server: Rc<Server>,
+    interval: Duration,
+    master_gone: CancellationToken,
+    mut applied: tokio::sync::mpsc::UnboundedReceiver<u64>,
+) {
     use tokio::io::AsyncWriteExt as _;
     let mut out = tokio::io::stdout();
     let mut beat = tokio::time::interval(interval);
@@ -135,6 +179,7 @@ async fn report_to_master(server: Rc<Server>, interval: Duration, master_gone: C
         report = tokio::select! {
             _ = beat.tick() => Report::Beat { served: server.served() },
             _ = metrics.tick() => Report::Metrics(Box::new(server.snapshot())),
+            Some(generation) = applied.recv() => Report::Applied(generation),
             () = server.quota_reached(), if !retired => {
                 retired = true;
                 Report::Retire
@@ -145,6 +190,60 @@ async fn report_to_master(server: Rc<Server>, interval: Duration, master_gone: C
 
 /// Resolves when the worker should drain: TERM, INT, or the master went away. QUIT
 /// exits the process at once.
+/// Reads the master's first table line from stdin (start-up, before the loop runs).
+fn read_first_table() -> anyhow::Result<TableMessage> {
+    use std::io::BufRead as _;
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .context("failed to read the route table from the master")?;
+    parse_table(&line).context("the master's first line is not a route table")
+}
+
+fn parse_table(line: &str) -> Option<TableMessage> {
+    serde_json::from_str(line.trim().strip_prefix("table ")?).ok()
+}
+
+/// Applies every table the master sends on stdin: loads new apps on a blocking
+/// thread, swaps the table in, and tells the master which generation it serves.
+async fn follow_tables(
+    server: Rc<Server>,
+    engine: wasmtime::Engine,
+    defaults: Defaults,
+    tenants: TenantMap,
+    applied: tokio::sync::mpsc::UnboundedSender<u64>,
+) {
+    use tokio::io::AsyncBufReadExt as _;
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    let mut tenants = Some(tenants);
+    let _ = applied.send(server.table().generation);
+    while let Ok(Some(line)) = lines.next_line().await {
+        let Some(message) = parse_table(&line) else {
+            tracing::warn!("ignoring a line from the master that is not a route table");
+            continue;
+        };
+        let previous = server.table().apps.clone();
+        let (engine, defaults) = (engine.clone(), defaults.clone());
+        let mut map = tenants.take().unwrap_or_default();
+        let built = tokio::task::spawn_blocking(move || {
+            let table = routes::build(&engine, &message, &defaults, &previous, &mut map);
+            (table, map)
+        })
+        .await;
+        match built {
+            Ok((table, map)) => {
+                tenants = Some(map);
+                let generation = table.generation;
+                server.set_table(table);
+                tracing::info!(generation, "route table applied");
+                let _ = applied.send(generation);
+            }
+            Err(e) => tracing::error!("failed to build a route table: {e}"),
+        }
+    }
+}
+
 /// How often a worker sends its metrics to the master.
 const METRICS_INTERVAL: Duration = Duration::from_secs(1);
 /// How often the loop-lag probe asks to be woken.

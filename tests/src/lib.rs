@@ -53,9 +53,28 @@ pub fn binary() -> PathBuf {
     bin
 }
 
+/// The admin token every registry-mode test server is started with.
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef";
+
+/// A fresh, empty directory under the target directory for one test's data.
+pub fn temp_dir(name: &str) -> PathBuf {
+    let mut random = [0u8; 8];
+    std::io::Read::read_exact(
+        &mut std::fs::File::open("/dev/urandom").expect("urandom"),
+        &mut random,
+    )
+    .expect("random bytes");
+    let dir = PathBuf::from(guests::TARGET_DIR)
+        .join("test-data")
+        .join(format!("{name}-{}", u64::from_le_bytes(random)));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("a test data directory");
+    dir
+}
+
 /// Settings for a server about to start.
 pub struct Server {
-    component: String,
+    component: Option<String>,
     args: Vec<String>,
 }
 
@@ -63,8 +82,16 @@ impl Server {
     /// A server that will serve `component` on 127.0.0.1:0.
     pub fn new(component: &str) -> Server {
         Server {
-            component: component.to_string(),
+            component: Some(component.to_string()),
             args: Vec::new(),
+        }
+    }
+
+    /// A server for deployed apps, keeping them in `data_dir`, with [`ADMIN_TOKEN`].
+    pub fn registry(data_dir: &std::path::Path) -> Server {
+        Server {
+            component: None,
+            args: vec![format!("--data-dir={}", data_dir.display())],
         }
     }
 
@@ -92,8 +119,9 @@ impl Server {
             .arg("serve")
             .arg("--listen=127.0.0.1:0")
             .args(&self.args)
-            .arg(&self.component)
+            .args(&self.component)
             .env_remove("RUST_LOG")
+            .env("WASMLOOP_ADMIN_TOKEN", ADMIN_TOKEN)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -147,7 +175,8 @@ impl Server {
             .arg("serve")
             .arg("--listen=127.0.0.1:0")
             .args(&self.args)
-            .arg(&self.component)
+            .args(&self.component)
+            .env("WASMLOOP_ADMIN_TOKEN", ADMIN_TOKEN)
             .stdin(Stdio::null())
             .output()
             .expect("failed to run wasmloop");
@@ -325,6 +354,70 @@ impl Running {
     pub async fn admin_get(&self, path: &str) -> Reply {
         let admin = self.admin.expect("the server has an admin listener");
         HttpClient::new(admin).get(path).await
+    }
+
+    /// Sends a request to the admin API with `token` (if any).
+    pub async fn api(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: impl Into<Bytes>,
+        content_type: &str,
+    ) -> Reply {
+        let admin = self.admin.expect("the server has an admin listener");
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("http://{admin}{path}"))
+            .header("content-type", content_type);
+        if let Some(token) = token {
+            req = req.header("authorization", format!("Bearer {token}"));
+        }
+        HttpClient::new(admin)
+            .request(req.body(Full::new(body.into())).expect("a valid request"))
+            .await
+    }
+
+    /// Creates tenant `name` with the admin token; returns its token.
+    pub async fn create_tenant(&self, name: &str, limits: &str) -> String {
+        let body = format!(r#"{{"name": "{name}", "limits": {limits}}}"#);
+        let reply = self
+            .api(
+                Method::POST,
+                "/v1/tenants",
+                Some(ADMIN_TOKEN),
+                body,
+                "application/json",
+            )
+            .await;
+        assert_eq!(reply.status, 201, "{}", reply.text());
+        let value: serde_json::Value = serde_json::from_slice(&reply.body).expect("JSON");
+        value["token"].as_str().expect("a token").to_string()
+    }
+
+    /// Deploys the component at `wasm` as `app` with settings in `query`.
+    pub async fn deploy(&self, token: &str, app: &str, wasm: &str, query: &str) -> Reply {
+        let bytes = std::fs::read(wasm).expect("the component");
+        self.api(
+            Method::POST,
+            &format!("/v1/apps/{app}/versions?{query}"),
+            Some(token),
+            bytes,
+            "application/wasm",
+        )
+        .await
+    }
+
+    /// Runs the `wasmloop` CLI against this server's admin listener with `token`.
+    pub fn cli(&self, token: &str, args: &[&str]) -> std::process::Output {
+        let admin = self.admin.expect("the server has an admin listener");
+        Command::new(binary())
+            .args(args)
+            .env("WASMLOOP_SERVER", format!("http://{admin}"))
+            .env("WASMLOOP_TOKEN", token)
+            .env("WASMLOOP_CONFIG", "/dev/null")
+            .output()
+            .expect("failed to run the wasmloop CLI")
     }
 
     /// One scrape of `/metrics`.

@@ -1,0 +1,277 @@
+//! The deploy path, master side: checks an upload, stores the component by content
+//! hash, compiles it into a cached artifact in a child process bounded in time and
+//! memory (`wasmloop compile`), and only then records the version. Also the child's
+//! side of that compilation, [`run_compile`].
+//!
+//! Files are written to a temporary name, synced and renamed into place, so a crash
+//! or a full disk leaves either the whole file or none; a refused upload leaves
+//! nothing behind. Everything here blocks or waits on a child: the admin API calls it
+//! from blocking tasks.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+use crate::component;
+use crate::config::ModeChoice;
+use crate::engine;
+
+/// Why an upload was refused, with the status the admin API answers.
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    /// Not a component, or a corrupt one: 400.
+    #[error("{0}")]
+    Invalid(String),
+    /// Larger than `--max-upload`: 413.
+    #[error("the upload is larger than --max-upload ({0} bytes)")]
+    TooLarge(u64),
+    /// A valid component wasmloop cannot serve: no handler, missing imports, a
+    /// compilation that failed or ran out of time or memory: 422.
+    #[error("{0}")]
+    Unprocessable(String),
+    /// The host's fault (disk full, read-only data directory): 500.
+    #[error(transparent)]
+    Storage(#[from] anyhow::Error),
+}
+
+/// The data directory's layout.
+#[derive(Debug, Clone)]
+pub struct DataDir {
+    pub root: PathBuf,
+}
+
+impl DataDir {
+    pub fn new(root: PathBuf) -> DataDir {
+        DataDir { root }
+    }
+
+    pub fn component(&self, sha256: &str) -> PathBuf {
+        self.root.join("components").join(format!("{sha256}.wasm"))
+    }
+
+    pub fn artifact(&self, sha256: &str, engine: &str) -> PathBuf {
+        self.root
+            .join("artifacts")
+            .join(format!("{sha256}-{engine}.cwasm"))
+    }
+
+    fn tmp(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
+    /// Creates the directories; clears what an interrupted upload left in `tmp/`.
+    pub fn prepare(&self) -> anyhow::Result<()> {
+        for dir in ["components", "artifacts", "tmp"] {
+            std::fs::create_dir_all(self.root.join(dir))
+                .with_context(|| format!("failed to create {}", self.root.join(dir).display()))?;
+        }
+        if let Ok(entries) = std::fs::read_dir(self.tmp()) {
+            for entry in entries.flatten() {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        Ok(())
+    }
+
+    /// A fresh path in `tmp/` for an upload in progress.
+    pub fn temp_path(&self, what: &str) -> PathBuf {
+        let mut random = [0u8; 8];
+        let _ = getrandom::fill(&mut random);
+        self.tmp().join(format!("{what}-{}", hex::encode(random)))
+    }
+}
+
+/// Writes `bytes` to `path` all or nothing: a temporary file in the same directory,
+/// synced, renamed into place, and the directory synced.
+pub fn write_durably(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let dir = path.parent().context("a path without a directory")?;
+    let tmp = dir.join(format!(
+        ".{}.partial",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("file")
+    ));
+    let result = (|| -> anyhow::Result<()> {
+        let mut file = std::fs::File::create(&tmp)
+            .with_context(|| format!("failed to create {}", tmp.display()))?;
+        file.write_all(bytes)
+            .with_context(|| format!("failed to write {}", tmp.display()))?;
+        file.sync_all()
+            .with_context(|| format!("failed to sync {}", tmp.display()))?;
+        std::fs::rename(&tmp, path)
+            .with_context(|| format!("failed to move {} into place", path.display()))?;
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .with_context(|| format!("failed to sync {}", dir.display()))?;
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Hex SHA-256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// What the compiler child found out about a component.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Compiled {
+    pub export: String,
+    pub export_is_async: bool,
+    /// `loop` or `pool`.
+    pub mode: String,
+    /// Hex SHA-256 of the artifact written.
+    pub artifact_sha256: String,
+}
+
+/// Bounds on one compilation.
+#[derive(Debug, Clone, Copy)]
+pub struct CompileLimits {
+    pub timeout: Duration,
+    pub max_memory: u64,
+}
+
+/// Exit codes of `wasmloop compile`, telling the master which status to answer.
+const EXIT_INVALID: i32 = 10;
+const EXIT_UNPROCESSABLE: i32 = 11;
+
+/// Compiles the component at `component` into `artifact` in a child process
+/// (`wasmloop compile`), killed past `limits.timeout`, its address space capped at
+/// `limits.max_memory`.
+pub async fn compile(
+    component: &Path,
+    artifact: &Path,
+    mode: ModeChoice,
+    limits: CompileLimits,
+) -> Result<Compiled, DeployError> {
+    let exe = std::env::current_exe().context("failed to find the wasmloop binary")?;
+    let child = tokio::process::Command::new(exe)
+        .arg("compile")
+        .arg(component)
+        .arg(artifact)
+        .arg(format!("--mode={}", mode_arg(mode)))
+        .arg(format!("--max-memory={}", limits.max_memory))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .context("failed to start the compiler")?;
+    let output = match tokio::time::timeout(limits.timeout, child.wait_with_output()).await {
+        Ok(output) => output.context("the compiler failed")?,
+        Err(_) => {
+            return Err(DeployError::Unprocessable(format!(
+                "compilation took longer than {} s and was stopped",
+                limits.timeout.as_secs()
+            )));
+        }
+    };
+    let message = String::from_utf8_lossy(&output.stderr)
+        .trim()
+        .trim_start_matches("error: ")
+        .to_string();
+    match output.status.code() {
+        Some(0) => serde_json::from_slice(&output.stdout)
+            .context("the compiler's report is unreadable")
+            .map_err(DeployError::Storage),
+        Some(EXIT_INVALID) => Err(DeployError::Invalid(message)),
+        Some(EXIT_UNPROCESSABLE) => Err(DeployError::Unprocessable(message)),
+        _ => Err(DeployError::Unprocessable(format!(
+            "compilation failed ({}), possibly out of its {} MiB memory budget: {message}",
+            output.status,
+            limits.max_memory >> 20
+        ))),
+    }
+}
+
+fn mode_arg(mode: ModeChoice) -> &'static str {
+    match mode {
+        ModeChoice::Auto => "auto",
+        ModeChoice::Loop => "loop",
+        ModeChoice::Pool => "pool",
+    }
+}
+
+/// Arguments of the hidden `wasmloop compile`.
+#[derive(Debug, clap::Args)]
+pub struct CompileArgs {
+    /// The component to compile.
+    pub component: PathBuf,
+    /// Where to write the artifact.
+    pub artifact: PathBuf,
+    #[arg(long, value_enum, default_value = "auto")]
+    pub mode: ModeChoice,
+    /// Address-space limit for this process, in bytes.
+    #[arg(long)]
+    pub max_memory: u64,
+}
+
+/// `wasmloop compile`: validates, compiles, classifies and links one component, writes
+/// its artifact and prints a [`Compiled`] report. Exits 10 for an invalid component,
+/// 11 for one wasmloop cannot serve.
+#[expect(
+    clippy::disallowed_methods,
+    reason = "a one-shot child process, no event loop"
+)]
+pub fn run_compile(args: &CompileArgs) -> std::process::ExitCode {
+    use nix::sys::resource::{Resource, setrlimit};
+    let fail = |code: i32, message: String| {
+        eprintln!("error: {message}");
+        std::process::ExitCode::from(code as u8)
+    };
+    if let Err(e) = setrlimit(Resource::RLIMIT_AS, args.max_memory, args.max_memory) {
+        return fail(1, format!("failed to cap the compiler's memory: {e}"));
+    }
+    let bytes = match std::fs::read(&args.component) {
+        Ok(bytes) => bytes,
+        Err(e) => return fail(1, format!("failed to read the upload: {e}")),
+    };
+    if let Err(e) = component::check_is_component(&bytes) {
+        return fail(EXIT_INVALID, format!("{e:#}"));
+    }
+    let mut validator = wasmparser::Validator::new_with_features(wasmparser::WasmFeatures::all());
+    if let Err(e) = validator.validate_all(&bytes) {
+        return fail(
+            EXIT_INVALID,
+            format!("the component is truncated or corrupt: {e}"),
+        );
+    }
+    let engine = match engine::build_for_compile() {
+        Ok(engine) => engine,
+        Err(e) => return fail(1, format!("{e:#}")),
+    };
+    let compiled = match wasmtime::component::Component::new(&engine, &bytes) {
+        Ok(compiled) => compiled,
+        Err(e) => return fail(EXIT_UNPROCESSABLE, format!("compilation failed: {e:#}")),
+    };
+    let handler = match component::prepare(&engine, &compiled, args.mode) {
+        Ok(handler) => handler,
+        Err(e) => return fail(EXIT_UNPROCESSABLE, format!("{e:#}")),
+    };
+    let artifact = match compiled.serialize() {
+        Ok(artifact) => artifact,
+        Err(e) => return fail(1, format!("failed to serialize the artifact: {e:#}")),
+    };
+    if let Err(e) = write_durably(&args.artifact, &artifact) {
+        return fail(1, format!("{e:#}"));
+    }
+    let report = Compiled {
+        export: handler.export,
+        export_is_async: handler.export_is_async,
+        mode: handler.mode.to_string(),
+        artifact_sha256: sha256_hex(&artifact),
+    };
+    match serde_json::to_string(&report) {
+        Ok(json) => {
+            println!("{json}");
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => fail(1, e.to_string()),
+    }
+}

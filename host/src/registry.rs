@@ -1,0 +1,785 @@
+//! The registry: tenants, their tokens, apps, versions, active routes and cached
+//! artifacts. [`Registry`] is the interface the admin API and the master use;
+//! [`SqliteRegistry`] keeps it in SQLite inside the data directory (another backend
+//! can sit behind the same trait). Every call is one transaction: a refused call
+//! changes nothing. Component bytes live beside the database, by content hash
+//! (`deploy.rs`); the registry only records the hash.
+//!
+//! Calls block on file I/O: the master runs them on a blocking thread, never on its
+//! event loop.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use rusqlite::{Connection, OptionalExtension as _, params};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+use subtle::ConstantTimeEq as _;
+
+/// Why a registry call was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Storage(#[from] anyhow::Error),
+}
+
+impl From<rusqlite::Error> for RegistryError {
+    fn from(e: rusqlite::Error) -> Self {
+        RegistryError::Storage(anyhow::Error::from(e).context("registry database error"))
+    }
+}
+
+pub type Result<T> = std::result::Result<T, RegistryError>;
+
+/// Limits a tenant's apps run under, per worker; unset fields take the server's.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantLimits {
+    /// Requests of this tenant in flight on one worker; past it, 503.
+    pub max_in_flight: Option<u64>,
+    /// Pool threads of one worker this tenant's requests may hold (running or
+    /// queued); past it, 503. Never all of them.
+    pub max_pool_threads: Option<u64>,
+    /// Ceilings for the tenant's apps.
+    pub fuel: Option<u64>,
+    pub max_memory: Option<u64>,
+    pub timeout_ms: Option<u64>,
+}
+
+/// A tenant as the API shows it (never its token).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tenant {
+    pub id: i64,
+    pub name: String,
+    pub limits: TenantLimits,
+    pub created_at: u64,
+}
+
+/// Where requests reach an app: a host (or any host) and a path prefix.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// `None` matches any host.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// A path prefix starting with `/`, matched on whole segments.
+    pub prefix: String,
+}
+
+/// Per-app settings, kept with each version so a rollback restores them too.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppSettings {
+    #[serde(default)]
+    pub routes: Vec<Route>,
+    #[serde(default)]
+    pub vars: BTreeMap<String, String>,
+    #[serde(default)]
+    pub allow_outbound: Vec<String>,
+    /// `loop` or `pool` to override the export's type; `None` reads it.
+    #[serde(default)]
+    pub mode: Option<String>,
+    #[serde(default)]
+    pub fuel: Option<u64>,
+    #[serde(default)]
+    pub max_memory: Option<u64>,
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    #[serde(default)]
+    pub max_in_flight: Option<u64>,
+}
+
+/// A version to record: the component's hash and what validation found.
+#[derive(Debug, Clone)]
+pub struct NewVersion {
+    pub sha256: String,
+    pub size: u64,
+    pub export: String,
+    /// `loop` or `pool`: where it runs.
+    pub mode: String,
+    pub settings: AppSettings,
+}
+
+/// One version of an app.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Version {
+    pub number: u64,
+    pub sha256: String,
+    pub size: u64,
+    pub export: String,
+    pub mode: String,
+    pub settings: AppSettings,
+    pub created_at: u64,
+    pub active: bool,
+}
+
+/// An app and its active version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AppInfo {
+    pub name: String,
+    pub tenant: String,
+    pub active_version: Option<u64>,
+    pub versions: u64,
+    pub routes: Vec<Route>,
+}
+
+/// What the workers serve: one entry per app with an active version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ActiveApp {
+    pub tenant: String,
+    pub tenant_limits: TenantLimits,
+    pub app: String,
+    pub version: Version,
+}
+
+/// The registry's operations. Implementations must make each call atomic.
+pub trait Registry: Send + Sync {
+    /// Creates a tenant; returns it and its token, which is never shown again.
+    fn create_tenant(&self, name: &str, limits: &TenantLimits) -> Result<(Tenant, String)>;
+    fn tenants(&self) -> Result<Vec<Tenant>>;
+    /// Deletes a tenant with its apps.
+    fn delete_tenant(&self, name: &str) -> Result<()>;
+    /// The tenant a token belongs to, compared in constant time.
+    fn authenticate(&self, token: &str) -> Result<Option<Tenant>>;
+    fn apps(&self, tenant: &Tenant) -> Result<Vec<AppInfo>>;
+    fn versions(&self, tenant: &Tenant, app: &str) -> Result<Vec<Version>>;
+    /// Records a new version of `app` (creating the app) and makes it active.
+    fn add_version(&self, tenant: &Tenant, app: &str, version: NewVersion) -> Result<Version>;
+    /// Makes version `number` of `app` the active one.
+    fn activate(&self, tenant: &Tenant, app: &str, number: u64) -> Result<Version>;
+    fn delete_app(&self, tenant: &Tenant, app: &str) -> Result<()>;
+    /// Every app with an active version, for the workers.
+    fn active(&self) -> Result<Vec<ActiveApp>>;
+    /// Hashes of every component a version refers to (to keep), for clean-up.
+    fn referenced_components(&self) -> Result<Vec<String>>;
+    /// The recorded hash of the cached artifact of `sha256` for `engine`.
+    fn artifact(&self, sha256: &str, engine: &str) -> Result<Option<String>>;
+    fn put_artifact(&self, sha256: &str, engine: &str, artifact_sha256: &str) -> Result<()>;
+}
+
+/// The registry in `DATA_DIR/registry.sqlite3`.
+pub struct SqliteRegistry {
+    db: Mutex<Connection>,
+}
+
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS tenants (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    token_hash BLOB NOT NULL,
+    limits TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS apps (
+    id INTEGER PRIMARY KEY,
+    tenant_id INTEGER NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    active_version INTEGER,
+    created_at INTEGER NOT NULL,
+    UNIQUE (tenant_id, name)
+);
+CREATE TABLE IF NOT EXISTS versions (
+    app_id INTEGER NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
+    number INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    export TEXT NOT NULL,
+    mode TEXT NOT NULL,
+    settings TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (app_id, number)
+);
+CREATE TABLE IF NOT EXISTS routes (
+    host TEXT NOT NULL,
+    prefix TEXT NOT NULL,
+    app_id INTEGER NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
+    PRIMARY KEY (host, prefix)
+);
+CREATE TABLE IF NOT EXISTS artifacts (
+    sha256 TEXT NOT NULL,
+    engine TEXT NOT NULL,
+    artifact_sha256 TEXT NOT NULL,
+    PRIMARY KEY (sha256, engine)
+);
+";
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A fresh token: `wlt_<tenant id>_<64 hex digits of randomness>`.
+fn new_token(tenant_id: i64) -> anyhow::Result<(String, Vec<u8>)> {
+    let mut secret = [0u8; 32];
+    getrandom::fill(&mut secret).map_err(|e| anyhow::anyhow!("no randomness for a token: {e}"))?;
+    let secret = hex::encode(secret);
+    let hash = Sha256::digest(secret.as_bytes()).to_vec();
+    Ok((format!("wlt_{tenant_id}_{secret}"), hash))
+}
+
+/// The `&str` a route's host is stored as: `*` for any host.
+fn host_key(host: &Option<String>) -> String {
+    host.as_deref()
+        .map_or_else(|| "*".to_string(), str::to_ascii_lowercase)
+}
+
+impl SqliteRegistry {
+    /// Opens (creating and migrating) the registry in `dir`.
+    pub fn open(dir: &Path) -> anyhow::Result<SqliteRegistry> {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("failed to create the data directory {}", dir.display()))?;
+        let path = dir.join("registry.sqlite3");
+        let db = Connection::open(&path)
+            .with_context(|| format!("failed to open the registry {}", path.display()))?;
+        db.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;",
+        )
+        .context("failed to configure the registry database")?;
+        let version: i64 = db.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if version > SCHEMA_VERSION {
+            anyhow::bail!(
+                "the registry {} has schema version {version}, newer than this wasmloop knows ({SCHEMA_VERSION}); upgrade wasmloop",
+                path.display()
+            );
+        }
+        db.execute_batch(SCHEMA)
+            .context("failed to create the registry tables")?;
+        db.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))?;
+        Ok(SqliteRegistry { db: Mutex::new(db) })
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T>) -> Result<T> {
+        let mut db = self.db.lock().map_err(|_| {
+            RegistryError::Storage(anyhow::anyhow!("the registry lock is poisoned"))
+        })?;
+        f(&mut db)
+    }
+
+    fn app_id(db: &Connection, tenant: &Tenant, app: &str) -> Result<i64> {
+        db.query_row(
+            "SELECT id FROM apps WHERE tenant_id = ?1 AND name = ?2",
+            params![tenant.id, app],
+            |r| r.get(0),
+        )
+        .optional()?
+        .ok_or_else(|| RegistryError::NotFound(format!("app {app:?}")))
+    }
+
+    fn read_version(row: &rusqlite::Row<'_>, active: Option<i64>) -> rusqlite::Result<Version> {
+        let number: i64 = row.get("number")?;
+        let settings: String = row.get("settings")?;
+        Ok(Version {
+            number: number as u64,
+            sha256: row.get("sha256")?,
+            size: row.get::<_, i64>("size")? as u64,
+            export: row.get("export")?,
+            mode: row.get("mode")?,
+            settings: serde_json::from_str(&settings).unwrap_or_default(),
+            created_at: row.get::<_, i64>("created_at")? as u64,
+            active: active == Some(number),
+        })
+    }
+
+    /// Replaces `app_id`'s routes with `routes`; a route another app holds is a
+    /// conflict (and the caller's transaction is rolled back).
+    fn claim_routes(tx: &rusqlite::Transaction<'_>, app_id: i64, routes: &[Route]) -> Result<()> {
+        tx.execute("DELETE FROM routes WHERE app_id = ?1", params![app_id])?;
+        for route in routes {
+            let host = host_key(&route.host);
+            let holder: Option<i64> = tx
+                .query_row(
+                    "SELECT app_id FROM routes WHERE host = ?1 AND prefix = ?2",
+                    params![host, route.prefix],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if holder.is_some() {
+                return Err(RegistryError::Conflict(format!(
+                    "the route {host}{} already belongs to another app",
+                    route.prefix
+                )));
+            }
+            tx.execute(
+                "INSERT INTO routes (host, prefix, app_id) VALUES (?1, ?2, ?3)",
+                params![host, route.prefix, app_id],
+            )?;
+        }
+        Ok(())
+    }
+
+    fn tenant_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Tenant> {
+        let limits: String = row.get("limits")?;
+        Ok(Tenant {
+            id: row.get("id")?,
+            name: row.get("name")?,
+            limits: serde_json::from_str(&limits).unwrap_or_default(),
+            created_at: row.get::<_, i64>("created_at")? as u64,
+        })
+    }
+}
+
+impl Registry for SqliteRegistry {
+    fn create_tenant(&self, name: &str, limits: &TenantLimits) -> Result<(Tenant, String)> {
+        check_name("tenant", name)?;
+        self.with(|db| {
+            let tx = db.transaction()?;
+            let exists: Option<i64> = tx
+                .query_row("SELECT id FROM tenants WHERE name = ?1", params![name], |r| r.get(0))
+                .optional()?;
+            if exists.is_some() {
+                return Err(RegistryError::Conflict(format!("tenant {name:?} already exists")));
+            }
+            let created_at = now();
+            let limits_json = serde_json::to_string(limits).map_err(anyhow::Error::from)?;
+            tx.execute(
+                "INSERT INTO tenants (name, token_hash, limits, created_at) VALUES (?1, x'', ?2, ?3)",
+                params![name, limits_json, created_at as i64],
+            )?;
+            let id = tx.last_insert_rowid();
+            let (token, hash) = new_token(id)?;
+            tx.execute("UPDATE tenants SET token_hash = ?1 WHERE id = ?2", params![hash, id])?;
+            tx.commit()?;
+            Ok((
+                Tenant {
+                    id,
+                    name: name.to_string(),
+                    limits: limits.clone(),
+                    created_at,
+                },
+                token,
+            ))
+        })
+    }
+
+    fn tenants(&self) -> Result<Vec<Tenant>> {
+        self.with(|db| {
+            let mut stmt = db.prepare("SELECT * FROM tenants ORDER BY name")?;
+            let rows = stmt.query_map([], Self::tenant_from_row)?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+    }
+
+    fn delete_tenant(&self, name: &str) -> Result<()> {
+        self.with(|db| {
+            let n = db.execute("DELETE FROM tenants WHERE name = ?1", params![name])?;
+            if n == 0 {
+                return Err(RegistryError::NotFound(format!("tenant {name:?}")));
+            }
+            Ok(())
+        })
+    }
+
+    fn authenticate(&self, token: &str) -> Result<Option<Tenant>> {
+        let Some((id, secret)) = token
+            .strip_prefix("wlt_")
+            .and_then(|rest| rest.split_once('_'))
+            .and_then(|(id, secret)| Some((id.parse::<i64>().ok()?, secret)))
+        else {
+            return Ok(None);
+        };
+        let presented = Sha256::digest(secret.as_bytes());
+        self.with(|db| {
+            let row = db
+                .query_row("SELECT * FROM tenants WHERE id = ?1", params![id], |row| {
+                    Ok((
+                        Self::tenant_from_row(row)?,
+                        row.get::<_, Vec<u8>>("token_hash")?,
+                    ))
+                })
+                .optional()?;
+            Ok(row.and_then(|(tenant, stored)| {
+                bool::from(stored.as_slice().ct_eq(presented.as_slice())).then_some(tenant)
+            }))
+        })
+    }
+
+    fn apps(&self, tenant: &Tenant) -> Result<Vec<AppInfo>> {
+        self.with(|db| {
+            let mut stmt = db.prepare(
+                "SELECT a.id, a.name, a.active_version, (SELECT COUNT(*) FROM versions v WHERE v.app_id = a.id)
+                 FROM apps a WHERE a.tenant_id = ?1 ORDER BY a.name",
+            )?;
+            let rows = stmt
+                .query_map(params![tenant.id], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, Option<i64>>(2)?,
+                        r.get::<_, i64>(3)?,
+                    ))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let mut apps = Vec::new();
+            for (id, name, active, versions) in rows {
+                let mut stmt =
+                    db.prepare("SELECT host, prefix FROM routes WHERE app_id = ?1 ORDER BY host, prefix")?;
+                let routes = stmt
+                    .query_map(params![id], |r| {
+                        let host: String = r.get(0)?;
+                        Ok(Route {
+                            host: (host != "*").then_some(host),
+                            prefix: r.get(1)?,
+                        })
+                    })?
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                apps.push(AppInfo {
+                    name,
+                    tenant: tenant.name.clone(),
+                    active_version: active.map(|v| v as u64),
+                    versions: versions as u64,
+                    routes,
+                });
+            }
+            Ok(apps)
+        })
+    }
+
+    fn versions(&self, tenant: &Tenant, app: &str) -> Result<Vec<Version>> {
+        self.with(|db| {
+            let app_id = Self::app_id(db, tenant, app)?;
+            let active: Option<i64> = db.query_row(
+                "SELECT active_version FROM apps WHERE id = ?1",
+                params![app_id],
+                |r| r.get(0),
+            )?;
+            let mut stmt =
+                db.prepare("SELECT * FROM versions WHERE app_id = ?1 ORDER BY number")?;
+            let rows = stmt.query_map(params![app_id], |row| Self::read_version(row, active))?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+    }
+
+    fn add_version(&self, tenant: &Tenant, app: &str, version: NewVersion) -> Result<Version> {
+        check_name("app", app)?;
+        for route in &version.settings.routes {
+            check_route(route)?;
+        }
+        self.with(|db| {
+            let tx = db.transaction()?;
+            let app_id = match tx
+                .query_row(
+                    "SELECT id FROM apps WHERE tenant_id = ?1 AND name = ?2",
+                    params![tenant.id, app],
+                    |r| r.get::<_, i64>(0),
+                )
+                .optional()?
+            {
+                Some(id) => id,
+                None => {
+                    tx.execute(
+                        "INSERT INTO apps (tenant_id, name, created_at) VALUES (?1, ?2, ?3)",
+                        params![tenant.id, app, now() as i64],
+                    )?;
+                    tx.last_insert_rowid()
+                }
+            };
+            let number: i64 = tx.query_row(
+                "SELECT COALESCE(MAX(number), 0) + 1 FROM versions WHERE app_id = ?1",
+                params![app_id],
+                |r| r.get(0),
+            )?;
+            let settings = serde_json::to_string(&version.settings).map_err(anyhow::Error::from)?;
+            let created_at = now();
+            tx.execute(
+                "INSERT INTO versions (app_id, number, sha256, size, export, mode, settings, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    app_id,
+                    number,
+                    version.sha256,
+                    version.size as i64,
+                    version.export,
+                    version.mode,
+                    settings,
+                    created_at as i64
+                ],
+            )?;
+            Self::claim_routes(&tx, app_id, &version.settings.routes)?;
+            tx.execute(
+                "UPDATE apps SET active_version = ?1 WHERE id = ?2",
+                params![number, app_id],
+            )?;
+            tx.commit()?;
+            Ok(Version {
+                number: number as u64,
+                sha256: version.sha256,
+                size: version.size,
+                export: version.export,
+                mode: version.mode,
+                settings: version.settings,
+                created_at,
+                active: true,
+            })
+        })
+    }
+
+    fn activate(&self, tenant: &Tenant, app: &str, number: u64) -> Result<Version> {
+        self.with(|db| {
+            let tx = db.transaction()?;
+            let app_id = Self::app_id(&tx, tenant, app)?;
+            let version = tx
+                .query_row(
+                    "SELECT * FROM versions WHERE app_id = ?1 AND number = ?2",
+                    params![app_id, number as i64],
+                    |row| Self::read_version(row, Some(number as i64)),
+                )
+                .optional()?
+                .ok_or_else(|| RegistryError::NotFound(format!("version {number} of {app:?}")))?;
+            Self::claim_routes(&tx, app_id, &version.settings.routes)?;
+            tx.execute(
+                "UPDATE apps SET active_version = ?1 WHERE id = ?2",
+                params![number as i64, app_id],
+            )?;
+            tx.commit()?;
+            Ok(version)
+        })
+    }
+
+    fn delete_app(&self, tenant: &Tenant, app: &str) -> Result<()> {
+        self.with(|db| {
+            let app_id = Self::app_id(db, tenant, app)?;
+            db.execute("DELETE FROM apps WHERE id = ?1", params![app_id])?;
+            Ok(())
+        })
+    }
+
+    fn active(&self) -> Result<Vec<ActiveApp>> {
+        self.with(|db| {
+            let mut stmt = db.prepare(
+                "SELECT t.name AS tenant, t.limits AS tenant_limits, a.name AS app, v.*
+                 FROM apps a JOIN tenants t ON t.id = a.tenant_id
+                 JOIN versions v ON v.app_id = a.id AND v.number = a.active_version
+                 ORDER BY t.name, a.name",
+            )?;
+            let rows = stmt.query_map([], |row| {
+                let limits: String = row.get("tenant_limits")?;
+                let number: i64 = row.get("number")?;
+                Ok(ActiveApp {
+                    tenant: row.get("tenant")?,
+                    tenant_limits: serde_json::from_str(&limits).unwrap_or_default(),
+                    app: row.get("app")?,
+                    version: Self::read_version(row, Some(number))?,
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+    }
+
+    fn referenced_components(&self) -> Result<Vec<String>> {
+        self.with(|db| {
+            let mut stmt = db.prepare("SELECT DISTINCT sha256 FROM versions")?;
+            let rows = stmt.query_map([], |r| r.get(0))?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+    }
+
+    fn artifact(&self, sha256: &str, engine: &str) -> Result<Option<String>> {
+        self.with(|db| {
+            Ok(db
+                .query_row(
+                    "SELECT artifact_sha256 FROM artifacts WHERE sha256 = ?1 AND engine = ?2",
+                    params![sha256, engine],
+                    |r| r.get(0),
+                )
+                .optional()?)
+        })
+    }
+
+    fn put_artifact(&self, sha256: &str, engine: &str, artifact_sha256: &str) -> Result<()> {
+        self.with(|db| {
+            db.execute(
+                "INSERT OR REPLACE INTO artifacts (sha256, engine, artifact_sha256) VALUES (?1, ?2, ?3)",
+                params![sha256, engine, artifact_sha256],
+            )?;
+            Ok(())
+        })
+    }
+}
+
+/// Tenant and app names: what fits in a URL path segment and a metric label.
+pub fn check_name(what: &str, name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(RegistryError::Invalid(format!(
+            "{what} name {name:?} must be 1-64 letters, digits, `-` or `_`, starting with a letter or digit"
+        )))
+    }
+}
+
+/// A route's prefix is a clean absolute path; its host a plain host name.
+pub fn check_route(route: &Route) -> Result<()> {
+    let prefix = &route.prefix;
+    let clean = prefix.starts_with('/')
+        && (prefix == "/" || !prefix.ends_with('/'))
+        && !prefix.contains("//")
+        && !prefix.split('/').any(|s| s == "." || s == "..")
+        && prefix
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/-_.~".contains(c));
+    if !clean {
+        return Err(RegistryError::Invalid(format!(
+            "route prefix {prefix:?} must be `/` or an absolute path without a trailing slash, dot segments or special characters"
+        )));
+    }
+    if let Some(host) = &route.host {
+        let ok = !host.is_empty()
+            && host.len() <= 253
+            && host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == ':');
+        if !ok {
+            return Err(RegistryError::Invalid(format!(
+                "route host {host:?} is not a host name"
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registry() -> (SqliteRegistry, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!(
+            "wasmloop-registry-{}-{}",
+            std::process::id(),
+            rand_suffix()
+        ));
+        (SqliteRegistry::open(&dir).unwrap(), dir)
+    }
+
+    fn rand_suffix() -> u64 {
+        let mut b = [0u8; 8];
+        getrandom::fill(&mut b).unwrap();
+        u64::from_le_bytes(b)
+    }
+
+    fn version(routes: &[&str]) -> NewVersion {
+        NewVersion {
+            sha256: "ab".repeat(32),
+            size: 10,
+            export: "wasi:http/handler@0.3.0".into(),
+            mode: "loop".into(),
+            settings: AppSettings {
+                routes: routes
+                    .iter()
+                    .map(|p| Route {
+                        host: None,
+                        prefix: p.to_string(),
+                    })
+                    .collect(),
+                ..AppSettings::default()
+            },
+        }
+    }
+
+    #[test]
+    fn tokens_authenticate_their_tenant_only() {
+        let (reg, _dir) = registry();
+        let (a, token_a) = reg.create_tenant("a", &TenantLimits::default()).unwrap();
+        let (b, token_b) = reg.create_tenant("b", &TenantLimits::default()).unwrap();
+        assert_eq!(reg.authenticate(&token_a).unwrap(), Some(a.clone()));
+        assert_eq!(reg.authenticate(&token_b).unwrap(), Some(b.clone()));
+        // B's id with A's secret, a truncated token, garbage.
+        let forged = format!("wlt_{}_{}", b.id, token_a.rsplit('_').next().unwrap());
+        for bad in [
+            forged.as_str(),
+            &token_a[..token_a.len() - 1],
+            "",
+            "wlt_x_y",
+            "Bearer",
+        ] {
+            assert_eq!(reg.authenticate(bad).unwrap(), None, "{bad}");
+        }
+        assert!(matches!(
+            reg.create_tenant("a", &TenantLimits::default()),
+            Err(RegistryError::Conflict(_))
+        ));
+    }
+
+    #[test]
+    fn versions_count_up_and_rollback_restores_routes() {
+        let (reg, _dir) = registry();
+        let (t, _) = reg.create_tenant("t", &TenantLimits::default()).unwrap();
+        assert_eq!(
+            reg.add_version(&t, "app", version(&["/a"])).unwrap().number,
+            1
+        );
+        assert_eq!(
+            reg.add_version(&t, "app", version(&["/b"])).unwrap().number,
+            2
+        );
+        assert_eq!(reg.apps(&t).unwrap()[0].routes[0].prefix, "/b");
+        reg.activate(&t, "app", 1).unwrap();
+        let apps = reg.apps(&t).unwrap();
+        assert_eq!(
+            (apps[0].active_version, apps[0].routes[0].prefix.as_str()),
+            (Some(1), "/a")
+        );
+        let versions = reg.versions(&t, "app").unwrap();
+        assert_eq!(
+            versions.iter().map(|v| v.active).collect::<Vec<_>>(),
+            [true, false]
+        );
+        assert!(matches!(
+            reg.activate(&t, "app", 9),
+            Err(RegistryError::NotFound(_))
+        ));
+    }
+
+    #[test]
+    fn a_route_held_by_another_app_is_a_conflict_and_changes_nothing() {
+        let (reg, _dir) = registry();
+        let (a, _) = reg.create_tenant("a", &TenantLimits::default()).unwrap();
+        let (b, _) = reg.create_tenant("b", &TenantLimits::default()).unwrap();
+        reg.add_version(&a, "one", version(&["/shared"])).unwrap();
+        let refused = reg.add_version(&b, "two", version(&["/shared"]));
+        assert!(
+            matches!(refused, Err(RegistryError::Conflict(_))),
+            "{refused:?}"
+        );
+        assert!(reg.apps(&b).unwrap().is_empty());
+        assert_eq!(reg.active().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn bad_names_and_routes_are_invalid() {
+        for bad in ["", "a/b", "../x", "with space", "-x"] {
+            assert!(check_name("app", bad).is_err(), "{bad:?}");
+        }
+        for bad in ["", "x", "/a/", "/a/../b", "/a//b", "/a?b", "/%2e"] {
+            let route = Route {
+                host: None,
+                prefix: bad.into(),
+            };
+            assert!(check_route(&route).is_err(), "{bad:?}");
+        }
+        assert!(
+            check_route(&Route {
+                host: Some("api.example.com".into()),
+                prefix: "/v1".into()
+            })
+            .is_ok()
+        );
+    }
+}
