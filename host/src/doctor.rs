@@ -37,7 +37,7 @@ pub enum Severity {
 pub struct Finding {
     pub severity: Severity,
     /// A stable name: `pool_saturated`, `loop_hot_guest`, `concurrency_limit`,
-    /// `cpu_limit`, `failures`, `few_workers`.
+    /// `tenant_limit`, `cpu_limit`, `failures`, `few_workers`.
     pub code: String,
     /// What happened, with numbers.
     pub summary: String,
@@ -176,6 +176,41 @@ pub fn diagnose(before: &Counters, now: &Snapshot, window: Duration, facts: &Fac
                 facts.limit_concurrency
             ),
             advice: "Raise --limit-concurrency if memory and CPU allow (each in-flight request holds an instance), or add workers.".into(),
+        });
+    }
+
+    // Tenants at their own limits (registry mode: apps are named `tenant/app`).
+    let mut by_tenant: std::collections::BTreeMap<&str, (u64, u64)> = Default::default();
+    for ((app, reason), n) in &c.rejected {
+        let n = n.saturating_sub(
+            before
+                .rejected
+                .get(&(app.clone(), reason.clone()))
+                .copied()
+                .unwrap_or(0),
+        );
+        let tenant = app.split_once('/').map_or("", |(t, _)| t);
+        match reason.as_str() {
+            "tenant_limit" => by_tenant.entry(tenant).or_default().0 += n,
+            "tenant_pool_share" => by_tenant.entry(tenant).or_default().1 += n,
+            _ => {}
+        }
+    }
+    for (tenant, (in_flight, pool)) in by_tenant {
+        if in_flight + pool == 0 {
+            continue;
+        }
+        findings.push(Finding {
+            severity: Severity::Warning,
+            code: "tenant_limit".into(),
+            summary: format!(
+                "Tenant {tenant} reached its limits in the last {seconds:.0} s: {} refused at its limit of requests in flight, {} at its share of pool threads. Other tenants were not affected by it.",
+                requests_word(in_flight),
+                requests_word(pool),
+            ),
+            advice: format!(
+                "If {tenant} should get more, raise its limits (max_in_flight, max_pool_threads when creating the tenant, or --tenant-share); if it is misbehaving, its 503s are what protect the others."
+            ),
         });
     }
 

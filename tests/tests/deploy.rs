@@ -608,6 +608,13 @@ async fn a_tenant_at_its_limit_does_not_fail_another_tenants_requests() {
         )
         .await;
     assert!(rejected.is_some_and(|v| v >= 20.0), "{rejected:?}");
+    // The doctor names the tenant at its limit.
+    let report = server.doctor();
+    let first = report.lines().find(|l| l.starts_with("WARNING"));
+    assert!(
+        first.is_some_and(|l| l.contains("[tenant_limit]") && l.contains("Tenant noisy")),
+        "{report}"
+    );
 }
 
 #[tokio::test]
