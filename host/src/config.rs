@@ -231,6 +231,14 @@ pub struct ServeConfig {
     #[arg(long, env = "WASMLOOP_POOL_QUEUE", default_value_t = 256)]
     pub pool_queue: usize,
 
+    /// Nice value of the pool threads (0-19). Above the event loop's 0, pool threads
+    /// busy computing cannot starve the loop on a busy core, so loop-resident apps
+    /// keep their latency while the pool is saturated; the price is the pool's own
+    /// tail latency when the loop is busy. Default: 19 when serving deployed apps or a
+    /// manifest (loop and pool apps side by side), 0 for a single component.
+    #[arg(long, env = "WASMLOOP_POOL_NICE", value_parser = clap::value_parser!(i32).range(0..=19))]
+    pub pool_nice: Option<i32>,
+
     /// Hosts guests may send HTTP requests to: `HOST` (any port) or `HOST:PORT`,
     /// comma-separated. Any other outbound request fails inside the guest with
     /// `HTTP-request-denied`, and nothing is sent. Default: none.

@@ -6,7 +6,9 @@
 //! letting requests pile up. Each job gets a fresh store with its fuel, its memory
 //! limit, and an epoch callback that traps it at the deadline or when the client has
 //! gone. The head reaches the loop through a channel as soon as the guest sets it; the
-//! guest keeps writing the body from the pool thread.
+//! guest keeps writing the body from the pool thread. Pool threads run at a lower
+//! priority (`--pool-nice`) than the loop thread, so a saturated pool cannot starve the
+//! loop on a busy core.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -55,7 +57,12 @@ pub struct Pool {
 
 impl Pool {
     /// Starts `threads` threads behind a queue of `queue` waiting jobs.
-    pub fn start(threads: usize, queue: usize, recorder: Arc<Recorder>) -> anyhow::Result<Pool> {
+    pub fn start(
+        threads: usize,
+        queue: usize,
+        nice: i32,
+        recorder: Arc<Recorder>,
+    ) -> anyhow::Result<Pool> {
         let capacity = threads + queue;
         let (tx, rx) = crossbeam_channel::bounded::<Job>(capacity);
         let busy = Arc::new(AtomicUsize::new(0));
@@ -66,7 +73,10 @@ impl Pool {
                 let recorder = recorder.clone();
                 std::thread::Builder::new()
                     .name(format!("wasmloop-pool-{i}"))
-                    .spawn(move || work(rx, busy, admitted, &recorder))
+                    .spawn(move || {
+                        lower_priority(nice);
+                        work(rx, busy, admitted, &recorder)
+                    })
                     .context("failed to start a pool thread")
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
@@ -140,6 +150,16 @@ impl Pool {
             let _ = thread.join();
         }
         true
+    }
+}
+
+/// Gives this thread a higher nice value than the loop's, so that on a busy core the
+/// scheduler runs the loop first: pool threads computing flat out would otherwise
+/// take turns with the loop thread and delay every loop request by many time slices.
+fn lower_priority(nice: i32) {
+    let tid = rustix::thread::gettid();
+    if let Err(e) = rustix::process::setpriority_process(Some(tid), nice) {
+        tracing::warn!("failed to set the pool thread's nice value to {nice}: {e}");
     }
 }
 

@@ -678,7 +678,12 @@ fn manifest_table(path: &std::path::Path) -> anyhow::Result<TableMessage> {
         apps.push(crate::routes::TableEntry {
             active: crate::registry::ActiveApp {
                 tenant: "local".into(),
-                tenant_limits: crate::registry::TenantLimits::default(),
+                // Local development: one tenant, the whole worker.
+                tenant_limits: crate::registry::TenantLimits {
+                    max_in_flight: Some(u64::MAX),
+                    max_pool_threads: Some(u64::MAX),
+                    ..crate::registry::TenantLimits::default()
+                },
                 app: app.name.clone(),
                 version: crate::registry::Version {
                     number: 1,

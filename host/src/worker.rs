@@ -79,6 +79,9 @@ pub fn run_process(config: ServeConfig) -> anyhow::Result<()> {
         true => Some(Pool::start(
             config.threads,
             config.pool_queue,
+            config
+                .pool_nice
+                .unwrap_or(if config.component.is_some() { 0 } else { 19 }),
             recorder.clone(),
         )?),
         false => None,
