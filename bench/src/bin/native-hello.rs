@@ -1,18 +1,26 @@
 //! The native baseline: hyper on a tokio current-thread runtime (one core, like one
-//! wasmloop worker) answering what the hello examples answer, with the same headers
-//! and chunked framing, so that only the sandbox differs.
+//! wasmloop worker) answering what the benchmark handlers answer (bench/guests), with
+//! the same headers and framing, so that only the sandbox differs:
+//!
+//! | route | answers | after |
+//! |---|---|---|
+//! | `/` | `Hello, world!\n` | nothing |
+//! | `/sleep` | `slept\n` | an awaited 10 ms timer |
+//! | `/cpu` | `done\n` | 2 ms of computing (on the loop: there is no pool) |
+//! | `/spin?ms=N` | `done\n` | N ms of computing (default 50) |
 //!
 //! `native-hello 127.0.0.1:0` prints `listening on http://ADDR` like wasmloop.
 
 use std::convert::Infallible;
 
+use std::time::Duration;
+
+use bench_work::{millis, spin};
+
 use bytes::Bytes;
-use http_body_util::StreamBody;
-use hyper::body::Frame;
+use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-
-type Chunk = Result<Frame<Bytes>, Infallible>;
 
 fn main() -> anyhow::Result<()> {
     let addr = std::env::args()
@@ -33,19 +41,29 @@ fn main() -> anyhow::Result<()> {
             let base = next_id;
             tokio::task::spawn_local(async move {
                 let n = std::cell::Cell::new(base);
-                let service = service_fn(move |_req| {
+                let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
                     n.set(n.get() + 1);
                     let id = format!("{:016x}", n.get());
                     async move {
-                        // A one-item stream has no known length: hyper sends it
-                        // chunked, as it does the guests' bodies.
-                        let body = StreamBody::new(futures::stream::iter([Chunk::Ok(
-                            Frame::data(Bytes::from_static(b"Hello, world!\n")),
-                        )]));
+                        let body: &'static [u8] = match req.uri().path() {
+                            "/sleep" => {
+                                tokio::time::sleep(Duration::from_millis(10)).await;
+                                b"slept\n"
+                            }
+                            "/cpu" => {
+                                spin(Duration::from_millis(2));
+                                b"done\n"
+                            }
+                            "/spin" => {
+                                spin(Duration::from_millis(millis(req.uri().query())));
+                                b"done\n"
+                            }
+                            _ => b"Hello, world!\n",
+                        };
                         let response = http::Response::builder()
-                            .header("content-type", "text/plain")
+                            .header("content-type", "text/plain; charset=utf-8")
                             .header("x-request-id", id)
-                            .body(body)
+                            .body(Full::new(Bytes::from_static(body)))
                             .expect("a valid response");
                         Ok::<_, Infallible>(response)
                     }

@@ -86,7 +86,9 @@ pub fn router() -> Router {
         })
         .get("/stream", |req: Request| -> Result<_, Error> {
             let Chunks { chunks } = req.query()?;
-            Ok(Body::from_chunks((0..chunks).map(|i| format!("chunk {i}\n"))))
+            Ok(Body::from_chunks(
+                (0..chunks).map(|i| format!("chunk {i}\n")),
+            ))
         })
         .get("/error", |_: Request| -> Result<&'static str, Error> {
             Err(Error::bad_request("this route always fails"))

@@ -1,0 +1,418 @@
+#!/usr/bin/env python3
+"""wasmloop next to its peers, on one machine, in one run.
+
+Systems: a native hyper server (current-thread runtime, the ceiling for one core),
+wasmloop with the handler on its loop (wasi:http 0.3) and on its pool (0.2),
+`wasmtime serve` 48.0.8 on the 0.2 component, and Uvicorn + FastAPI. All answer the
+same bytes (bench/guests, bench/python/app.py, bench/src/bin/native-hello.rs).
+
+Scenarios: hello; an awaited 10 ms timer at high concurrency; 2 ms of computing per
+request; the mixed case (hello latency while the pool is saturated by computing
+requests); a guest computing without awaiting next to hello requests on the same
+worker. Extras: instantiation time, deploy-to-first-response, memory per 1,000
+in-flight async requests.
+
+Every server is pinned to CPU 0 and wrk to CPU 1; after a warm-up, each measurement
+is RUNS runs of DURATION, and the tables report medians. `--quick` runs every scenario
+once for 2 s: a smoke test that checks each ran and answered 2xx, not how fast.
+
+Run it through bench/run.sh, which builds and installs what this needs.
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+WASM = ROOT / "bench/guests/target/wasm32-wasip2/release"
+EXAMPLES = ROOT / "examples/target/wasm32-wasip2/release"
+WASMLOOP = ROOT / "target/release/wasmloop"
+NATIVE = ROOT / "target/release/native-hello"
+INSTANTIATE = ROOT / "target/release/instantiate"
+WASMTIME = ROOT / "target/bench-tools/bin/wasmtime"
+UVICORN = ROOT / "target/bench-venv/bin/uvicorn"
+SERVER_CPU, LOAD_CPU = "0", "1"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def descendants(pid):
+    """pid and every process below it."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            children = Path(f"/proc/{p}/task/{p}/children").read_text().split()
+        except OSError:
+            children = []
+        todo.extend(int(c) for c in children)
+    return out
+
+
+def cpu_seconds(pid):
+    total = 0
+    for p in descendants(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime + stime
+        except (OSError, IndexError):
+            pass
+    return total / CLK_TCK
+
+
+def rss_kib(pid, field="VmRSS"):
+    total = 0
+    for p in descendants(pid):
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith(field + ":"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
+class Server:
+    """A system under test, pinned to the server CPU, ready when `GET /` answers."""
+
+    def __init__(self, name, argv, port, cwd=ROOT, env=None):
+        self.name, self.port = name, port
+        self.log = tempfile.TemporaryFile()
+        full_env = dict(os.environ, **(env or {}))
+        full_env.pop("RUST_BACKTRACE", None)
+        self.proc = subprocess.Popen(
+            ["taskset", "-c", SERVER_CPU, *argv],
+            cwd=cwd,
+            env=full_env,
+            stdout=self.log,
+            stderr=self.log,
+            start_new_session=True,
+        )
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                break
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2).read()
+                return
+            except urllib.error.HTTPError:
+                return  # it answers HTTP (a registry with nothing deployed says 404)
+            except OSError:
+                time.sleep(0.1)
+        self.log.seek(0)
+        raise SystemExit(f"{name} did not start:\n{self.log.read().decode(errors='replace')}")
+
+    def url(self, path):
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def stop(self):
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout=30)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def wasmloop(name, component=None, extra=()):
+    port = free_port()
+    argv = [str(WASMLOOP), "serve", f"--listen=127.0.0.1:{port}", "--admin-listen=off",
+            "--workers=1", "--log-level=warn", *extra]
+    if component:
+        argv.append(str(component))
+    return Server(name, argv, port)
+
+
+SYSTEMS = {
+    "native": lambda: Server("native", [str(NATIVE), f"127.0.0.1:{(p := free_port())}"], p),
+    "loop": lambda: wasmloop("loop", WASM / "bench_async.wasm"),
+    "pool": lambda: wasmloop("pool", WASM / "bench_sync.wasm"),
+    "wasmtime": lambda: Server(
+        "wasmtime",
+        [str(WASMTIME), "serve", "-Scli", f"--addr=127.0.0.1:{(p := free_port())}",
+         str(WASM / "bench_sync.wasm")],
+        p,
+    ),
+    "uvicorn": lambda: Server(
+        "uvicorn",
+        [str(UVICORN), "app:app", "--host=127.0.0.1", f"--port={(p := free_port())}",
+         "--workers=1", "--no-access-log", "--log-level=warning"],
+        p,
+        cwd=ROOT / "bench/python",
+    ),
+}
+
+LABELS = {
+    "native": "native hyper (current-thread)",
+    "loop": "wasmloop, loop (async fn, wasi:http 0.3)",
+    "pool": "wasmloop, pool (fn, wasi:http 0.2)",
+    "wasmtime": "wasmtime serve 48.0.8 (0.2 component)",
+    "uvicorn": "Uvicorn + FastAPI (uvloop, httptools)",
+    "mixed": "wasmloop: async hello on the loop, /cpu on the pool",
+}
+
+
+def to_ms(text):
+    value = float(re.match(r"[\d.]+", text).group())
+    if text.endswith("us"):
+        return value / 1000
+    if text.endswith("ms"):
+        return value
+    if text.endswith("s"):
+        return value * 1000
+    return value
+
+
+def wrk(url, conns, duration, threads=1):
+    out = subprocess.run(
+        ["taskset", "-c", LOAD_CPU, "wrk", f"-t{threads}", f"-c{conns}", f"-d{duration}",
+         "--timeout=10s", "--latency", url],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    total = int(re.search(r"(\d+) requests in", out).group(1))
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    lat = {m.group(1): to_ms(m.group(2)) for m in re.finditer(r"^\s+(50|99)%\s+(\S+)", out, re.M)}
+    return {
+        "rps": rps,
+        "requests": total,
+        "non2xx": int(bad.group(1)) if bad else 0,
+        "errors": sum(map(int, errors.groups())) if errors else 0,
+        "p50": lat.get("50"),
+        "p99": lat.get("99"),
+    }
+
+
+def measure(server, path, conns, cfg):
+    """Warm-up, then cfg.runs runs: median req/s, p50, p99, CPU per request."""
+    wrk(server.url(path), conns, cfg.warmup)
+    runs = []
+    for _ in range(cfg.runs):
+        cpu0 = cpu_seconds(server.proc.pid)
+        result = wrk(server.url(path), conns, cfg.duration)
+        result["cpu_us"] = (cpu_seconds(server.proc.pid) - cpu0) / max(result["requests"], 1) * 1e6
+        runs.append(result)
+        if result["non2xx"] or result["errors"]:
+            print(f"  {server.name} {path}: {result['non2xx']} non-2xx, {result['errors']} socket errors", file=sys.stderr)
+    med = lambda key: statistics.median(r[key] for r in runs if r[key] is not None)
+    return {
+        "rps": med("rps"), "p50": med("p50"), "p99": med("p99"), "cpu_us": med("cpu_us"),
+        "rss_mib": rss_kib(server.proc.pid, "VmHWM") / 1024,
+        "all": [round(r["rps"]) for r in runs],
+        "failed": sum(r["non2xx"] + r["errors"] for r in runs),
+    }
+
+
+def table(title, rows, base=None, base2=None):
+    lines = [f"### {title}", "",
+             "| system | req/s | vs native | vs wasmtime serve | p50 ms | p99 ms | CPU µs/req | peak RSS MiB | failed | runs (req/s) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, r in rows:
+        ratio = lambda b: f"{r['rps'] / b['rps']:.2f}x" if b else "-"
+        lines.append(
+            f"| {LABELS[name]} | {r['rps']:.0f} | {ratio(base)} | {ratio(base2)} | {r['p50']:.2f} | "
+            f"{r['p99']:.2f} | {r['cpu_us']:.0f} | {r['rss_mib']:.0f} | {r['failed']} | {', '.join(map(str, r['all']))} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def throughput(title, path, conns, systems, cfg):
+    rows = []
+    for name in systems:
+        print(f"{title}: {name}", file=sys.stderr)
+        with SYSTEMS[name]() as server:
+            rows.append((name, measure(server, path, conns, cfg)))
+    got = dict(rows)
+    return table(f"{title} (`GET {path}`, {conns} connections)", rows, got.get("native"), got.get("wasmtime")), got
+
+
+def latency_under(server, background_path, background_conns, cfg):
+    """p50/p99 of hello from 4 connections, idle and with background load."""
+    idle = wrk(server.url("/"), 4, cfg.duration)
+    load = subprocess.Popen(
+        ["taskset", "-c", LOAD_CPU, "wrk", "-t1", f"-c{background_conns}",
+         f"-d{int(cfg.seconds) + 4}s", "--timeout=30s", server.url(background_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    time.sleep(2)
+    busy = wrk(server.url("/"), 4, cfg.duration)
+    out, _ = load.communicate()
+    bg = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    return idle, busy, float(bg.group(1)) if bg else 0.0
+
+
+def mixed(cfg):
+    """Hello latency while the pool is saturated by 2 ms computing requests."""
+    print("mixed", file=sys.stderr)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        manifest = Path(tmp) / "wasmloop.toml"
+        manifest.write_text(
+            f'[[app]]\nname = "hello"\ncomponent = "{WASM / "bench_async.wasm"}"\nroutes = ["/"]\n'
+            f'[[app]]\nname = "cpu"\ncomponent = "{WASM / "bench_sync.wasm"}"\nroutes = ["/cpu"]\n'
+        )
+        systems = [("mixed", lambda: wasmloop("mixed", extra=[f"--manifest={manifest}"])),
+                   ("uvicorn", SYSTEMS["uvicorn"]), ("wasmtime", SYSTEMS["wasmtime"])]
+        for name, start in systems:
+            with start() as server:
+                rows.append((name, latency_under(server, "/cpu", 32, cfg)))
+    lines = ["### Mixed: hello latency while the pool is saturated", "",
+             "Four connections send `GET /` (async hello) while 32 connections keep `GET /cpu` (2 ms of computing, a sync/`def` handler) busy.", "",
+             "| system | idle p50 / p99 ms | loaded p50 / p99 ms | p99 loaded/idle | /cpu req/s meanwhile |", "|---|---|---|---|---|"]
+    for name, (idle, busy, bg) in rows:
+        lines.append(f"| {LABELS[name]} | {idle['p50']:.2f} / {idle['p99']:.2f} | {busy['p50']:.2f} / {busy['p99']:.2f} | "
+                     f"{busy['p99'] / idle['p99']:.1f}x | {bg:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def spinning(cfg):
+    """Hello latency next to a guest computing 50 ms at a time without awaiting."""
+    print("spinning", file=sys.stderr)
+    rows = []
+    for name in ["loop", "native", "wasmtime", "uvicorn"]:
+        with SYSTEMS[name]() as server:
+            rows.append((name, latency_under(server, "/spin?ms=50", 1, cfg)))
+    lines = ["### A handler computing without awaiting, next to hello requests", "",
+             "Four connections send `GET /` while one connection keeps `GET /spin?ms=50` (50 ms of computing without an await) running on the same worker.", "",
+             "| system | idle p50 / p99 ms | with the spinner p50 / p99 ms | p99 added ms |", "|---|---|---|---|"]
+    for name, (idle, busy, _) in rows:
+        lines.append(f"| {LABELS[name]} | {idle['p50']:.2f} / {idle['p99']:.2f} | {busy['p50']:.2f} / {busy['p99']:.2f} | {busy['p99'] - idle['p99']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def instantiation():
+    lines = ["### Instantiation per request", "", "Fresh store and instance from the pooling allocator (`target/release/instantiate COMPONENT 20000`), pinned to CPU 0:", ""]
+    for component in [WASM / "bench_sync.wasm", WASM / "bench_async.wasm"]:
+        out = subprocess.run(["taskset", "-c", SERVER_CPU, str(INSTANTIATE), str(component), "20000"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+        lines.append(f"- `{component.name}`: {out.split(':', 1)[-1].strip()}")
+    return "\n".join(lines) + "\n"
+
+
+def deploy_to_first_response(large):
+    print("deploy", file=sys.stderr)
+    port, admin = free_port(), free_port()
+    token = "bench-admin-token-0123456789abcdef"
+    lines = ["### Deploy to first response", "", "`POST /v1/apps/APP/versions` (validate, compile in a child process, store, publish to the worker) until the first `GET` of the new route answers 200; one worker, registry mode.", "",
+             "| component | size | deploy answered | first response | compile (server) |", "|---|---|---|---|---|"]
+    with tempfile.TemporaryDirectory() as data:
+        argv = [str(WASMLOOP), "serve", f"--listen=127.0.0.1:{port}", f"--admin-listen=127.0.0.1:{admin}",
+                "--workers=1", "--log-level=warn", f"--data-dir={data}"]
+        server = Server("registry", argv, port, env={"WASMLOOP_ADMIN_TOKEN": token})
+        try:
+            def call(path, body, ctype, tok):
+                req = urllib.request.Request(f"http://127.0.0.1:{admin}{path}", data=body, method="POST",
+                                             headers={"Authorization": f"Bearer {tok}", "Content-Type": ctype})
+                with urllib.request.urlopen(req, timeout=600) as r:
+                    return json.loads(r.read())
+            tenant = call("/v1/tenants", b'{"name":"bench"}', "application/json", token)["token"]
+            for name, path in [("small", EXAMPLES / "hello.wasm"), ("large", large)]:
+                if path is None or not path.exists():
+                    lines.append(f"| {name} | - | skipped: component not built | | |")
+                    continue
+                body = path.read_bytes()
+                start = time.perf_counter()
+                answer = call(f"/v1/apps/{name}/versions?route=/{name}", body, "application/wasm", tenant)
+                answered = time.perf_counter() - start
+                while True:
+                    try:
+                        urllib.request.urlopen(server.url(f"/{name}"), timeout=5).read()
+                        break
+                    except urllib.error.HTTPError as e:
+                        if e.code != 404:
+                            break
+                first = time.perf_counter() - start
+                lines.append(f"| `{path.name}` | {len(body) / 2**20:.1f} MiB | {answered * 1000:.0f} ms | {first * 1000:.0f} ms | {answer['compile_ms']} ms |")
+        finally:
+            server.stop()
+    return "\n".join(lines) + "\n"
+
+
+def memory_in_flight(cfg):
+    print("memory", file=sys.stderr)
+    with wasmloop("sleepy", EXAMPLES / "sleepy.wasm", extra=["--limit-concurrency=2000"]) as server:
+        worker = descendants(server.proc.pid)[-1]
+        idle = rss_kib(worker)
+        hold = max(6, int(cfg.seconds) + 2)
+        load = subprocess.Popen(["taskset", "-c", LOAD_CPU, "wrk", "-t1", "-c1000", f"-d{hold}s", "--timeout=30s",
+                                 server.url(f"/?ms={hold * 1000}")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(hold / 2)
+        peak = rss_kib(worker)
+        load.communicate()
+    per_1000 = (peak - idle) / 1024
+    return ("### Memory per 1,000 in-flight async requests\n\n"
+            f"wasmloop, one worker, `examples/sleepy` (each request awaits a {hold} s timer), 1,000 connections: worker RSS "
+            f"{idle / 1024:.1f} MiB idle, {peak / 1024:.1f} MiB with 1,000 requests in flight: **{per_1000:.1f} MiB per 1,000**.\n")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="every scenario once, 2 s each: a smoke test")
+    parser.add_argument("--out", type=Path, help="write the results between the markers of this Markdown file")
+    parser.add_argument("--large", type=Path, help="a component over 10 MB for the deploy measurement")
+    cfg = parser.parse_args()
+    cfg.runs, cfg.seconds = (1, 2) if cfg.quick else (3, 10)
+    cfg.duration, cfg.warmup = f"{cfg.seconds}s", ("1s" if cfg.quick else "3s")
+    for tool, path in [("wrk", shutil.which("wrk")), ("wasmloop", WASMLOOP), ("wasmtime", WASMTIME), ("uvicorn", UVICORN)]:
+        if not path or not Path(path).exists():
+            raise SystemExit(f"{tool} is missing; run bench/run.sh, which installs it")
+
+    started = time.time()
+    sections = []
+    hello, got = throughput("Hello", "/", 64, ["native", "loop", "pool", "wasmtime", "uvicorn"], cfg)
+    sections.append(hello)
+    sections.append(throughput("An awaited 10 ms timer", "/sleep", 256, ["native", "loop", "pool", "wasmtime", "uvicorn"], cfg)[0])
+    sections.append(throughput("2 ms of computing", "/cpu", 16, ["native", "pool", "loop", "wasmtime", "uvicorn"], cfg)[0])
+    sections.append(mixed(cfg))
+    sections.append(spinning(cfg))
+    sections.append(instantiation())
+    sections.append(deploy_to_first_response(cfg.large))
+    sections.append(memory_in_flight(cfg))
+
+    cpu = open("/proc/cpuinfo").read()
+    model = re.search(r"model name\s*:\s*(.*)", cpu)
+    header = (f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} vCPU ({model.group(1) if model else 'unknown CPU'}), "
+              f"Linux {os.uname().release}; {'quick smoke run' if cfg.quick else f'{cfg.runs} runs of {cfg.duration} after a {cfg.warmup} warm-up, medians'}; "
+              f"server on CPU {SERVER_CPU}, wrk on CPU {LOAD_CPU}; whole run {time.time() - started:.0f} s. Command: `bench/run.sh{' --quick' if cfg.quick else ''}`.\n")
+    report = header + "\n" + "\n".join(sections)
+    print(report)
+    if cfg.out and not cfg.quick:
+        text = cfg.out.read_text()
+        start, end = "<!-- results:start -->", "<!-- results:end -->"
+        if start in text and end in text:
+            text = text[: text.index(start) + len(start)] + "\n" + report + "\n" + text[text.index(end):]
+            cfg.out.write_text(text)
+    if cfg.quick:
+        failed = re.findall(r"\| (\d+) \| [\d, ]+ \|$", report, re.M)
+        if any(int(f) for f in failed):
+            raise SystemExit("quick run: some requests failed")
+        print("quick run: every scenario ran", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
