@@ -1,5 +1,5 @@
 //! Where a guest's stdout and stderr go: into the log, a line at a time, tagged with
-//! the request id, so a guest's `println!` and its panic message sit next to the
+//! the request id, tenant and app, so a guest's `println!` and its panic message sit next to the
 //! access log line of the request that printed them.
 //!
 //! A line that starts with a level (`ERROR `, `WARN `, `INFO `, `DEBUG `, as the SDK's
@@ -30,16 +30,19 @@ pub struct GuestOutput {
 
 struct Lines {
     request_id: Arc<str>,
+    /// `tenant/app` (registry mode) or the component's name.
+    app: Arc<str>,
     stream: &'static str,
     partial: Vec<u8>,
     budget: usize,
 }
 
 impl GuestOutput {
-    /// The stream named `stream` (`stdout`, `stderr`) of request `request_id`.
-    pub fn new(request_id: Arc<str>, stream: &'static str) -> GuestOutput {
+    /// The stream named `stream` (`stdout`, `stderr`) of request `request_id` to `app`.
+    pub fn new(request_id: Arc<str>, app: Arc<str>, stream: &'static str) -> GuestOutput {
         let lines = Lines {
             request_id,
+            app,
             stream,
             partial: Vec::new(),
             budget: BUDGET,
@@ -74,14 +77,26 @@ impl Lines {
         let line = String::from_utf8_lossy(&self.partial);
         let line = line.trim_end_matches('\r');
         let (id, stream) = (&*self.request_id, self.stream);
+        let (tenant, app) = match self.app.split_once('/') {
+            Some((tenant, app)) => (tenant, app),
+            None => ("", &*self.app),
+        };
         // The SDK's logging macros start a line with its level; anything else a guest
         // prints is logged at info.
         match line.split_once(' ') {
-            Some(("ERROR", msg)) => tracing::error!(target: "wasmloop::guest", id, stream, "{msg}"),
-            Some(("WARN", msg)) => tracing::warn!(target: "wasmloop::guest", id, stream, "{msg}"),
-            Some(("DEBUG", msg)) => tracing::debug!(target: "wasmloop::guest", id, stream, "{msg}"),
-            Some(("INFO", msg)) => tracing::info!(target: "wasmloop::guest", id, stream, "{msg}"),
-            _ => tracing::info!(target: "wasmloop::guest", id, stream, "{line}"),
+            Some(("ERROR", msg)) => {
+                tracing::error!(target: "wasmloop::guest", id, tenant, app, stream, "{msg}")
+            }
+            Some(("WARN", msg)) => {
+                tracing::warn!(target: "wasmloop::guest", id, tenant, app, stream, "{msg}")
+            }
+            Some(("DEBUG", msg)) => {
+                tracing::debug!(target: "wasmloop::guest", id, tenant, app, stream, "{msg}")
+            }
+            Some(("INFO", msg)) => {
+                tracing::info!(target: "wasmloop::guest", id, tenant, app, stream, "{msg}")
+            }
+            _ => tracing::info!(target: "wasmloop::guest", id, tenant, app, stream, "{line}"),
         }
         self.partial.clear();
     }
@@ -156,7 +171,7 @@ mod tests {
 
     #[test]
     fn output_past_the_budget_is_dropped_without_an_error() {
-        let mut out = GuestOutput::new("r1".into(), "stdout");
+        let mut out = GuestOutput::new("r1".into(), "app".into(), "stdout");
         for _ in 0..100 {
             assert!(OutputStream::write(&mut out, Bytes::from(vec![b'x'; 4096])).is_ok());
         }
@@ -165,7 +180,7 @@ mod tests {
 
     #[test]
     fn long_lines_are_cut() {
-        let out = GuestOutput::new("r1".into(), "stdout");
+        let out = GuestOutput::new("r1".into(), "app".into(), "stdout");
         out.write_bytes(&vec![b'y'; MAX_LINE * 2]);
         assert_eq!(out.inner.lock().unwrap().partial.len(), MAX_LINE);
     }

@@ -57,7 +57,7 @@ async fn run(
     ctx: &RunContext,
     head: &mut Option<oneshot::Sender<Head>>,
 ) -> Outcome {
-    let mut store = match Sandbox::store(&app.engine, &app.limits, &ctx.id) {
+    let mut store = match Sandbox::store(&app.engine, &app.limits, &app.name, &ctx.id) {
         Ok(store) => store,
         Err(e) => {
             return Outcome::failed(RequestError::Host(e.into()));

@@ -227,7 +227,7 @@ fn call(
         let error = RequestError::Host(anyhow::anyhow!("an async handler was sent to the pool"));
         return Outcome::failed(error);
     };
-    let mut store = match Sandbox::store(&app.engine, &app.limits, &ctx.id) {
+    let mut store = match Sandbox::store(&app.engine, &app.limits, &app.name, &ctx.id) {
         Ok(store) => store,
         Err(e) => {
             return Outcome::failed(RequestError::Host(e.into()));

@@ -45,16 +45,17 @@ pub struct Sandbox {
 
 impl Sandbox {
     /// A store for one request, with its fuel and memory limit already set.
-    /// The guest's stdout and stderr go to the log, tagged with `request_id`.
+    /// The guest's stdout and stderr go to the log, tagged with `request_id` and `app`.
     pub fn store(
         engine: &Engine,
         limits: &Limits,
+        app: &Arc<str>,
         request_id: &str,
     ) -> wasmtime::Result<Store<Sandbox>> {
         let id: Arc<str> = request_id.into();
         let mut wasi = WasiCtx::builder();
-        wasi.stdout(GuestOutput::new(id.clone(), "stdout"))
-            .stderr(GuestOutput::new(id, "stderr"))
+        wasi.stdout(GuestOutput::new(id.clone(), app.clone(), "stdout"))
+            .stderr(GuestOutput::new(id, app.clone(), "stderr"))
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false);

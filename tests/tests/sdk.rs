@@ -200,6 +200,16 @@ async fn log_macros_reach_the_host_log_at_their_level_with_the_request_id() {
             let logged =
                 logged.unwrap_or_else(|| panic!("{guest}: no {level} line\n{}", server.log()));
             assert!(logged.contains(&id), "{guest}: {logged}");
+            // Tagged with the app (the component's name when serving one file).
+            let app = std::path::Path::new(guest)
+                .file_stem()
+                .unwrap()
+                .to_str()
+                .unwrap();
+            assert!(
+                logged.contains(&format!("app=\"{app}\"")),
+                "{guest}: {logged}"
+            );
         }
         // Debug lines are below the default level.
         assert!(!server.log().contains("sdk debug line"), "{guest}");

@@ -37,9 +37,10 @@ fn main() -> anyhow::Result<()> {
         .build()?;
 
     let mut samples = Vec::with_capacity(iterations);
+    let app: std::sync::Arc<str> = "bench".into();
     for i in 0..iterations + iterations / 10 {
         let start = Instant::now();
-        let mut store = Sandbox::store(&engine, &limits, "bench")?;
+        let mut store = Sandbox::store(&engine, &limits, &app, "bench")?;
         // No epoch ticker runs here: a deadline far away keeps start functions running.
         store.set_epoch_deadline(u64::MAX / 2);
         match &handler.pre {
