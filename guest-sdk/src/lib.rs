@@ -55,6 +55,7 @@
 
 mod body;
 pub mod config;
+mod convert;
 mod error;
 mod fetch;
 mod json;

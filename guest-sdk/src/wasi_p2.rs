@@ -5,7 +5,7 @@
 
 use std::task::{Context, Poll, Waker};
 
-use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use http::{HeaderMap, StatusCode};
 use wasip2::http::outgoing_handler;
 use wasip2::http::types::{
     self as wasi, ErrorCode, Fields, IncomingBody, IncomingRequest, InputStream, OutgoingBody,
@@ -51,7 +51,7 @@ fn incoming_request(request: IncomingRequest) -> Result<Request, String> {
         .method(method_from_wasi(request.method())?)
         .uri(uri);
     if let Some(headers) = builder.headers_mut() {
-        *headers = header_map(request.headers().entries());
+        *headers = crate::convert::header_map(request.headers().entries());
     }
     let body = request
         .consume()
@@ -154,47 +154,7 @@ fn fields(headers: &HeaderMap) -> Fields {
     fields
 }
 
-fn header_map(entries: Vec<(String, Vec<u8>)>) -> HeaderMap {
-    let mut map = HeaderMap::with_capacity(entries.len());
-    for (name, value) in entries {
-        if let (Ok(name), Ok(value)) = (HeaderName::try_from(name), HeaderValue::try_from(value)) {
-            map.append(name, value);
-        }
-    }
-    map
-}
-
-fn method_from_wasi(method: wasi::Method) -> Result<Method, String> {
-    Ok(match method {
-        wasi::Method::Get => Method::GET,
-        wasi::Method::Head => Method::HEAD,
-        wasi::Method::Post => Method::POST,
-        wasi::Method::Put => Method::PUT,
-        wasi::Method::Delete => Method::DELETE,
-        wasi::Method::Connect => Method::CONNECT,
-        wasi::Method::Options => Method::OPTIONS,
-        wasi::Method::Trace => Method::TRACE,
-        wasi::Method::Patch => Method::PATCH,
-        wasi::Method::Other(other) => {
-            Method::from_bytes(other.as_bytes()).map_err(|e| format!("invalid method: {e}"))?
-        }
-    })
-}
-
-fn method_to_wasi(method: &Method) -> wasi::Method {
-    match *method {
-        Method::GET => wasi::Method::Get,
-        Method::HEAD => wasi::Method::Head,
-        Method::POST => wasi::Method::Post,
-        Method::PUT => wasi::Method::Put,
-        Method::DELETE => wasi::Method::Delete,
-        Method::CONNECT => wasi::Method::Connect,
-        Method::OPTIONS => wasi::Method::Options,
-        Method::TRACE => wasi::Method::Trace,
-        Method::PATCH => wasi::Method::Patch,
-        ref other => wasi::Method::Other(other.to_string()),
-    }
-}
+crate::convert::methods!(wasi);
 
 /// Sends `request` over wasi:http's outgoing handler and reads the whole response.
 pub fn fetch(request: Request) -> Result<Response, FetchError> {
@@ -240,7 +200,7 @@ pub fn fetch(request: Request) -> Result<Response, FetchError> {
         .map_err(|e| error_code(&target, e))?;
     let status = StatusCode::from_u16(incoming.status())
         .map_err(|e| fail(format!("invalid status: {e}")))?;
-    let headers = header_map(incoming.headers().entries());
+    let headers = crate::convert::header_map(incoming.headers().entries());
     let body = incoming
         .consume()
         .map_err(|()| fail("the response body was already taken".into()))?;

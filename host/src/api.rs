@@ -193,6 +193,12 @@ impl DeployContext {
     }
 }
 
+fn no_content() -> Reply {
+    let mut response = Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = StatusCode::NO_CONTENT;
+    response
+}
+
 fn unauthorized() -> Reply {
     let mut response = error(
         StatusCode::UNAUTHORIZED,
@@ -358,10 +364,7 @@ async fn delete_tenant(name: String, token: Option<String>, ctx: &Arc<DeployCont
         return reply;
     }
     let _ = ctx.publish().await;
-    Response::builder()
-        .status(StatusCode::NO_CONTENT)
-        .body(Full::new(Bytes::new()))
-        .unwrap_or_default()
+    no_content()
 }
 
 async fn list_apps(token: Option<String>, ctx: &Arc<DeployContext>) -> Reply {
@@ -451,10 +454,7 @@ async fn delete_app(app: String, token: Option<String>, ctx: &Arc<DeployContext>
         return reply;
     }
     let _ = ctx.publish().await;
-    Response::builder()
-        .status(StatusCode::NO_CONTENT)
-        .body(Full::new(Bytes::new()))
-        .unwrap_or_default()
+    no_content()
 }
 
 /// Settings of a deploy as query parameters: `route=/prefix` or `route=host/prefix`

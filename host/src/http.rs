@@ -313,11 +313,9 @@ fn content_length(req: &Request<Incoming>) -> Option<u64> {
 /// differently than the route table does: refused rather than guessed at.
 fn has_dot_segments(path: &str) -> bool {
     path.split('/').any(|segment| {
-        let lower = segment.to_ascii_lowercase();
-        matches!(
-            lower.as_str(),
-            "." | ".." | "%2e" | "%2e%2e" | ".%2e" | "%2e."
-        )
+        [".", "..", "%2e", "%2e%2e", ".%2e", "%2e."]
+            .iter()
+            .any(|dots| segment.eq_ignore_ascii_case(dots))
     })
 }
 
