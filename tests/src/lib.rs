@@ -437,14 +437,24 @@ impl Running {
         pred: impl Fn(f64) -> bool,
         timeout: Duration,
     ) -> Option<f64> {
+        let scrape = self
+            .wait_for_metrics(|m| m.get(series).is_some_and(&pred), timeout)
+            .await;
+        scrape.get(series)
+    }
+
+    /// Waits for one scrape of `/metrics` that satisfies `pred`, for conditions over
+    /// several series that must hold at the same moment; returns the last scrape.
+    pub async fn wait_for_metrics(
+        &self,
+        pred: impl Fn(&Metrics) -> bool,
+        timeout: Duration,
+    ) -> Metrics {
         let deadline = Instant::now() + timeout;
         loop {
-            let value = self.metric(series).await;
-            if value.is_some_and(&pred) {
-                return value;
-            }
-            if Instant::now() >= deadline {
-                return value;
+            let metrics = self.metrics().await;
+            if pred(&metrics) || Instant::now() >= deadline {
+                return metrics;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
