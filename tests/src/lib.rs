@@ -76,6 +76,8 @@ pub fn temp_dir(name: &str) -> PathBuf {
 pub struct Server {
     component: Option<String>,
     args: Vec<String>,
+    /// A command the binary runs under (`unshare ...`), its path and arguments last.
+    wrapper: Vec<String>,
 }
 
 impl Server {
@@ -84,6 +86,7 @@ impl Server {
         Server {
             component: Some(component.to_string()),
             args: Vec::new(),
+            wrapper: Vec::new(),
         }
     }
 
@@ -92,6 +95,7 @@ impl Server {
         Server {
             component: None,
             args: vec![format!("--data-dir={}", data_dir.display())],
+            wrapper: Vec::new(),
         }
     }
 
@@ -108,6 +112,13 @@ impl Server {
         self
     }
 
+    /// Runs the binary under `command` (which must end by exec'ing its last
+    /// arguments, so that the server keeps the child's pid).
+    pub fn wrapped_in(mut self, command: &[&str]) -> Server {
+        self.wrapper = command.iter().map(|c| c.to_string()).collect();
+        self
+    }
+
     /// Starts the binary and waits until it prints `listening on http://ADDR`. One
     /// worker process unless the test asks for `--workers`.
     pub async fn start(mut self) -> Running {
@@ -115,7 +126,15 @@ impl Server {
             self.args.push("--workers=1".into());
         }
         self.default_admin_listener();
-        let mut child = Command::new(binary())
+        let mut command = match self.wrapper.split_first() {
+            None => Command::new(binary()),
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(binary());
+                command
+            }
+        };
+        let mut child = command
             .arg("serve")
             .arg("--listen=127.0.0.1:0")
             .args(&self.args)
@@ -289,6 +308,37 @@ impl HttpClient {
             body,
             elapsed: start.elapsed(),
         })
+    }
+}
+
+impl HttpClient {
+    /// GET `path` and read the body frame by frame without keeping it; `progress` is
+    /// called with the bytes read so far after every frame. Returns the status and the
+    /// body's length: for bodies too large to hold.
+    pub async fn get_counting(
+        &self,
+        path: &str,
+        mut progress: impl FnMut(u64),
+    ) -> Result<(StatusCode, u64), String> {
+        let req = Request::get(format!("http://{}{path}", self.addr))
+            .body(Full::new(Bytes::new()))
+            .expect("a valid request");
+        let response = self
+            .client
+            .request(req)
+            .await
+            .map_err(|e| format!("{e:?}"))?;
+        let status = response.status();
+        let mut body = response.into_body();
+        let mut read = 0u64;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| format!("after {read} bytes: {e:?}"))?;
+            if let Some(data) = frame.data_ref() {
+                read += data.len() as u64;
+                progress(read);
+            }
+        }
+        Ok((status, read))
     }
 }
 
@@ -545,6 +595,16 @@ impl Running {
         None
     }
 
+    /// Lines where the host itself panicked (a guest's own panic message, which the
+    /// host logs as guest output, is not one).
+    pub fn host_panics(&self) -> Vec<String> {
+        self.log()
+            .lines()
+            .filter(|l| l.contains("panicked") && !l.contains("wasmloop::guest"))
+            .map(str::to_string)
+            .collect()
+    }
+
     /// The master's worker processes (its children), from /proc.
     pub fn worker_pids(&self) -> Vec<u32> {
         let pid = self.pid();
@@ -579,6 +639,27 @@ impl Running {
     /// Resident memory of the worker processes together, in bytes (from /proc).
     pub fn rss_bytes(&self) -> u64 {
         self.worker_pids().iter().map(|&pid| rss_of(pid)).sum()
+    }
+
+    /// OS threads of the worker processes together (from /proc).
+    pub fn worker_threads(&self) -> usize {
+        self.worker_pids()
+            .iter()
+            .map(|pid| std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count()))
+            .sum()
+    }
+
+    /// Open file descriptors of the master and its workers together (from /proc).
+    pub fn open_fds(&self) -> usize {
+        std::iter::once(self.pid())
+            .chain(self.worker_pids())
+            .map(|pid| std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count()))
+            .sum()
+    }
+
+    /// Resident memory of the master and its workers together, in bytes.
+    pub fn total_rss_bytes(&self) -> u64 {
+        rss_of(self.pid()) + self.rss_bytes()
     }
 }
 
