@@ -88,10 +88,14 @@ fn deploy_error(e: DeployError) -> Reply {
         DeployError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
         DeployError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
         DeployError::Storage(e) => {
+            // The log gets the whole chain; the tenant the cause, not the server's paths.
             tracing::error!("deploy: {e:#}");
             return error(
                 StatusCode::INTERNAL_SERVER_ERROR,
-                format!("the server could not store the upload: {e:#}"),
+                format!(
+                    "the server could not store the upload ({}); nothing was stored or changed",
+                    e.root_cause()
+                ),
             );
         }
     };
@@ -119,6 +123,8 @@ impl DeployContext {
             compile: CompileLimits {
                 timeout: config.compile_timeout,
                 max_memory: config.compile_max_memory,
+                guest_fuel: config.fuel,
+                guest_max_memory: config.max_memory,
             },
             events,
             applied,

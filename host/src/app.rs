@@ -163,8 +163,8 @@ impl Defaults {
 }
 
 impl App {
-    /// Loads, checks and links the component a single-file `serve` names.
-    /// Blocks (reads and compiles): call it before the loop runs.
+    /// Loads, checks, links and once instantiates the component a single-file `serve`
+    /// names. Blocks (reads and compiles): call it before the loop runs.
     pub fn from_file(engine: &Engine, path: &Path, defaults: &Defaults) -> anyhow::Result<App> {
         let handler = component::load(engine, path, defaults.mode)?;
         tracing::info!(
@@ -183,6 +183,8 @@ impl App {
             allow_outbound: defaults.allow_outbound.clone().into(),
             vars: Arc::new(defaults.vars.iter().cloned().collect()),
         };
+        component::try_instantiate(engine, &handler, &limits)
+            .with_context(|| format!("{} cannot serve requests", path.display()))?;
         Ok(App {
             name,
             tenant: None,

@@ -4,10 +4,12 @@
 //! The mode comes from the type of the export, not its name: a `handle` that is a
 //! component-model `async func` (wasi:http 0.3 `handler`) runs on the loop, a sync one
 //! (wasi:http 0.2 `incoming-handler`) on the pool. Everything that can be wrong with a
-//! file is found here, at start-up, with a message that says what it is.
+//! file is found here, at start-up, with a message that says what it is; a deploy
+//! also instantiates it once ([`try_instantiate`]) to find one that cannot start.
 
 use std::fmt;
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
 use wasmtime::Engine;
@@ -16,7 +18,8 @@ use wasmtime::component::{Component, InstancePre, Linker};
 use wasmtime_wasi_http::{p2, p3};
 
 use crate::config::ModeChoice;
-use crate::sandbox::Sandbox;
+use crate::error::RequestError;
+use crate::sandbox::{Limits, Sandbox};
 
 /// Where a handler's requests run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -170,6 +173,36 @@ pub fn prepare(
         mode,
         pre,
     })
+}
+
+/// Instantiates a prepared handler once, in a fresh store under `limits`, and drops
+/// it: a component that traps, runs out of fuel or memory while it starts (a start
+/// function, a static initializer) fails here, at deploy time, instead of on every
+/// request. No handler is called. Blocks: for `wasmloop compile`, never the loop.
+pub fn try_instantiate(engine: &Engine, handler: &Handler, limits: &Limits) -> anyhow::Result<()> {
+    let app: Arc<str> = "deploy-check".into();
+    let mut store = Sandbox::store(engine, limits, &app, "deploy-check")?;
+    // Nothing advances the epoch in the compiler: fuel bounds the work, and the
+    // compiler's own timeout the wall-clock time.
+    store.set_epoch_deadline(u64::MAX);
+    let started = match &handler.pre {
+        HandlerPre::ProxySync(pre) => pre.instantiate(&mut store).map(drop),
+        HandlerPre::ProxyAsync(pre) => in_runtime(pre.instantiate_async(&mut store)).map(drop),
+        HandlerPre::Service(pre) => in_runtime(pre.instantiate_async(&mut store)).map(drop),
+    };
+    started.map_err(|e| {
+        let cause = RequestError::from_guest(e, store.data().memory_refused(), false);
+        anyhow::anyhow!("the component fails while it is instantiated, before any request: {cause}")
+    })
+}
+
+/// Drives an async instantiation on a current-thread runtime of its own; async WASI
+/// host functions a start function may call need one.
+fn in_runtime<T>(future: impl Future<Output = wasmtime::Result<T>>) -> wasmtime::Result<T> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(future)
 }
 
 /// The linker for stores driven by async entry points: WASI 0.2 (what Rust's std

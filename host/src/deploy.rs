@@ -130,11 +130,15 @@ pub struct Compiled {
     pub artifact_sha256: String,
 }
 
-/// Bounds on one compilation.
+/// Bounds on one compilation, and on the trial instantiation that follows it.
 #[derive(Debug, Clone, Copy)]
 pub struct CompileLimits {
     pub timeout: Duration,
     pub max_memory: u64,
+    /// The server's `--fuel` and `--max-memory`: the most any request may use, so
+    /// the most a component may use to start.
+    pub guest_fuel: u64,
+    pub guest_max_memory: u64,
 }
 
 /// Exit codes of `wasmloop compile`, telling the master which status to answer.
@@ -157,6 +161,8 @@ pub async fn compile(
         .arg(artifact)
         .arg(format!("--mode={}", mode_arg(mode)))
         .arg(format!("--max-memory={}", limits.max_memory))
+        .arg(format!("--guest-fuel={}", limits.guest_fuel))
+        .arg(format!("--guest-max-memory={}", limits.guest_max_memory))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -210,22 +216,33 @@ pub struct CompileArgs {
     /// Address-space limit for this process, in bytes.
     #[arg(long)]
     pub max_memory: u64,
+    /// Fuel the trial instantiation may burn.
+    #[arg(long)]
+    pub guest_fuel: u64,
+    /// Linear memory the trial instantiation may reach, in bytes.
+    #[arg(long)]
+    pub guest_max_memory: u64,
 }
 
-/// `wasmloop compile`: validates, compiles, classifies and links one component, writes
-/// its artifact and prints a [`Compiled`] report. Exits 10 for an invalid component,
-/// 11 for one wasmloop cannot serve.
+/// `wasmloop compile`: validates, compiles, classifies and links one component,
+/// instantiates it once, writes its artifact and prints a [`Compiled`] report. Exits
+/// 10 for an invalid component, 11 for one wasmloop cannot serve.
 #[expect(
     clippy::disallowed_methods,
     reason = "a one-shot child process, no event loop"
 )]
 pub fn run_compile(args: &CompileArgs) -> std::process::ExitCode {
-    use nix::sys::resource::{Resource, setrlimit};
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
     let fail = |code: i32, message: String| {
         eprintln!("error: {message}");
         std::process::ExitCode::from(code as u8)
     };
-    if let Err(e) = setrlimit(Resource::RLIMIT_AS, args.max_memory, args.max_memory) {
+    // Only the soft limit: the trial instantiation below lifts it again.
+    let hard = match getrlimit(Resource::RLIMIT_AS) {
+        Ok((_, hard)) => hard,
+        Err(e) => return fail(1, format!("failed to read the memory limit: {e}")),
+    };
+    if let Err(e) = setrlimit(Resource::RLIMIT_AS, args.max_memory.min(hard), hard) {
         return fail(1, format!("failed to cap the compiler's memory: {e}"));
     }
     let bytes = match std::fs::read(&args.component) {
@@ -254,6 +271,22 @@ pub fn run_compile(args: &CompileArgs) -> std::process::ExitCode {
         Ok(handler) => handler,
         Err(e) => return fail(EXIT_UNPROCESSABLE, format!("{e:#}")),
     };
+    // The address-space cap is for Cranelift. An instance reserves more address space
+    // than that for its linear memory (4 GiB plus guards, mostly never touched); what
+    // it may really use is bounded by the store's memory limiter and fuel below, and
+    // its time by the master's timeout on this process.
+    if let Err(e) = setrlimit(Resource::RLIMIT_AS, hard, hard) {
+        return fail(1, format!("failed to lift the compiler's memory cap: {e}"));
+    }
+    let trial = crate::sandbox::Limits {
+        fuel: args.guest_fuel,
+        max_memory: usize::try_from(args.guest_max_memory).unwrap_or(usize::MAX),
+        allow_outbound: Vec::new().into(),
+        vars: Default::default(),
+    };
+    if let Err(e) = component::try_instantiate(&engine, &handler, &trial) {
+        return fail(EXIT_UNPROCESSABLE, format!("{e:#}"));
+    }
     let artifact = match compiled.serialize() {
         Ok(artifact) => artifact,
         Err(e) => return fail(1, format!("failed to serialize the artifact: {e:#}")),
