@@ -11,6 +11,7 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt as _;
 use http_body_util::combinators::UnsyncBoxBody;
 use tokio::sync::mpsc;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 /// Errors a response body can end with.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -26,21 +27,31 @@ pub fn full(bytes: impl Into<Bytes>) -> ResponseBody {
 }
 
 /// The request body handed to a guest. It ends with `HttpRequestBodySize` once more
-/// than `limit` bytes arrived and raises a flag the server reads to answer 413.
+/// than `limit` bytes arrived and raises a flag the server reads to answer 413. It
+/// ends with `ConnectionTerminated` once `stop` is cancelled (the request's deadline
+/// passed or its client left), so a guest waiting on a slow upload is woken rather
+/// than kept, with its pool thread, for as long as the client dribbles.
 pub struct RequestBody {
     inner: hyper::body::Incoming,
     remaining: u64,
     limit: u64,
     exceeded: Arc<AtomicBool>,
+    stop: Pin<Box<WaitForCancellationFutureOwned>>,
 }
 
 impl RequestBody {
-    pub fn new(inner: hyper::body::Incoming, limit: u64, exceeded: Arc<AtomicBool>) -> Self {
+    pub fn new(
+        inner: hyper::body::Incoming,
+        limit: u64,
+        exceeded: Arc<AtomicBool>,
+        stop: CancellationToken,
+    ) -> Self {
         RequestBody {
             inner,
             remaining: limit,
             limit,
             exceeded,
+            stop: Box::pin(stop.cancelled_owned()),
         }
     }
 }
@@ -53,6 +64,9 @@ impl Body for RequestBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if self.stop.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Some(Err(wasmtime_wasi_http::Error::ConnectionTerminated)));
+        }
         let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
         Poll::Ready(match frame {
             None => None,

@@ -211,14 +211,20 @@ impl Server {
             Ok(req) => req,
             Err(cause) => return Ok(log.finish_with(plain(StatusCode::BAD_REQUEST, cause))),
         };
-        let too_large = Arc::new(AtomicBool::new(false));
-        let req = req.map(|b| RequestBody::new(b, self.front.max_body, too_large.clone()));
-
         let ctx = RunContext {
             id: log.id.clone(),
             deadline: start + app.timeout,
             cancel: CancellationToken::new(),
         };
+        let too_large = Arc::new(AtomicBool::new(false));
+        let req = req.map(|b| {
+            RequestBody::new(
+                b,
+                self.front.max_body,
+                too_large.clone(),
+                ctx.cancel.clone(),
+            )
+        });
         // Dropping the guard (the client left, or the body is done) cancels the run.
         let cancel_on_drop = ctx.cancel.clone().drop_guard();
         let (reply, pending) = outcome::channel();

@@ -30,7 +30,7 @@ use crate::component::HandlerPre;
 use crate::error::RequestError;
 use crate::metrics::Recorder;
 use crate::outcome::{Head, Outcome, Reply, RunContext};
-use crate::sandbox::Sandbox;
+use crate::sandbox::{Sandbox, StopWaiting};
 
 /// One request waiting for, or running on, a pool thread.
 pub struct Job {
@@ -235,6 +235,10 @@ fn call(
     };
     let deadline = ctx.deadline;
     let cancel = ctx.cancel.clone();
+    store.data_mut().stop_waiting = Some(StopWaiting {
+        deadline,
+        cancel: cancel.clone(),
+    });
     store.epoch_deadline_callback(move |_| {
         if cancel.is_cancelled() || Instant::now() >= deadline {
             Err(wasmtime::Trap::Interrupt.into())

@@ -6,16 +6,26 @@
 //! `memory_limit` rather than a trap), and the request's fuel. How the store is then
 //! driven (preempted on the loop, or under a trapping deadline on the pool) is left
 //! to `loop_exec` and `pool`.
+//!
+//! One thing the pool needs from here: the epoch deadline only interrupts WebAssembly
+//! code, and a sync guest blocked in `wasi:io/poll` (a sleep, a wait for an outbound
+//! response) would hold its pool thread long after its request was answered.
+//! [`bound_blocking_polls`] makes those waits end at the request's deadline, or when
+//! its client leaves, with the same trap.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::guest_output::GuestOutput;
 use crate::metrics::LiveInstance;
-use wasmtime::component::ResourceTable;
-use wasmtime::{Engine, ResourceLimiter, Store};
+use tokio_util::sync::CancellationToken;
+use wasmtime::component::{Linker, Resource, ResourceTable};
+use wasmtime::{Engine, ResourceLimiter, Store, StoreContextMut, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_config::{WasiConfig, WasiConfigVariables};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
+use wasmtime_wasi_io::bindings::wasi::io::poll as async_poll;
+use wasmtime_wasi_io::poll::DynPollable;
 
 /// The limits every request's store runs under.
 #[derive(Clone)]
@@ -40,7 +50,28 @@ pub struct Sandbox {
     vars: Arc<WasiConfigVariables>,
     /// Times the guest was made to yield at an epoch tick.
     pub forced_yields: u64,
+    /// When blocking waits must end (pool stores; see [`bound_blocking_polls`]).
+    pub stop_waiting: Option<StopWaiting>,
     _live: LiveInstance,
+}
+
+/// When a request's blocking host calls must give up: its deadline, or its client
+/// gone (the token is cancelled).
+#[derive(Clone)]
+pub struct StopWaiting {
+    pub deadline: Instant,
+    pub cancel: CancellationToken,
+}
+
+impl StopWaiting {
+    /// Resolves with the trap to raise, at the deadline or when the client leaves.
+    async fn reached(self) -> wasmtime::Error {
+        tokio::select! {
+            () = tokio::time::sleep_until(self.deadline.into()) => {}
+            () = self.cancel.cancelled() => {}
+        }
+        Trap::Interrupt.into()
+    }
 }
 
 impl Sandbox {
@@ -72,6 +103,7 @@ impl Sandbox {
             },
             vars: limits.vars.clone(),
             forced_yields: 0,
+            stop_waiting: None,
             _live: LiveInstance::new(),
         };
         let mut store = Store::new(engine, sandbox);
@@ -108,6 +140,56 @@ impl WasiHttpView for Sandbox {
             hooks: &mut self.outbound,
         }
     }
+}
+
+/// The `wasi:io/poll` interface the sync WASI linker defines (0.2.x imports of any
+/// patch release resolve to it).
+const WASI_IO_POLL: &str = "wasi:io/poll@0.2.12";
+
+/// Replaces `wasi:io/poll`'s `poll` and `pollable.block` in a sync linker with the
+/// same waits, ended by the store's [`StopWaiting`] with [`Trap::Interrupt`] (which
+/// the pool reports as `timeout`, or the client gone). Every blocking wait of a sync
+/// guest that the WASI 0.2 APIs build on a pollable ends up here: clock sleeps,
+/// waiting for an outbound response, `subscribe` then `block` on a stream.
+pub fn bound_blocking_polls(linker: &mut Linker<Sandbox>) -> anyhow::Result<()> {
+    linker.allow_shadowing(true);
+    let mut poll = linker.instance(WASI_IO_POLL)?;
+    poll.func_wrap(
+        "[method]pollable.block",
+        |mut store: StoreContextMut<'_, Sandbox>, (pollable,): (Resource<DynPollable>,)| {
+            let sandbox = store.data_mut();
+            let stop = sandbox.stop_waiting.clone();
+            let table = &mut sandbox.table;
+            wasmtime_wasi::runtime::in_tokio(async move {
+                let Some(stop) = stop else {
+                    return async_poll::HostPollable::block(table, pollable).await;
+                };
+                tokio::select! {
+                    done = async_poll::HostPollable::block(table, pollable) => done,
+                    trap = stop.reached() => Err(trap),
+                }
+            })
+        },
+    )?;
+    poll.func_wrap(
+        "poll",
+        |mut store: StoreContextMut<'_, Sandbox>, (pollables,): (Vec<Resource<DynPollable>>,)| {
+            let sandbox = store.data_mut();
+            let stop = sandbox.stop_waiting.clone();
+            let table = &mut sandbox.table;
+            wasmtime_wasi::runtime::in_tokio(async move {
+                let Some(stop) = stop else {
+                    return async_poll::Host::poll(table, pollables).await.map(|r| (r,));
+                };
+                tokio::select! {
+                    ready = async_poll::Host::poll(table, pollables) => ready.map(|r| (r,)),
+                    trap = stop.reached() => Err(trap),
+                }
+            })
+        },
+    )?;
+    linker.allow_shadowing(false);
+    Ok(())
 }
 
 /// Refuses any grow past `max` with an error (which traps the guest), and notes it.

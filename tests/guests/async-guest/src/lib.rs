@@ -12,6 +12,8 @@
 //! | `/alloc` | allocates until memory runs out |
 //! | `/echo` | answers with the request body |
 //! | `/big?kb=N` | streams N KiB of `x` in 16 KiB chunks |
+//! | `/stream?mb=N` | streams N MiB of `x`, each 64 KiB chunk made when it is written |
+//! | `/recurse` | recurses without end: a stack overflow |
 //! | `/fetch?to=HOST:PORT` | GETs `http://HOST:PORT/upstream` and answers with its body, or 502 and the error |
 
 use wasip3::clocks::monotonic_clock;
@@ -86,6 +88,13 @@ async fn fetch(authority: &str) -> Result<Vec<u8>, String> {
     Ok(body.collect().await)
 }
 
+/// Recursion without a base case, with a frame the optimizer must keep.
+#[expect(unconditional_recursion, reason = "the stack overflow is the point")]
+fn recurse(depth: u64) -> u64 {
+    let frame = std::hint::black_box([depth; 32]);
+    recurse(depth + 1).wrapping_add(frame[depth as usize % 32])
+}
+
 fn work(iterations: u64) -> u64 {
     let mut x: u64 = 1;
     for i in 0..iterations {
@@ -141,6 +150,23 @@ impl wasip3::exports::http::handler::Guest for Handler {
                     .collect();
                 respond(200, chunks)
             }
+            "/stream" => {
+                let mb = query(&path, "mb").unwrap_or(1);
+                let (mut body_tx, body_rx) = wit_stream::new();
+                let (trailers_tx, trailers_rx) = wit_future::new(|| Ok(None));
+                let (response, _sent) = Response::new(Fields::new(), Some(body_rx), trailers_rx);
+                wit_bindgen::spawn(async move {
+                    for _ in 0..mb * 16 {
+                        if !body_tx.write_all(vec![b'x'; 64 << 10]).await.is_empty() {
+                            return; // the reader went away
+                        }
+                    }
+                    drop(body_tx);
+                    drop(trailers_tx);
+                });
+                Ok(response)
+            }
+            "/recurse" => text(200, format!("{}\n", recurse(0))),
             "/fetch" => match fetch(query_str(&path, "to").unwrap_or("")).await {
                 Ok(body) => respond(200, vec![body]),
                 Err(e) => text(502, format!("fetch failed: {e}\n")),

@@ -11,6 +11,8 @@
 //! | `/alloc` | allocates until memory runs out |
 //! | `/echo` | answers with the request body |
 //! | `/big?kb=N` | answers with N KiB of `x` |
+//! | `/stream?mb=N` | streams N MiB of `x`, each 4 KiB write made when it is written |
+//! | `/recurse` | recurses without end: a stack overflow |
 //! | `/fuel?n=N` | runs N iterations of a fixed loop (fuel calibration) |
 //! | `/config?key=K` | the value of configuration variable K (wasi:config), or 404 |
 //! | `/fetch?to=HOST:PORT` | GETs `http://HOST:PORT/upstream` and answers with its body, or 502 and the error |
@@ -112,6 +114,13 @@ fn read_body(req: IncomingRequest) -> Vec<u8> {
     buf
 }
 
+/// Recursion without a base case, with a frame the optimizer must keep.
+#[expect(unconditional_recursion, reason = "the stack overflow is the point")]
+fn recurse(depth: u64) -> u64 {
+    let frame = std::hint::black_box([depth; 32]);
+    recurse(depth + 1).wrapping_add(frame[depth as usize % 32])
+}
+
 /// A loop the optimizer cannot remove, used to burn a known amount of work.
 fn work(iterations: u64) -> u64 {
     let mut x: u64 = 1;
@@ -159,6 +168,22 @@ impl Guest for Handler {
                 let kb = query(&path, "kb").unwrap_or(1024) as usize;
                 respond(out, 200, &vec![b'x'; kb * 1024]);
             }
+            "/stream" => {
+                let mb = query(&path, "mb").unwrap_or(1);
+                let resp = OutgoingResponse::new(Fields::new());
+                let outgoing = resp.body().unwrap();
+                ResponseOutparam::set(out, Ok(resp));
+                let stream = outgoing.write().unwrap();
+                let chunk = [b'x'; 4096];
+                for _ in 0..mb * 256 {
+                    if stream.blocking_write_and_flush(&chunk).is_err() {
+                        return; // the reader went away
+                    }
+                }
+                drop(stream);
+                OutgoingBody::finish(outgoing, None).unwrap();
+            }
+            "/recurse" => respond(out, 200, format!("{}\n", recurse(0)).as_bytes()),
             "/fuel" => {
                 let n = query(&path, "n").unwrap_or(1_000_000);
                 respond(out, 200, format!("{}\n", work(n)).as_bytes());
