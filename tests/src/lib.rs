@@ -649,17 +649,14 @@ impl Running {
             .sum()
     }
 
-    /// Open file descriptors of the master and its workers together (from /proc).
-    pub fn open_fds(&self) -> usize {
-        std::iter::once(self.pid())
-            .chain(self.worker_pids())
-            .map(|pid| std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count()))
-            .sum()
+    /// Open file descriptors of the master (from /proc).
+    pub fn master_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid())).map_or(0, |d| d.count())
     }
 
-    /// Resident memory of the master and its workers together, in bytes.
-    pub fn total_rss_bytes(&self) -> u64 {
-        rss_of(self.pid()) + self.rss_bytes()
+    /// Resident memory of the master, in bytes.
+    pub fn master_rss_bytes(&self) -> u64 {
+        rss_of(self.pid())
     }
 }
 
