@@ -2,8 +2,8 @@
 //! and the response body, streamed from a channel that the guest's driver feeds.
 
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
@@ -226,44 +226,110 @@ impl<B: Body + Unpin, G: Unpin> Body for WithGuard<B, G> {
     }
 }
 
-/// A response body that cancels its request's run when dropped before its end: the
-/// client went away mid-response, so the guest producing it can stop.
+/// A response body that cancels its request's run when dropped before its end (the
+/// client went away mid-response, so the guest producing it can stop), and that the
+/// front door can end from outside with its [`AbortHandle`].
+///
+/// Ending it from outside is for the deadline: hyper stops polling a body while a
+/// client that stopped reading leaves its buffers full, so only dropping the body
+/// from elsewhere reaches a pool guest blocked writing to it. Its write then fails and
+/// its thread is free.
 pub struct CancelOnAbort<B> {
-    inner: B,
-    guard: Option<tokio_util::sync::DropGuard>,
+    shared: Arc<Mutex<Abortable<B>>>,
 }
 
-impl<B> CancelOnAbort<B> {
-    pub fn new(inner: B, guard: tokio_util::sync::DropGuard) -> Self {
-        CancelOnAbort {
-            inner,
-            guard: Some(guard),
-        }
+struct Abortable<B> {
+    inner: Option<B>,
+    guard: Option<tokio_util::sync::DropGuard>,
+    aborted: bool,
+}
+
+/// Ends a [`CancelOnAbort`] body and cancels its run, unless it already ended.
+pub struct AbortHandle<B>(Arc<Mutex<Abortable<B>>>);
+
+impl<B> AbortHandle<B> {
+    pub fn abort(&self) {
+        let (inner, guard) = {
+            let mut shared = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            if shared.inner.is_none() {
+                return;
+            }
+            shared.aborted = true;
+            (shared.inner.take(), shared.guard.take())
+        };
+        // Dropped outside the lock: dropping the body may run the guest's side.
+        drop((inner, guard));
     }
 }
 
-impl<B: Body + Unpin> Body for CancelOnAbort<B> {
+impl<B> CancelOnAbort<B> {
+    pub fn new(inner: B, guard: tokio_util::sync::DropGuard) -> (Self, AbortHandle<B>) {
+        let shared = Arc::new(Mutex::new(Abortable {
+            inner: Some(inner),
+            guard: Some(guard),
+            aborted: false,
+        }));
+        (
+            CancelOnAbort {
+                shared: shared.clone(),
+            },
+            AbortHandle(shared),
+        )
+    }
+}
+
+impl<B> Drop for CancelOnAbort<B> {
+    /// Hyper dropped the body before its end (the client left): end the run. The
+    /// abort handle shares this state, so the guard would not drop with the body.
+    fn drop(&mut self) {
+        let (inner, guard) = {
+            let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+            (shared.inner.take(), shared.guard.take())
+        };
+        drop((inner, guard));
+    }
+}
+
+impl<B> Body for CancelOnAbort<B>
+where
+    B: Body + Unpin,
+    B::Error: From<&'static str>,
+{
     type Data = B::Data;
     type Error = B::Error;
 
     fn poll_frame(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
-        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
-        if frame.is_none()
-            && let Some(guard) = self.guard.take()
-        {
-            guard.disarm();
+        let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(inner) = shared.inner.as_mut() else {
+            return Poll::Ready(
+                shared
+                    .aborted
+                    .then(|| Err("the response ran past its deadline".into())),
+            );
+        };
+        let frame = ready!(Pin::new(inner).poll_frame(cx));
+        if frame.is_none() {
+            shared.inner = None;
+            if let Some(guard) = shared.guard.take() {
+                guard.disarm();
+            }
         }
         Poll::Ready(frame)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        let shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        shared.inner.as_ref().is_none_or(|b| b.is_end_stream()) && !shared.aborted
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        let shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        shared
+            .inner
+            .as_ref()
+            .map_or_else(SizeHint::default, |b| b.size_hint())
     }
 }

@@ -290,11 +290,22 @@ impl Server {
             .insert("x-request-id", header_value(&log.id));
         let status = response.status();
         let (parts, body) = response.into_parts();
-        let body = body::CancelOnAbort::new(body, cancel_on_drop).boxed_unsync();
+        let (body, abort) = body::CancelOnAbort::new(body, cancel_on_drop);
+        let body = body.boxed_unsync();
 
-        // The log line and the in-flight slot wait for the store to be gone.
+        // The log line and the in-flight slot wait for the store to be gone. A run
+        // still going at the deadline has its response cut (see CancelOnAbort).
+        let deadline = ctx.deadline;
         tokio::task::spawn_local(async move {
-            let outcome = pending.done.await.unwrap_or_default();
+            let mut done = pending.done;
+            let outcome = tokio::select! {
+                outcome = &mut done => outcome,
+                () = tokio::time::sleep_until(deadline.into()) => {
+                    abort.abort();
+                    done.await
+                }
+            };
+            let outcome = outcome.unwrap_or_default();
             log.finish(
                 status,
                 &outcome,

@@ -243,6 +243,47 @@ async fn a_client_that_stops_reading_holds_no_more_than_a_window() {
 }
 
 #[tokio::test]
+async fn a_client_that_stops_reading_is_cut_off_at_the_deadline() {
+    for (mode, guest) in BOTH {
+        let server = Server::new(guest)
+            .arg("--timeout=2s")
+            .arg("--threads=1")
+            .start()
+            .await;
+        let mut stream = TcpStream::connect(server.addr).await.unwrap();
+        stream
+            .write_all(b"GET /stream?mb=1024 HTTP/1.1\r\nHost: test\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut read = 0;
+        while read < 1 << 20 {
+            read += stream.read(&mut buf).await.unwrap();
+        }
+        // The connection stays open and nothing more is read. On the pool the guest is
+        // blocked writing; past the deadline its response is cut and its thread freed.
+        released(&server)
+            .await
+            .unwrap_or_else(|m| panic!("{mode}: held by a client that stopped reading:\n{m}"));
+        assert_eq!(server.get("/").await.status, 200, "{mode}");
+        // What the socket buffers still held arrives, then the end: the server closed.
+        let rest = tokio::time::timeout(Duration::from_secs(10), async {
+            let mut total = 0u64;
+            while let Ok(n @ 1..) = stream.read(&mut buf).await {
+                total += n as u64;
+            }
+            total
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{mode}: the connection was not closed"));
+        assert!(
+            read as u64 + rest < 1 << 30,
+            "{mode}: the whole body arrived"
+        );
+    }
+}
+
+#[tokio::test]
 async fn a_wait_that_never_completes_ends_at_the_deadline_and_frees_its_thread() {
     // An hour-long sleep: on the loop an awaited timer, on the pool a blocking wait
     // inside a host call, which the epoch deadline alone cannot interrupt.
