@@ -1,5 +1,5 @@
 //! Soak: a mixed load on two workers for a while, with a worker killed (SIGKILL)
-//! every 5 s and a new version deployed every 3 s. Zero failed requests except those
+//! every 5 s while both run, and a new version deployed every 3 s. Zero failed requests except those
 //! in flight on a killed worker, every deploy answered and applied, no worker exit
 //! the test did not cause, and the master's memory and descriptors flat.
 //!
@@ -102,6 +102,7 @@ async fn mixed_load_with_worker_kills_and_deploys() {
         .collect();
 
     let started = Instant::now();
+    let mut survivors = server.worker_pids();
     let (mut kills, mut deploys) = (0u32, 0u32);
     let (mut next_kill, mut next_deploy) = (Duration::from_secs(5), Duration::from_secs(3));
     let mut samples = Vec::new();
@@ -109,7 +110,12 @@ async fn mixed_load_with_worker_kills_and_deploys() {
     while started.elapsed() < length {
         let now = started.elapsed();
         if now >= next_sample {
-            samples.push((now, server.master_rss_bytes(), server.master_fds()));
+            samples.push((
+                now,
+                server.master_rss_bytes(),
+                server.master_fds(),
+                tally.ok.load(Ordering::Relaxed),
+            ));
             next_sample += Duration::from_secs(1);
         }
         if now >= next_deploy {
@@ -124,9 +130,17 @@ async fn mixed_load_with_worker_kills_and_deploys() {
             next_deploy += Duration::from_secs(3);
         }
         if now >= next_kill {
-            let workers = server.wait_for_workers(2, Duration::from_secs(15));
-            server.signal_pid(workers[kills as usize % 2], "KILL");
-            kills += 1;
+            // Kill only while both workers run, and one that was there at the last
+            // kill (surely booted), so the other keeps serving. Nothing here may
+            // block: the load runs on this same thread.
+            let workers = server.worker_pids();
+            if workers.len() == 2
+                && let Some(&victim) = workers.iter().find(|p| survivors.contains(p))
+            {
+                server.signal_pid(victim, "KILL");
+                kills += 1;
+            }
+            survivors = workers;
             next_kill += Duration::from_secs(5);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -150,6 +164,17 @@ async fn mixed_load_with_worker_kills_and_deploys() {
     );
     let wrong = tally.wrong.lock().unwrap().clone();
     let (first, last) = (samples[0], samples[samples.len() - 1]);
+    // Requests per second in the first and the last third: a server that degrades
+    // (leaks, slows down, lets connections pile up) serves fewer later.
+    let third = samples.len() / 3;
+    let rate = |from: usize, to: usize| {
+        (samples[to].3 - samples[from].3) as f64 / (samples[to].0 - samples[from].0).as_secs_f64()
+    };
+    let (early, late) = (
+        rate(0, third),
+        rate(samples.len() - 1 - third, samples.len() - 1),
+    );
+    eprintln!("soak: {early:.0} requests/s in the first third, {late:.0} in the last");
     eprintln!(
         "soak: {:?}, {ok} requests as expected, {cut} cut on {kills} killed workers, {} wrong, \
          {deploys} deploys; master RSS {} -> {} KiB, descriptors {} -> {}, restarts {restarts:?}",
@@ -161,6 +186,10 @@ async fn mixed_load_with_worker_kills_and_deploys() {
         last.2,
     );
     assert!(wrong.is_empty(), "{wrong:#?}");
+    assert!(
+        late >= early / 3.0,
+        "throughput fell from {early:.0}/s to {late:.0}/s"
+    );
     // Four clients: at most four requests in flight on a worker when it is killed.
     assert!(
         cut <= 4 * u64::from(kills),
