@@ -6,6 +6,7 @@
 //!
 //! - [`worker`]: a worker process and its event loop; accepts connections on the
 //!   inherited listener, serves HTTP/1.1 and HTTP/2 with hyper, reports to the master.
+//! - [`routes`]: which app a request's host and path select.
 //! - [`http`]: the front door; request id, admission control, body limit, the wait
 //!   for the response head under the deadline, error responses, the access log.
 //! - [`loop_exec`]: runs async (wasi:http 0.3) handlers on the loop, preempted at
@@ -15,6 +16,10 @@
 //!   [`guest_output`]: the guest's stdout and stderr, logged with the request id.
 //! - [`outcome`]: what a run hands back: the head, then how it ended.
 //! - [`error`]: why a request failed, and the status code for it.
+//!
+//! Deploys (registry mode): [`api`] (the admin API the master serves), [`deploy`]
+//! (checking, compiling and storing an upload), [`registry`] (tenants, apps, versions
+//! in SQLite), [`client`] (the CLI's side of the API), [`manifest`] (`wasmloop.toml`).
 //!
 //! Observability: [`metrics`] (what workers count and how the master merges it),
 //! [`admin`] (the master's admin listener: `/metrics`, `/doctor`), [`doctor`] (naming
