@@ -71,11 +71,9 @@ fn files_in(dir: &Path) -> Vec<String> {
     names
 }
 
-#[tokio::test]
-async fn a_version_that_cannot_start_is_refused_and_the_old_one_keeps_serving() {
-    let dir = temp_dir("start-trap");
-    let fixtures = temp_dir("start-trap-fixtures");
-    let server = Server::registry(&dir).arg("--fuel=100000000").start().await;
+/// A server with tenant `t` and its app `app` serving `/config/VERSION` = `v1`;
+/// returns the tenant's token.
+async fn serving_v1(server: &Running) -> String {
     let token = server.create_tenant("t", "{}").await;
     let reply = server
         .deploy(
@@ -86,6 +84,52 @@ async fn a_version_that_cannot_start_is_refused_and_the_old_one_keeps_serving() 
         )
         .await;
     assert_eq!(reply.status, 201, "{}", reply.text());
+    token
+}
+
+/// Deploys v2 and checks that storing it failed cleanly: 500 naming `cause` and no
+/// path of the server's, nothing in `data`'s `tmp/`, `components/` as they were, no
+/// version recorded, v1 still serving.
+async fn assert_storing_v2_fails(server: &Running, token: &str, data: &Path, cause: &str) {
+    let components = files_in(&data.join("components"));
+    let reply = server
+        .deploy(
+            token,
+            "app",
+            guests::SDK_ASYNC,
+            "route=/config&var=VERSION=v2",
+        )
+        .await;
+    assert_eq!(reply.status, 500, "{}", reply.text());
+    let message = json(&reply)["error"].as_str().unwrap_or("").to_string();
+    assert!(message.contains(cause), "{message}");
+    assert!(!message.contains('/'), "the server's paths leak: {message}");
+    assert_eq!(files_in(&data.join("tmp")), Vec::<String>::new());
+    assert_eq!(files_in(&data.join("components")), components);
+    assert_eq!(version_count(server, token, "app").await, 1);
+    assert_eq!(server.get("/config/VERSION").await.text(), "v1");
+}
+
+/// Deploys v2 again, which now succeeds and serves.
+async fn assert_v2_deploys(server: &Running, token: &str) {
+    let reply = server
+        .deploy(
+            token,
+            "app",
+            guests::SDK_ASYNC,
+            "route=/config&var=VERSION=v2",
+        )
+        .await;
+    assert_eq!(reply.status, 201, "{}", reply.text());
+    assert_eq!(server.get("/config/VERSION").await.text(), "v2");
+}
+
+#[tokio::test]
+async fn a_version_that_cannot_start_is_refused_and_the_old_one_keeps_serving() {
+    let dir = temp_dir("start-trap");
+    let fixtures = temp_dir("start-trap-fixtures");
+    let server = Server::registry(&dir).arg("--fuel=100000000").start().await;
+    let token = serving_v1(&server).await;
     for (name, start, cause) in [
         ("trap.wasm", "unreachable", "guest trapped"),
         ("spin.wasm", "(loop $l (br $l))", "guest ran out of fuel"),
@@ -174,55 +218,17 @@ async fn a_full_disk_refuses_the_deploy_cleanly_and_serving_goes_on() {
         ])
         .start()
         .await;
-    let token = server.create_tenant("t", "{}").await;
-    let reply = server
-        .deploy(
-            &token,
-            "app",
-            guests::SDK_SYNC,
-            "route=/config&var=VERSION=v1",
-        )
-        .await;
-    assert_eq!(reply.status, 201, "{}", reply.text());
+    let token = serving_v1(&server).await;
 
     // The server's view of its data directory, which only its namespace mounts.
     let inside = PathBuf::from(format!("/proc/{}/root{}", server.pid(), data));
-    let components = files_in(&inside.join("components"));
     let filler = inside.join("filler");
     fill(&filler);
-    let reply = server
-        .deploy(
-            &token,
-            "app",
-            guests::SDK_ASYNC,
-            "route=/config&var=VERSION=v2",
-        )
-        .await;
-    assert_eq!(reply.status, 500, "{}", reply.text());
-    let message = json(&reply)["error"].as_str().unwrap_or("").to_string();
-    assert!(message.contains("No space left on device"), "{message}");
-    assert!(
-        !message.contains(&data),
-        "the server's paths leak: {message}"
-    );
-    // Nothing half-written, nothing recorded, the old version serving.
-    assert_eq!(files_in(&inside.join("tmp")), Vec::<String>::new());
-    assert_eq!(files_in(&inside.join("components")), components);
-    assert_eq!(version_count(&server, &token, "app").await, 1);
-    assert_eq!(server.get("/config/VERSION").await.text(), "v1");
+    assert_storing_v2_fails(&server, &token, &inside, "No space left on device").await;
 
     // Space again: the same deploy goes through.
     std::fs::remove_file(&filler).unwrap();
-    let reply = server
-        .deploy(
-            &token,
-            "app",
-            guests::SDK_ASYNC,
-            "route=/config&var=VERSION=v2",
-        )
-        .await;
-    assert_eq!(reply.status, 201, "{}", reply.text());
-    assert_eq!(server.get("/config/VERSION").await.text(), "v2");
+    assert_v2_deploys(&server, &token).await;
     assert_eq!(server.host_panics(), Vec::<String>::new());
 }
 
@@ -259,50 +265,16 @@ async fn a_data_directory_that_cannot_be_written_refuses_the_deploy_cleanly() {
     // every new file in them fails, as on a read-only file system.
     let dir = temp_dir("read-only");
     let server = Server::registry(&dir).start().await;
-    let token = server.create_tenant("t", "{}").await;
-    let reply = server
-        .deploy(
-            &token,
-            "app",
-            guests::SDK_SYNC,
-            "route=/config&var=VERSION=v1",
-        )
-        .await;
-    assert_eq!(reply.status, 201, "{}", reply.text());
-    let components = files_in(&dir.join("components"));
+    let token = serving_v1(&server).await;
     {
         let _frozen = Immutable::set(vec![
             dir.join("tmp"),
             dir.join("components"),
             dir.join("artifacts"),
         ]);
-        let reply = server
-            .deploy(
-                &token,
-                "app",
-                guests::SDK_ASYNC,
-                "route=/config&var=VERSION=v2",
-            )
-            .await;
-        assert_eq!(reply.status, 500, "{}", reply.text());
-        let message = json(&reply)["error"].as_str().unwrap_or("").to_string();
-        assert!(message.contains("Operation not permitted"), "{message}");
-        assert!(!message.contains(&*dir.to_string_lossy()), "{message}");
-        assert_eq!(files_in(&dir.join("tmp")), Vec::<String>::new());
-        assert_eq!(files_in(&dir.join("components")), components);
-        assert_eq!(version_count(&server, &token, "app").await, 1);
-        assert_eq!(server.get("/config/VERSION").await.text(), "v1");
+        assert_storing_v2_fails(&server, &token, &dir, "Operation not permitted").await;
     }
-    let reply = server
-        .deploy(
-            &token,
-            "app",
-            guests::SDK_ASYNC,
-            "route=/config&var=VERSION=v2",
-        )
-        .await;
-    assert_eq!(reply.status, 201, "{}", reply.text());
-    assert_eq!(server.get("/config/VERSION").await.text(), "v2");
+    assert_v2_deploys(&server, &token).await;
 }
 
 #[tokio::test]

@@ -15,6 +15,12 @@ use wasmloop_tests::{HttpClient, Metrics, Running, Server, guests};
 
 const WAIT: Duration = Duration::from_secs(15);
 const BOTH: [(&str, &str); 2] = [("pool", guests::SYNC_GUEST), ("loop", guests::ASYNC_GUEST)];
+/// A request that never completes in practice, in each mode: on the pool a blocking
+/// hour-long wait inside a host call, on the loop an awaited hour-long timer.
+const NEVER_COMPLETES: [(&str, &str, &str); 2] = [
+    ("pool", guests::SYNC_GUEST, "/sleep?ms=3600000"),
+    ("loop", guests::ASYNC_GUEST, "/hang"),
+];
 
 /// Clients that GET `/` in a loop until stopped; they return every status they saw.
 struct Neighbours {
@@ -285,12 +291,9 @@ async fn a_client_that_stops_reading_is_cut_off_at_the_deadline() {
 
 #[tokio::test]
 async fn a_wait_that_never_completes_ends_at_the_deadline_and_frees_its_thread() {
-    // An hour-long sleep: on the loop an awaited timer, on the pool a blocking wait
-    // inside a host call, which the epoch deadline alone cannot interrupt.
-    for (mode, guest, path) in [
-        ("pool", guests::SYNC_GUEST, "/sleep?ms=3600000"),
-        ("loop", guests::ASYNC_GUEST, "/hang"),
-    ] {
+    // The pool's wait is inside a host call, which the epoch deadline alone cannot
+    // interrupt.
+    for (mode, guest, path) in NEVER_COMPLETES {
         let server = Server::new(guest)
             .arg("--timeout=1s")
             .arg("--threads=2")
@@ -314,10 +317,7 @@ async fn a_wait_that_never_completes_ends_at_the_deadline_and_frees_its_thread()
 
 #[tokio::test]
 async fn a_thousand_never_completing_requests_end_and_leave_nothing_behind() {
-    for (mode, guest, path) in [
-        ("pool", guests::SYNC_GUEST, "/sleep?ms=3600000"),
-        ("loop", guests::ASYNC_GUEST, "/hang"),
-    ] {
+    for (mode, guest, path) in NEVER_COMPLETES {
         let server = Server::new(guest)
             .arg("--timeout=3s")
             .arg("--limit-concurrency=1100")
