@@ -123,8 +123,10 @@ async fn a_killed_worker_is_replaced_and_the_other_keeps_serving() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (ok, failed, errors) = load.finish().await;
 
+    // Typically well under a second; 3 s leaves room for a loaded 2-core machine and
+    // still fails a replacement that waits for a health check (5 s) or a backoff.
     assert!(
-        replaced_after < Duration::from_secs(1),
+        replaced_after < Duration::from_secs(3),
         "the replacement was ready after {replaced_after:?}"
     );
     assert!(ok > served_before, "requests stopped after the kill");
