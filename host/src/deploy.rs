@@ -204,6 +204,27 @@ fn mode_arg(mode: ModeChoice) -> &'static str {
     }
 }
 
+/// What a deploy checks of an upload's bytes, in order: a component (not a core
+/// module, not something else), valid (not truncated or corrupt), compilable, with a
+/// wasi:http handler export, linking against what the host provides in its mode.
+/// `Invalid` is the uploader's 400, `Unprocessable` their 422. The fuzz target
+/// `upload` runs this on arbitrary bytes.
+pub fn compile_upload(
+    engine: &wasmtime::Engine,
+    bytes: &[u8],
+    mode: ModeChoice,
+) -> Result<(wasmtime::component::Component, component::Handler), DeployError> {
+    component::check_is_component(bytes).map_err(|e| DeployError::Invalid(format!("{e:#}")))?;
+    wasmparser::Validator::new_with_features(wasmparser::WasmFeatures::all())
+        .validate_all(bytes)
+        .map_err(|e| DeployError::Invalid(format!("the component is truncated or corrupt: {e}")))?;
+    let compiled = wasmtime::component::Component::new(engine, bytes)
+        .map_err(|e| DeployError::Unprocessable(format!("compilation failed: {e:#}")))?;
+    let handler = component::prepare(engine, &compiled, mode)
+        .map_err(|e| DeployError::Unprocessable(format!("{e:#}")))?;
+    Ok((compiled, handler))
+}
+
 /// Arguments of the hidden `wasmloop compile`.
 #[derive(Debug, clap::Args)]
 pub struct CompileArgs {
@@ -249,27 +270,14 @@ pub fn run_compile(args: &CompileArgs) -> std::process::ExitCode {
         Ok(bytes) => bytes,
         Err(e) => return fail(1, format!("failed to read the upload: {e}")),
     };
-    if let Err(e) = component::check_is_component(&bytes) {
-        return fail(EXIT_INVALID, format!("{e:#}"));
-    }
-    let mut validator = wasmparser::Validator::new_with_features(wasmparser::WasmFeatures::all());
-    if let Err(e) = validator.validate_all(&bytes) {
-        return fail(
-            EXIT_INVALID,
-            format!("the component is truncated or corrupt: {e}"),
-        );
-    }
     let engine = match engine::build_for_compile() {
         Ok(engine) => engine,
         Err(e) => return fail(1, format!("{e:#}")),
     };
-    let compiled = match wasmtime::component::Component::new(&engine, &bytes) {
-        Ok(compiled) => compiled,
-        Err(e) => return fail(EXIT_UNPROCESSABLE, format!("compilation failed: {e:#}")),
-    };
-    let handler = match component::prepare(&engine, &compiled, args.mode) {
-        Ok(handler) => handler,
-        Err(e) => return fail(EXIT_UNPROCESSABLE, format!("{e:#}")),
+    let (compiled, handler) = match compile_upload(&engine, &bytes, args.mode) {
+        Ok(done) => done,
+        Err(DeployError::Invalid(e)) => return fail(EXIT_INVALID, e),
+        Err(e) => return fail(EXIT_UNPROCESSABLE, e.to_string()),
     };
     // The address-space cap is for Cranelift. An instance reserves more address space
     // than that for its linear memory (4 GiB plus guards, mostly never touched); what

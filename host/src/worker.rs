@@ -377,7 +377,10 @@ pub async fn serve(
     }
 }
 
-fn http_builder(limits: &ConnLimits) -> auto::Builder<LocalExec> {
+/// The HTTP/1.1 and HTTP/2 settings every connection is served with (the fuzz target
+/// `front_door` serves its input with them too). Its connections must run inside a
+/// `LocalSet`: they are spawned with `spawn_local`.
+pub fn http_builder(limits: &ConnLimits) -> auto::Builder<LocalExec> {
     let mut builder = auto::Builder::new(LocalExec);
     builder
         .http1()
@@ -462,7 +465,7 @@ async fn serve_connection(
 
 /// Runs hyper's background tasks (HTTP/2 streams) on the current loop.
 #[derive(Clone, Copy, Debug)]
-struct LocalExec;
+pub struct LocalExec;
 
 impl<F: Future + 'static> hyper::rt::Executor<F> for LocalExec {
     fn execute(&self, fut: F) {
