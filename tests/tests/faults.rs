@@ -281,16 +281,7 @@ async fn a_data_directory_that_cannot_be_written_refuses_the_deploy_cleanly() {
 async fn a_corrupt_cached_artifact_is_detected_and_recompiled() {
     let dir = temp_dir("corrupt-artifact");
     let mut server = Server::registry(&dir).start().await;
-    let token = server.create_tenant("t", "{}").await;
-    let reply = server
-        .deploy(
-            &token,
-            "app",
-            guests::SDK_SYNC,
-            "route=/config&var=VERSION=v1",
-        )
-        .await;
-    assert_eq!(reply.status, 201, "{}", reply.text());
+    serving_v1(&server).await;
     server.signal("TERM");
     assert!(server.wait_exit(Duration::from_secs(15)).is_some());
 

@@ -4,8 +4,8 @@
 //! the test did not cause, and the master's memory and descriptors flat.
 //!
 //! `WASMLOOP_SOAK_SECS` sets the length: 20 s in the suite, 600 s for the run that
-//! docs/reliability.md reports (`WASMLOOP_SOAK_SECS=600 cargo test --workspace
-//! --test soak -- --nocapture`).
+//! docs/reliability.md reports (after `cargo test --workspace --no-run`:
+//! `WASMLOOP_SOAK_SECS=600 cargo test -p wasmloop-tests --test soak -- --nocapture`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
