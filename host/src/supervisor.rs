@@ -266,6 +266,21 @@ impl Master {
                 }
             }
             self.reconcile()?;
+            self.publish_gauges();
+        }
+    }
+
+    /// Copies the master's own gauges to the admin state after every event, so a
+    /// scrape never shows a worker that already served as not serving.
+    fn publish_gauges(&self) {
+        if let Ok(mut admin) = self.admin.lock() {
+            admin.master.workers = self
+                .workers
+                .values()
+                .filter(|w| w.phase == Phase::Serving)
+                .count() as u64;
+            admin.master.workers_target = self.target as u64;
+            admin.master.worker_restarts = self.restarts;
         }
     }
 
@@ -317,6 +332,7 @@ impl Master {
                         >= self.target
                 {
                     self.announced = true;
+                    self.publish_gauges();
                     // The one line scripts wait for, once every worker serves.
                     if let Some(listener) = &self.listener {
                         eprintln!("listening on http://{}", listener.local_addr()?);
@@ -394,13 +410,6 @@ impl Master {
     /// Kills workers whose loop went quiet, and stops on a worker that never booted.
     fn on_tick(&mut self) -> anyhow::Result<()> {
         if let Ok(mut admin) = self.admin.lock() {
-            admin.master.workers = self
-                .workers
-                .values()
-                .filter(|w| w.phase == Phase::Serving)
-                .count() as u64;
-            admin.master.workers_target = self.target as u64;
-            admin.master.worker_restarts = self.restarts;
             admin.sample();
         }
         let timeout = self.config.timeout_worker_healthcheck;
