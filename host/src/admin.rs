@@ -1,5 +1,6 @@
 //! The admin listener, served by the master: `/metrics` (Prometheus text for all
-//! workers), `/doctor` (the doctor's report as JSON) and `/healthz`. It owns the
+//! workers), `/doctor` (the doctor's report as JSON), `/healthz` (every fault, for
+//! people and monitors), `/livez` and `/readyz` (for orchestrators). It owns the
 //! master's metric view, [`AdminState`]: the latest snapshot of every worker and a
 //! minute of history for the doctor's window.
 
@@ -33,6 +34,10 @@ pub struct AdminState {
     pub facts: Facts,
     /// Merged counters, one sample a second, oldest first, covering [`WINDOW`].
     history: VecDeque<(Instant, Counters)>,
+    /// Why the node should not get traffic yet (or any more); `None` when ready.
+    pub not_ready: Option<String>,
+    /// Since when, and why, a shared registry does not answer.
+    pub registry_down: Option<(Instant, String)>,
 }
 
 /// The state shared by the master and the admin connections.
@@ -45,6 +50,8 @@ impl AdminState {
             master,
             facts,
             history: VecDeque::from([(Instant::now(), Counters::default())]),
+            not_ready: Some("starting".into()),
+            registry_down: None,
         }
     }
 
@@ -148,11 +155,43 @@ fn respond(req: &Request<Incoming>, state: &SharedState) -> Response<Full<Bytes>
                 format!("{e}\n"),
             ),
         },
-        "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n".into()),
+        // For orchestrators: alive as long as the master answers at all.
+        "/livez" => reply_text(StatusCode::OK, "ok\n"),
+        // For load balancers: registry loaded and workers serving.
+        "/readyz" => match &state.not_ready {
+            None => reply_text(StatusCode::OK, "ready\n"),
+            Some(why) => reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                format!("not ready: {why}\n"),
+            ),
+        },
+        // For people and monitors: every fault, or ok.
+        "/healthz" => {
+            let mut faults = Vec::new();
+            if let Some(why) = &state.not_ready {
+                faults.push(format!("not ready: {why}"));
+            }
+            if let Some((since, why)) = &state.registry_down {
+                faults.push(format!(
+                    "registry unreachable for {} s (serving what this node has): {why}",
+                    since.elapsed().as_secs()
+                ));
+            }
+            if faults.is_empty() {
+                reply_text(StatusCode::OK, "ok\n")
+            } else {
+                reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    faults.join("\n") + "\n",
+                )
+            }
+        }
         _ => reply(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found: try /metrics, /doctor or /healthz\n".into(),
+            "not found: try /metrics, /doctor, /healthz, /livez or /readyz\n".into(),
         ),
     }
 }

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use bytes::Bytes;
+use futures_util::StreamExt as _;
 use http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt as _, Full, Limited};
@@ -26,8 +27,10 @@ use crate::app::AppFiles;
 use crate::config::{ModeChoice, ServeConfig};
 use crate::deploy::{self, CompileLimits, DataDir, DeployError};
 use crate::engine;
+use crate::pg_registry::PostgresRegistry;
 use crate::registry::{
-    AppSettings, NewVersion, Registry, RegistryError, Route, SqliteRegistry, Tenant, TenantLimits,
+    ActiveApp, AppSettings, NewVersion, Registry, RegistryError, Route, SqliteRegistry, Tenant,
+    TenantLimits,
 };
 use crate::routes::{TableEntry, TableMessage};
 use crate::supervisor::Event;
@@ -49,6 +52,8 @@ pub struct DeployContext {
     generation: std::sync::atomic::AtomicU64,
     /// One change at a time: two deploys must not publish tables out of order.
     publishing: tokio::sync::Mutex<()>,
+    /// What the last published table held, to tell whether a re-read changed it.
+    published: std::sync::Mutex<Option<Vec<ActiveApp>>>,
 }
 
 type Reply = Response<Full<Bytes>>;
@@ -72,6 +77,13 @@ fn registry_error(e: RegistryError) -> Reply {
         RegistryError::NotFound(what) => error(StatusCode::NOT_FOUND, format!("{what} not found")),
         RegistryError::Conflict(message) => error(StatusCode::CONFLICT, message),
         RegistryError::Invalid(message) => error(StatusCode::BAD_REQUEST, message),
+        RegistryError::Unavailable(message) => {
+            tracing::warn!("registry: {message}");
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the registry is unreachable; nothing was changed, try again later (apps already deployed keep serving)",
+            )
+        }
         RegistryError::Storage(e) => {
             tracing::error!("registry: {e:#}");
             error(
@@ -103,7 +115,8 @@ fn deploy_error(e: DeployError) -> Reply {
 }
 
 impl DeployContext {
-    /// Opens the data directory and its registry, and settles the admin token.
+    /// Opens the data directory and its registry, and settles the admin token. A
+    /// shared registry that is down is waited for (it says so in the log). Blocks.
     pub fn open(
         config: &ServeConfig,
         events: mpsc::UnboundedSender<Event>,
@@ -111,7 +124,12 @@ impl DeployContext {
     ) -> anyhow::Result<DeployContext> {
         let data = DataDir::new(config.data_dir.clone());
         data.prepare()?;
-        let registry = Arc::new(SqliteRegistry::open(&config.data_dir)?);
+        let registry: Arc<dyn Registry> = match &config.registry {
+            None => Arc::new(SqliteRegistry::open(&config.data_dir)?),
+            Some(url) => Arc::new(PostgresRegistry::open_waiting(url, || {
+                SqliteRegistry::open(&config.data_dir)
+            })?),
+        };
         let admin_token = admin_token(config)?;
         let engine_key = engine::compatibility_key(&engine::build_for_compile()?);
         Ok(DeployContext {
@@ -130,47 +148,154 @@ impl DeployContext {
             applied,
             generation: std::sync::atomic::AtomicU64::new(1),
             publishing: tokio::sync::Mutex::new(()),
+            published: std::sync::Mutex::new(None),
         })
     }
 
-    /// The table of everything active, as generation `generation`. Blocks.
-    pub fn table(&self, generation: u64) -> anyhow::Result<TableMessage> {
+    /// Whether other nodes change the registry too.
+    pub fn shared(&self) -> bool {
+        self.registry.shared()
+    }
+
+    /// Reads what is active and makes sure this node has each app's component and a
+    /// compiled artifact: a component another node deployed is fetched from the
+    /// shared registry (and its hash checked), an artifact missing for this node's
+    /// engine is compiled in a bounded child, as a deploy would. An app that cannot
+    /// be prepared is left to its worker, which reports why it fails to load.
+    pub async fn load(self: &Arc<Self>, generation: u64) -> anyhow::Result<TableMessage> {
+        let me = self.clone();
+        let active = tokio::task::spawn_blocking(move || me.registry.active())
+            .await
+            .context("the registry task failed")?
+            .map_err(anyhow::Error::from)?;
+        // A node that joins with many apps compiles them a core's worth at a time.
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let versions: Vec<_> = active.iter().map(|a| a.version.clone()).collect();
+        let artifacts: Vec<_> = futures_util::stream::iter(versions)
+            .map(|version| {
+                let me = self.clone();
+                async move { me.prepare(&version).await }
+            })
+            .buffered(cores)
+            .collect()
+            .await;
         let mut apps = Vec::new();
-        for active in self.registry.active().map_err(anyhow::Error::from)? {
-            let sha = &active.version.sha256;
-            let artifact = self
-                .registry
-                .artifact(sha, &self.engine_key)
-                .map_err(anyhow::Error::from)?
-                .map(|hash| (self.data.artifact(sha, &self.engine_key), hash));
+        for (active, artifact) in active.iter().zip(artifacts) {
+            let artifact = match artifact {
+                Ok(artifact) => artifact,
+                Err(e) => {
+                    tracing::error!(app = %active.app, version = active.version.number, "failed to prepare the app on this node: {e:#}");
+                    None
+                }
+            };
             apps.push(TableEntry {
                 files: AppFiles {
-                    component: self.data.component(sha),
+                    component: self.data.component(&active.version.sha256),
                     artifact,
                 },
-                active,
+                active: active.clone(),
             });
+        }
+        if let Ok(mut published) = self.published.lock() {
+            *published = Some(active);
         }
         Ok(TableMessage { generation, apps })
     }
 
+    /// The artifact of `version` for this node (its path and recorded hash),
+    /// fetching the component and compiling it first when needed.
+    async fn prepare(
+        self: &Arc<Self>,
+        version: &crate::registry::Version,
+    ) -> anyhow::Result<Option<(PathBuf, String)>> {
+        let sha = version.sha256.clone();
+        let component = self.data.component(&sha);
+        let artifact = self.data.artifact(&sha, &self.engine_key);
+        let me = self.clone();
+        let (lookup_sha, lookup_component, lookup_artifact) =
+            (sha.clone(), component.clone(), artifact.clone());
+        let recorded = tokio::task::spawn_blocking(move || -> anyhow::Result<Option<String>> {
+            if !lookup_component.exists() {
+                let bytes = me.registry.component(&lookup_sha)?.with_context(|| {
+                    format!("component {lookup_sha} is neither on this node nor in the registry")
+                })?;
+                anyhow::ensure!(
+                    deploy::sha256_hex(&bytes) == lookup_sha,
+                    "the registry's copy of component {lookup_sha} does not match its hash"
+                );
+                deploy::write_durably(&lookup_component, &bytes)?;
+            }
+            let recorded = me.registry.artifact(&lookup_sha, &me.engine_key)?;
+            Ok(recorded.filter(|_| lookup_artifact.exists()))
+        })
+        .await??;
+        if let Some(hash) = recorded {
+            return Ok(Some((artifact, hash)));
+        }
+        let mode = match version.mode.as_str() {
+            "loop" => ModeChoice::Loop,
+            _ => ModeChoice::Pool,
+        };
+        let tmp = self.data.temp_path("artifact");
+        let started = std::time::Instant::now();
+        let compiled = match deploy::compile(&component, &tmp, mode, self.compile).await {
+            Ok(compiled) => compiled,
+            Err(e) => {
+                remove_quietly(vec![tmp]).await;
+                return Err(anyhow::anyhow!("{e}"));
+            }
+        };
+        let me = self.clone();
+        let (artifact_path, artifact_sha) = (artifact.clone(), compiled.artifact_sha256.clone());
+        tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+            std::fs::rename(&tmp, &artifact_path)
+                .context("failed to move the artifact into place")?;
+            me.registry
+                .put_artifact(&sha, &me.engine_key, &artifact_sha)?;
+            Ok(())
+        })
+        .await??;
+        tracing::info!(sha256 = %version.sha256, compile_ms = started.elapsed().as_millis() as u64, "compiled a component for this node");
+        Ok(Some((artifact, compiled.artifact_sha256)))
+    }
+
     /// Publishes the registry's current state and waits until every worker serves it;
-    /// returns whether they all did in time.
+    /// returns whether they all did in time. The caller holds `publishing`.
     async fn publish(self: &Arc<Self>) -> anyhow::Result<bool> {
         let generation = self
             .generation
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
             + 1;
-        let me = self.clone();
-        let table = tokio::task::spawn_blocking(move || me.table(generation))
-            .await
-            .context("the registry task failed")??;
+        let table = self.load(generation).await?;
         self.events
             .send(Event::Publish(table))
             .map_err(|_| anyhow::anyhow!("the master is stopping"))?;
         let mut applied = self.applied.clone();
         let done = tokio::time::timeout(APPLY_WAIT, applied.wait_for(|g| *g >= generation)).await;
         Ok(matches!(done, Ok(Ok(_))))
+    }
+
+    /// Re-reads a shared registry and publishes it if what is active changed since
+    /// the last table (another node deployed, rolled back or deleted).
+    pub async fn sync(self: &Arc<Self>) -> Result<(), RegistryError> {
+        let _one_at_a_time = self.publishing.lock().await;
+        let me = self.clone();
+        let active = tokio::task::spawn_blocking(move || me.registry.active())
+            .await
+            .map_err(|e| RegistryError::Storage(e.into()))??;
+        let unchanged = self
+            .published
+            .lock()
+            .is_ok_and(|published| published.as_ref() == Some(&active));
+        if unchanged {
+            return Ok(());
+        }
+        tracing::info!(
+            apps = active.len(),
+            "the shared registry changed; publishing it"
+        );
+        self.publish().await.map_err(RegistryError::Storage)?;
+        Ok(())
     }
 
     async fn blocking<T: Send + 'static>(
@@ -677,9 +802,9 @@ async fn deploy(
     let sha = deploy::sha256_hex(&bytes);
     let upload = ctx.data.temp_path("upload");
     let artifact_tmp = ctx.data.temp_path("artifact");
-    let (upload_path, bytes_len) = (upload.clone(), bytes.len() as u64);
+    let (upload_path, bytes_len, to_write) = (upload.clone(), bytes.len() as u64, bytes.clone());
     let write =
-        tokio::task::spawn_blocking(move || deploy::write_durably(&upload_path, &bytes)).await;
+        tokio::task::spawn_blocking(move || deploy::write_durably(&upload_path, &to_write)).await;
     if let Err(reply) = flatten(write).map_err(|e| deploy_error(DeployError::Storage(e))) {
         return reply;
     }
@@ -705,6 +830,7 @@ async fn deploy(
         export: compiled.export.clone(),
         mode: compiled.mode.clone(),
         settings,
+        bytes: bytes.clone(),
     };
     let (engine_key, artifact_sha) = (ctx.engine_key.clone(), compiled.artifact_sha256.clone());
     let (tenant_for_call, app_for_call) = (tenant.clone(), app.clone());

@@ -157,6 +157,18 @@ pub struct ServeConfig {
     #[arg(long, env = "WASMLOOP_DATA_DIR", default_value = "wasmloop-data")]
     pub data_dir: PathBuf,
 
+    /// Where the registry lives: unset for SQLite in --data-dir (one node), or a
+    /// PostgreSQL URL (`postgres://user:password@host/db`) shared by several nodes.
+    /// With PostgreSQL the database also holds the components; --data-dir keeps this
+    /// node's compiled artifacts.
+    #[arg(long, env = "WASMLOOP_REGISTRY", conflicts_with_all = ["component", "manifest"])]
+    pub registry: Option<String>,
+
+    /// With a shared registry: how often a node re-reads it even without a
+    /// notification, so one it missed (a dropped connection) is healed.
+    #[arg(long, env = "WASMLOOP_REGISTRY_RECHECK", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub registry_recheck: Duration,
+
     /// Serve the apps of a wasmloop.toml, for local development: no registry, no
     /// deploy API, components compiled by each worker at start.
     #[arg(long, env = "WASMLOOP_MANIFEST", conflicts_with = "component")]
@@ -317,6 +329,14 @@ impl ServeConfig {
         }
         if self.timeout_worker_healthcheck < Duration::from_millis(100) {
             bail!("--timeout-worker-healthcheck must be at least 100ms");
+        }
+        if let Some(url) = &self.registry
+            && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
+        {
+            bail!("--registry must be a PostgreSQL URL (postgres://user:password@host/database)");
+        }
+        if self.registry_recheck < Duration::from_millis(100) {
+            bail!("--registry-recheck must be at least 100ms");
         }
         if self.threads == 0 {
             bail!("--threads must be at least 1");

@@ -19,7 +19,9 @@
 //!
 //! Deploys (registry mode): [`api`] (the admin API the master serves), [`deploy`]
 //! (checking, compiling and storing an upload), [`registry`] (tenants, apps, versions
-//! in SQLite), [`client`] (the CLI's side of the API), [`manifest`] (`wasmloop.toml`).
+//! in SQLite), [`pg_registry`] (the same in PostgreSQL, shared by several nodes),
+//! [`follow`] (keeping a node in step with a shared registry), [`client`] (the CLI's
+//! side of the API), [`manifest`] (`wasmloop.toml`).
 //!
 //! Observability: [`metrics`] (what workers count and how the master merges it),
 //! [`admin`] (the master's admin listener: `/metrics`, `/doctor`), [`doctor`] (naming
@@ -41,12 +43,14 @@ pub mod deploy;
 pub mod doctor;
 pub mod engine;
 pub mod error;
+pub mod follow;
 pub mod guest_output;
 pub mod http;
 pub mod loop_exec;
 pub mod manifest;
 pub mod metrics;
 pub mod outcome;
+pub mod pg_registry;
 pub mod pool;
 pub mod registry;
 pub mod routes;

@@ -339,6 +339,10 @@ pub struct MasterFacts {
     pub workers_target: u64,
     pub worker_restarts: u64,
     pub cores: u64,
+    /// Whether the registry answers (an embedded one always does).
+    pub registry_up: bool,
+    /// Times a shared registry stopped answering.
+    pub registry_outages: u64,
 }
 
 impl Aggregate {
@@ -632,6 +636,18 @@ impl Collector for Exposition {
             "wasmloop_worker_restarts",
             "Workers that died or hung and were replaced.",
             one(m.worker_restarts as f64),
+        )?;
+        Self::gauge(
+            &mut e,
+            "wasmloop_registry_up",
+            "1 while the registry answers; 0 while a shared registry is unreachable (the node serves what it has).",
+            one(u64::from(m.registry_up) as f64),
+        )?;
+        Self::counter(
+            &mut e,
+            "wasmloop_registry_outages",
+            "Times the shared registry stopped answering.",
+            one(m.registry_outages as f64),
         )?;
         Self::gauge(
             &mut e,

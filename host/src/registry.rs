@@ -1,9 +1,10 @@
 //! The registry: tenants, their tokens, apps, versions, active routes and cached
 //! artifacts. [`Registry`] is the interface the admin API and the master use;
-//! [`SqliteRegistry`] keeps it in SQLite inside the data directory (another backend
-//! can sit behind the same trait). Every call is one transaction: a refused call
-//! changes nothing. Component bytes live beside the database, by content hash
-//! (`deploy.rs`); the registry only records the hash.
+//! [`SqliteRegistry`] keeps it in SQLite inside the data directory (the embedded
+//! default), [`crate::pg_registry`] in PostgreSQL for several nodes. Every call is
+//! one transaction: a refused call changes nothing. With SQLite, component bytes live
+//! beside the database, by content hash (`deploy.rs`), and the registry only records
+//! the hash; a shared registry keeps the bytes too.
 //!
 //! Calls block on file I/O: the master runs them on a blocking thread, never on its
 //! event loop.
@@ -28,6 +29,9 @@ pub enum RegistryError {
     Conflict(String),
     #[error("{0}")]
     Invalid(String),
+    /// The registry's database does not answer (a shared registry that is down).
+    #[error("{0}")]
+    Unavailable(String),
     #[error(transparent)]
     Storage(#[from] anyhow::Error),
 }
@@ -107,6 +111,8 @@ pub struct NewVersion {
     /// `loop` or `pool`: where it runs.
     pub mode: String,
     pub settings: AppSettings,
+    /// The component itself, for a registry that keeps the bytes.
+    pub bytes: bytes::Bytes,
 }
 
 /// One version of an app.
@@ -164,6 +170,15 @@ pub trait Registry: Send + Sync {
     /// The recorded hash of the cached artifact of `sha256` for `engine`.
     fn artifact(&self, sha256: &str, engine: &str) -> Result<Option<String>>;
     fn put_artifact(&self, sha256: &str, engine: &str, artifact_sha256: &str) -> Result<()>;
+    /// The bytes of component `sha256`, for a registry that keeps them (a shared
+    /// one); `None` when it does not.
+    fn component(&self, _sha256: &str) -> Result<Option<Vec<u8>>> {
+        Ok(None)
+    }
+    /// Whether other nodes change this registry too (so this node must follow it).
+    fn shared(&self) -> bool {
+        false
+    }
 }
 
 /// The registry in `DATA_DIR/registry.sqlite3`.
@@ -214,14 +229,14 @@ CREATE TABLE IF NOT EXISTS artifacts (
 );
 ";
 
-fn now() -> u64 {
+pub(crate) fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
 }
 
 /// A fresh token: `wlt_<tenant id>_<64 hex digits of randomness>`.
-fn new_token(tenant_id: i64) -> anyhow::Result<(String, Vec<u8>)> {
+pub(crate) fn new_token(tenant_id: i64) -> anyhow::Result<(String, Vec<u8>)> {
     let mut secret = [0u8; 32];
     getrandom::fill(&mut secret).map_err(|e| anyhow::anyhow!("no randomness for a token: {e}"))?;
     let secret = hex::encode(secret);
@@ -230,9 +245,17 @@ fn new_token(tenant_id: i64) -> anyhow::Result<(String, Vec<u8>)> {
 }
 
 /// The `&str` a route's host is stored as: `*` for any host.
-fn host_key(host: &Option<String>) -> String {
+pub(crate) fn host_key(host: &Option<String>) -> String {
     host.as_deref()
         .map_or_else(|| "*".to_string(), str::to_ascii_lowercase)
+}
+
+/// A token's tenant id and secret, when it has the shape of a token.
+pub(crate) fn parse_token(token: &str) -> Option<(i64, &str)> {
+    token
+        .strip_prefix("wlt_")
+        .and_then(|rest| rest.split_once('_'))
+        .and_then(|(id, secret)| Some((id.parse::<i64>().ok()?, secret)))
 }
 
 impl SqliteRegistry {
@@ -382,11 +405,7 @@ impl Registry for SqliteRegistry {
     }
 
     fn authenticate(&self, token: &str) -> Result<Option<Tenant>> {
-        let Some((id, secret)) = token
-            .strip_prefix("wlt_")
-            .and_then(|rest| rest.split_once('_'))
-            .and_then(|(id, secret)| Some((id.parse::<i64>().ok()?, secret)))
-        else {
+        let Some((id, secret)) = parse_token(token) else {
             return Ok(None);
         };
         let presented = Sha256::digest(secret.as_bytes());
@@ -680,6 +699,7 @@ mod tests {
             size: 10,
             export: "wasi:http/handler@0.3.0".into(),
             mode: "loop".into(),
+            bytes: bytes::Bytes::new(),
             settings: AppSettings {
                 routes: routes
                     .iter()

@@ -31,7 +31,9 @@ use crate::admin::{self, AdminState, SharedState};
 use crate::api::DeployContext;
 use crate::config::{AdminListen, ServeConfig};
 use crate::doctor;
+use crate::follow;
 use crate::metrics::{MasterFacts, Snapshot};
+use crate::registry::RegistryError;
 use crate::routes::TableMessage;
 use crate::telemetry;
 
@@ -95,7 +97,7 @@ pub fn run(config: ServeConfig) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("failed to start the master's event loop")?;
-    runtime.block_on(Master::new(config)?.run())
+    runtime.block_on(async { Master::new(config).await?.run().await })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -156,7 +158,7 @@ struct Master {
 }
 
 impl Master {
-    fn new(config: ServeConfig) -> anyhow::Result<Master> {
+    async fn new(config: ServeConfig) -> anyhow::Result<Master> {
         let mut worker_args: Vec<_> = std::env::args_os().skip(1).collect();
         match worker_args.first_mut() {
             Some(arg) if arg == "serve" => *arg = "worker".into(),
@@ -184,6 +186,7 @@ impl Master {
             },
             MasterFacts {
                 cores,
+                registry_up: true,
                 ..MasterFacts::default()
             },
         )));
@@ -193,9 +196,17 @@ impl Master {
             (Some(_), _) => (None, None),
             (None, Some(path)) => (Some(table_line(&manifest_table(path)?)?), None),
             (None, None) => {
-                let deploys =
-                    Arc::new(DeployContext::open(&config, events_tx.clone(), applied_rx)?);
-                let table = deploys.table(1).context("failed to read the registry")?;
+                // Opening a shared registry waits while its database is down.
+                let (opening, events) = (config.clone(), events_tx.clone());
+                let deploys = tokio::task::spawn_blocking(move || {
+                    DeployContext::open(&opening, events, applied_rx)
+                })
+                .await??;
+                let deploys = Arc::new(deploys);
+                let table = deploys
+                    .load(1)
+                    .await
+                    .context("failed to read the registry")?;
                 (Some(table_line(&table)?), Some(deploys))
             }
         };
@@ -239,6 +250,9 @@ impl Master {
                 self.deploys.clone(),
             ));
         }
+        if let (Some(deploys), Some(url)) = (&self.deploys, &self.config.registry) {
+            follow_registry(url, self.config.registry_recheck, &self.admin, deploys)?;
+        }
         tracing::info!(workers = self.target, "master starting");
         for _ in 0..self.target {
             self.spawn()?;
@@ -274,11 +288,22 @@ impl Master {
     /// scrape never shows a worker that already served as not serving.
     fn publish_gauges(&self) {
         if let Ok(mut admin) = self.admin.lock() {
-            admin.master.workers = self
+            let serving = self
                 .workers
                 .values()
                 .filter(|w| w.phase == Phase::Serving)
-                .count() as u64;
+                .count();
+            admin.not_ready = if !self.announced {
+                Some(format!(
+                    "starting: {serving} of {} workers serve",
+                    self.target
+                ))
+            } else if serving == 0 {
+                Some("no worker serves".into())
+            } else {
+                None
+            };
+            admin.master.workers = serving as u64;
             admin.master.workers_target = self.target as u64;
             admin.master.worker_restarts = self.restarts;
         }
@@ -576,6 +601,9 @@ impl Master {
     /// TERM/INT: workers stop accepting and finish what they hold, then exit 0.
     async fn stop_gracefully(mut self, why: &str) -> anyhow::Result<()> {
         tracing::info!(workers = self.workers.len(), "{why}: graceful stop");
+        if let Ok(mut admin) = self.admin.lock() {
+            admin.not_ready = Some("stopping".into());
+        }
         let pids: Vec<u32> = self.workers.keys().copied().collect();
         for pid in pids {
             self.drain(pid);
@@ -622,6 +650,30 @@ impl Master {
 }
 
 /// Binds the shared listening socket with `--backlog`.
+/// Keeps this node in step with a shared registry: a listener thread wakes a task on
+/// the master's loop, which re-reads the registry and publishes what changed.
+fn follow_registry(
+    url: &str,
+    recheck: Duration,
+    admin: &SharedState,
+    deploys: &Arc<DeployContext>,
+) -> anyhow::Result<()> {
+    let (wake_tx, mut wake) = mpsc::unbounded_channel();
+    follow::spawn_listener(url, recheck, admin.clone(), wake_tx)?;
+    let (admin, deploys) = (admin.clone(), deploys.clone());
+    tokio::spawn(async move {
+        while wake.recv().await.is_some() {
+            while wake.try_recv().is_ok() {}
+            match deploys.sync().await {
+                Ok(()) => {}
+                Err(RegistryError::Unavailable(why)) => follow::mark_down(&admin, &why),
+                Err(e) => tracing::error!("failed to follow the registry: {e:#}"),
+            }
+        }
+    });
+    Ok(())
+}
+
 fn bind(config: &ServeConfig) -> anyhow::Result<std::net::TcpListener> {
     use socket2::{Domain, Socket, Type};
     let addr = config.listen;

@@ -1,0 +1,645 @@
+//! The registry on PostgreSQL (`--registry postgres://...`), for several nodes that
+//! share one registry. Tenants, tokens, apps, versions, routes and the component
+//! bytes (`bytea`) live in the database; every change that alters what is served
+//! sends `NOTIFY wasmloop_changes` in its transaction, which [`crate::follow`] turns
+//! into a re-read on every node. Compiled artifacts stay per node: their records are
+//! kept by a [`SqliteRegistry`] in the node's data directory.
+//!
+//! Schema migrations are numbered, applied at start in one transaction under an
+//! advisory lock (nodes starting together apply each once), and recorded in
+//! `wasmloop_schema`. A database newer than this binary is refused.
+//!
+//! Calls block on the network: the master runs them on blocking threads. A lost
+//! connection makes the call fail as [`RegistryError::Unavailable`] and is
+//! reopened by the next call.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use postgres::error::SqlState;
+use postgres::{Client, GenericClient, NoTls, Row};
+use sha2::{Digest as _, Sha256};
+use subtle::ConstantTimeEq as _;
+
+use crate::registry::{
+    ActiveApp, AppInfo, NewVersion, Registry, RegistryError, Result, Route, SqliteRegistry, Tenant,
+    TenantLimits, Version, check_name, check_route, host_key, new_token, now, parse_token,
+};
+
+/// The channel every change is announced on.
+pub const CHANNEL: &str = "wasmloop_changes";
+
+/// How long opening a connection may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Serializes migrations across nodes (`pg_advisory_xact_lock`); any fixed number.
+const MIGRATION_LOCK: i64 = 0x7761_736d_6c6f_6f70;
+
+/// The schema, one entry per version; never edit a released entry, add one.
+const MIGRATIONS: &[&str] = &["
+CREATE TABLE tenants (
+    id BIGSERIAL PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    token_hash BYTEA NOT NULL,
+    limits TEXT NOT NULL,
+    created_at BIGINT NOT NULL
+);
+CREATE TABLE apps (
+    id BIGSERIAL PRIMARY KEY,
+    tenant_id BIGINT NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    active_version BIGINT,
+    created_at BIGINT NOT NULL,
+    UNIQUE (tenant_id, name)
+);
+CREATE TABLE components (
+    sha256 TEXT PRIMARY KEY,
+    bytes BYTEA NOT NULL,
+    created_at BIGINT NOT NULL
+);
+CREATE TABLE versions (
+    app_id BIGINT NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
+    number BIGINT NOT NULL,
+    sha256 TEXT NOT NULL REFERENCES components(sha256),
+    size BIGINT NOT NULL,
+    export TEXT NOT NULL,
+    mode TEXT NOT NULL,
+    settings TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    PRIMARY KEY (app_id, number)
+);
+CREATE TABLE routes (
+    host TEXT NOT NULL,
+    prefix TEXT NOT NULL,
+    app_id BIGINT NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
+    PRIMARY KEY (host, prefix)
+);
+"];
+
+impl From<postgres::Error> for RegistryError {
+    fn from(e: postgres::Error) -> Self {
+        if unreachable(&e) {
+            RegistryError::Unavailable(format!("the registry database is unreachable: {e}"))
+        } else if e.code() == Some(&SqlState::UNIQUE_VIOLATION)
+            || e.code() == Some(&SqlState::T_R_SERIALIZATION_FAILURE)
+        {
+            RegistryError::Conflict(
+                "another change to the same names or routes was made at the same time; try again"
+                    .into(),
+            )
+        } else {
+            RegistryError::Storage(anyhow::Error::from(e).context("registry database error"))
+        }
+    }
+}
+
+/// Whether `e` means the database did not answer (or is shutting down or starting
+/// up), as opposed to answering no: connection exceptions (SQLSTATE class 08) and
+/// operator interventions (class 57, such as `admin_shutdown` and
+/// `cannot_connect_now`).
+fn unreachable(e: &postgres::Error) -> bool {
+    let code = e.code().map(SqlState::code).unwrap_or("");
+    e.is_closed() || e.as_db_error().is_none() || code.starts_with("08") || code.starts_with("57")
+}
+
+/// The registry in a PostgreSQL database shared by every node.
+pub struct PostgresRegistry {
+    config: postgres::Config,
+    /// The URL without its password, for messages.
+    shown: String,
+    client: Mutex<Option<Client>>,
+    /// This node's artifact records.
+    local: SqliteRegistry,
+}
+
+/// `url` with any password replaced by `***`, for logs and errors.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        // key=value form: drop the password's value.
+        return url
+            .split_whitespace()
+            .map(|kv| {
+                if kv.starts_with("password=") {
+                    "password=***"
+                } else {
+                    kv
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(" ");
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _password)) => format!("{scheme}://{user}:***@{host}{path}"),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
+}
+
+/// Opens a connection to the database `config` names.
+pub fn connect(config: &postgres::Config) -> std::result::Result<Client, postgres::Error> {
+    let mut config = config.clone();
+    config.connect_timeout(CONNECT_TIMEOUT);
+    config.connect(NoTls)
+}
+
+/// Parses a `postgres://` URL (or key=value string) into a connection config.
+pub fn parse(url: &str) -> anyhow::Result<postgres::Config> {
+    url.parse::<postgres::Config>()
+        .with_context(|| format!("--registry {} is not a PostgreSQL URL", redact(url)))
+}
+
+impl PostgresRegistry {
+    /// Connects to `url` and applies the migrations this database lacks; the
+    /// artifact records stay in `local`. Fails when the database is unreachable:
+    /// the caller decides whether to wait ([`PostgresRegistry::open_waiting`]).
+    pub fn open(url: &str, local: SqliteRegistry) -> anyhow::Result<PostgresRegistry> {
+        let config = parse(url)?;
+        let shown = redact(url);
+        let mut client = connect(&config)
+            .with_context(|| format!("failed to connect to the registry at {shown}"))?;
+        migrate(&mut client)
+            .with_context(|| format!("failed to migrate the registry at {shown}"))?;
+        Ok(PostgresRegistry {
+            config,
+            shown,
+            client: Mutex::new(Some(client)),
+            local,
+        })
+    }
+
+    /// Like [`PostgresRegistry::open`], but waits for a database that is down,
+    /// saying so every time it retries. Other failures (a bad URL, a refused
+    /// password, a database newer than this binary) end the wait.
+    pub fn open_waiting(
+        url: &str,
+        local: impl Fn() -> anyhow::Result<SqliteRegistry>,
+    ) -> anyhow::Result<PostgresRegistry> {
+        let mut delay = Duration::from_millis(500);
+        loop {
+            match PostgresRegistry::open(url, local()?) {
+                Ok(registry) => return Ok(registry),
+                Err(e) if is_unreachable(&e) => {
+                    tracing::warn!(
+                        "waiting for the registry at {}: {}; not serving until it answers (retrying in {} ms)",
+                        redact(url),
+                        e.root_cause(),
+                        delay.as_millis()
+                    );
+                    #[expect(
+                        clippy::disallowed_methods,
+                        reason = "a blocking thread, at start-up"
+                    )]
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Runs `f` on the connection. A kept connection is checked first (one empty
+    /// query) and replaced when the database restarted since it was opened, so a
+    /// call after an outage succeeds rather than failing on a dead connection. A call
+    /// that finds the database gone drops the connection for the next to reopen.
+    fn with<T>(&self, f: impl FnOnce(&mut Client) -> Result<T>) -> Result<T> {
+        let mut slot = self.client.lock().map_err(|_| {
+            RegistryError::Storage(anyhow::anyhow!("the registry lock is poisoned"))
+        })?;
+        if slot
+            .as_mut()
+            .is_none_or(|c| c.is_valid(CONNECT_TIMEOUT).is_err())
+        {
+            *slot = None;
+            let client = connect(&self.config).map_err(|e| {
+                RegistryError::Unavailable(format!(
+                    "the registry database at {} is unreachable: {e}",
+                    self.shown
+                ))
+            })?;
+            *slot = Some(client);
+        }
+        let client = slot.as_mut().expect("a connection was just opened");
+        let result = f(client);
+        if matches!(result, Err(RegistryError::Unavailable(_))) {
+            *slot = None;
+        }
+        result
+    }
+
+    fn app_id(db: &mut impl GenericClient, tenant: &Tenant, app: &str) -> Result<i64> {
+        db.query_opt(
+            "SELECT id FROM apps WHERE tenant_id = $1 AND name = $2",
+            &[&tenant.id, &app],
+        )?
+        .map(|r| r.get(0))
+        .ok_or_else(|| RegistryError::NotFound(format!("app {app:?}")))
+    }
+
+    fn read_version(row: &Row, active: Option<i64>) -> Version {
+        let number: i64 = row.get("number");
+        let settings: String = row.get("settings");
+        Version {
+            number: number as u64,
+            sha256: row.get("sha256"),
+            size: row.get::<_, i64>("size") as u64,
+            export: row.get("export"),
+            mode: row.get("mode"),
+            settings: serde_json::from_str(&settings).unwrap_or_default(),
+            created_at: row.get::<_, i64>("created_at") as u64,
+            active: active == Some(number),
+        }
+    }
+
+    fn tenant_from_row(row: &Row) -> Tenant {
+        let limits: String = row.get("limits");
+        Tenant {
+            id: row.get("id"),
+            name: row.get("name"),
+            limits: serde_json::from_str(&limits).unwrap_or_default(),
+            created_at: row.get::<_, i64>("created_at") as u64,
+        }
+    }
+
+    /// Replaces `app_id`'s routes; a route another app holds is a conflict.
+    fn claim_routes(tx: &mut impl GenericClient, app_id: i64, routes: &[Route]) -> Result<()> {
+        tx.execute("DELETE FROM routes WHERE app_id = $1", &[&app_id])?;
+        for route in routes {
+            let host = host_key(&route.host);
+            let inserted = tx.execute(
+                "INSERT INTO routes (host, prefix, app_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                &[&host, &route.prefix, &app_id],
+            )?;
+            if inserted == 0 {
+                return Err(RegistryError::Conflict(format!(
+                    "the route {host}{} already belongs to another app",
+                    route.prefix
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Announces a change to every node, when the transaction commits.
+    fn notify(tx: &mut impl GenericClient) -> Result<()> {
+        tx.execute("SELECT pg_notify($1, '')", &[&CHANNEL])?;
+        Ok(())
+    }
+
+    /// Drops component bytes no version refers to. Best effort: a deploy that
+    /// refers to them at the same moment wins (the foreign key refuses the delete).
+    fn collect_garbage(&self) {
+        let swept = self.with(|db| {
+            Ok(db.execute(
+                "DELETE FROM components c WHERE NOT EXISTS (SELECT 1 FROM versions v WHERE v.sha256 = c.sha256)",
+                &[],
+            )?)
+        });
+        if let Err(e) = swept {
+            tracing::debug!("registry: component clean-up deferred: {e}");
+        }
+    }
+}
+
+/// Whether `e` (from [`PostgresRegistry::open`]) means the database did not answer.
+fn is_unreachable(e: &anyhow::Error) -> bool {
+    e.chain()
+        .filter_map(|c| c.downcast_ref::<postgres::Error>())
+        .any(unreachable)
+}
+
+/// Applies the migrations `client`'s database lacks, under an advisory lock.
+fn migrate(client: &mut Client) -> anyhow::Result<()> {
+    let mut tx = client.transaction()?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
+    // "already exists, skipping" is not news.
+    tx.batch_execute("SET LOCAL client_min_messages = warning")?;
+    tx.batch_execute("CREATE TABLE IF NOT EXISTS wasmloop_schema (version INTEGER NOT NULL)")?;
+    let current: i32 = match tx.query_opt("SELECT version FROM wasmloop_schema", &[])? {
+        Some(row) => row.get(0),
+        None => {
+            tx.execute("INSERT INTO wasmloop_schema (version) VALUES (0)", &[])?;
+            0
+        }
+    };
+    let known = MIGRATIONS.len() as i32;
+    anyhow::ensure!(
+        current <= known,
+        "the registry has schema version {current}, newer than this wasmloop knows ({known}); upgrade wasmloop"
+    );
+    for (i, migration) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        tx.batch_execute(migration)
+            .with_context(|| format!("migration {} failed", i + 1))?;
+        tracing::info!(version = i + 1, "registry schema migrated");
+    }
+    tx.execute("UPDATE wasmloop_schema SET version = $1", &[&known])?;
+    tx.commit()?;
+    Ok(())
+}
+
+impl Registry for PostgresRegistry {
+    fn create_tenant(&self, name: &str, limits: &TenantLimits) -> Result<(Tenant, String)> {
+        check_name("tenant", name)?;
+        let limits_json = serde_json::to_string(limits).map_err(anyhow::Error::from)?;
+        self.with(|db| {
+            let mut tx = db.transaction()?;
+            let created_at = now();
+            let row = tx.query_opt(
+                "INSERT INTO tenants (name, token_hash, limits, created_at) VALUES ($1, '', $2, $3)
+                 ON CONFLICT (name) DO NOTHING RETURNING id",
+                &[&name, &limits_json, &(created_at as i64)],
+            )?;
+            let Some(row) = row else {
+                return Err(RegistryError::Conflict(format!(
+                    "tenant {name:?} already exists"
+                )));
+            };
+            let id: i64 = row.get(0);
+            let (token, hash) = new_token(id)?;
+            tx.execute(
+                "UPDATE tenants SET token_hash = $1 WHERE id = $2",
+                &[&hash, &id],
+            )?;
+            tx.commit()?;
+            Ok((
+                Tenant {
+                    id,
+                    name: name.to_string(),
+                    limits: limits.clone(),
+                    created_at,
+                },
+                token,
+            ))
+        })
+    }
+
+    fn tenants(&self) -> Result<Vec<Tenant>> {
+        self.with(|db| {
+            let rows = db.query("SELECT * FROM tenants ORDER BY name", &[])?;
+            Ok(rows.iter().map(Self::tenant_from_row).collect())
+        })
+    }
+
+    fn delete_tenant(&self, name: &str) -> Result<()> {
+        self.with(|db| {
+            let mut tx = db.transaction()?;
+            if tx.execute("DELETE FROM tenants WHERE name = $1", &[&name])? == 0 {
+                return Err(RegistryError::NotFound(format!("tenant {name:?}")));
+            }
+            Self::notify(&mut tx)?;
+            tx.commit()?;
+            Ok(())
+        })?;
+        self.collect_garbage();
+        Ok(())
+    }
+
+    fn authenticate(&self, token: &str) -> Result<Option<Tenant>> {
+        let Some((id, secret)) = parse_token(token) else {
+            return Ok(None);
+        };
+        let presented = Sha256::digest(secret.as_bytes());
+        self.with(|db| {
+            let row = db.query_opt("SELECT * FROM tenants WHERE id = $1", &[&id])?;
+            Ok(row.and_then(|row| {
+                let stored: Vec<u8> = row.get("token_hash");
+                bool::from(stored.as_slice().ct_eq(presented.as_slice()))
+                    .then(|| Self::tenant_from_row(&row))
+            }))
+        })
+    }
+
+    fn apps(&self, tenant: &Tenant) -> Result<Vec<AppInfo>> {
+        self.with(|db| {
+            let rows = db.query(
+                "SELECT a.id, a.name, a.active_version, (SELECT COUNT(*) FROM versions v WHERE v.app_id = a.id)
+                 FROM apps a WHERE a.tenant_id = $1 ORDER BY a.name",
+                &[&tenant.id],
+            )?;
+            let mut apps = Vec::new();
+            for row in rows {
+                let id: i64 = row.get(0);
+                let routes = db
+                    .query(
+                        "SELECT host, prefix FROM routes WHERE app_id = $1 ORDER BY host, prefix",
+                        &[&id],
+                    )?
+                    .iter()
+                    .map(|r| {
+                        let host: String = r.get(0);
+                        Route {
+                            host: (host != "*").then_some(host),
+                            prefix: r.get(1),
+                        }
+                    })
+                    .collect();
+                apps.push(AppInfo {
+                    name: row.get(1),
+                    tenant: tenant.name.clone(),
+                    active_version: row.get::<_, Option<i64>>(2).map(|v| v as u64),
+                    versions: row.get::<_, i64>(3) as u64,
+                    routes,
+                });
+            }
+            Ok(apps)
+        })
+    }
+
+    fn versions(&self, tenant: &Tenant, app: &str) -> Result<Vec<Version>> {
+        self.with(|db| {
+            let app_id = Self::app_id(db, tenant, app)?;
+            let active: Option<i64> = db
+                .query_one("SELECT active_version FROM apps WHERE id = $1", &[&app_id])?
+                .get(0);
+            let rows = db.query(
+                "SELECT * FROM versions WHERE app_id = $1 ORDER BY number",
+                &[&app_id],
+            )?;
+            Ok(rows.iter().map(|r| Self::read_version(r, active)).collect())
+        })
+    }
+
+    fn add_version(&self, tenant: &Tenant, app: &str, version: NewVersion) -> Result<Version> {
+        check_name("app", app)?;
+        for route in &version.settings.routes {
+            check_route(route)?;
+        }
+        let settings = serde_json::to_string(&version.settings).map_err(anyhow::Error::from)?;
+        let bytes: &Bytes = &version.bytes;
+        self.with(|db| {
+            let mut tx = db.transaction()?;
+            let created_at = now() as i64;
+            tx.execute(
+                "INSERT INTO components (sha256, bytes, created_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                &[&version.sha256, &bytes.as_ref(), &created_at],
+            )?;
+            tx.execute(
+                "INSERT INTO apps (tenant_id, name, created_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                &[&tenant.id, &app, &created_at],
+            )?;
+            // The app's row lock orders concurrent deploys of one app.
+            let app_id: i64 = tx
+                .query_one(
+                    "SELECT id FROM apps WHERE tenant_id = $1 AND name = $2 FOR UPDATE",
+                    &[&tenant.id, &app],
+                )?
+                .get(0);
+            let number: i64 = tx
+                .query_one(
+                    "SELECT COALESCE(MAX(number), 0) + 1 FROM versions WHERE app_id = $1",
+                    &[&app_id],
+                )?
+                .get(0);
+            tx.execute(
+                "INSERT INTO versions (app_id, number, sha256, size, export, mode, settings, created_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                &[
+                    &app_id,
+                    &number,
+                    &version.sha256,
+                    &(version.size as i64),
+                    &version.export,
+                    &version.mode,
+                    &settings,
+                    &created_at,
+                ],
+            )?;
+            Self::claim_routes(&mut tx, app_id, &version.settings.routes)?;
+            tx.execute(
+                "UPDATE apps SET active_version = $1 WHERE id = $2",
+                &[&number, &app_id],
+            )?;
+            Self::notify(&mut tx)?;
+            tx.commit()?;
+            Ok(Version {
+                number: number as u64,
+                sha256: version.sha256.clone(),
+                size: version.size,
+                export: version.export.clone(),
+                mode: version.mode.clone(),
+                settings: version.settings.clone(),
+                created_at: created_at as u64,
+                active: true,
+            })
+        })
+    }
+
+    fn activate(&self, tenant: &Tenant, app: &str, number: u64) -> Result<Version> {
+        self.with(|db| {
+            let mut tx = db.transaction()?;
+            let app_id: i64 = tx
+                .query_opt(
+                    "SELECT id FROM apps WHERE tenant_id = $1 AND name = $2 FOR UPDATE",
+                    &[&tenant.id, &app],
+                )?
+                .map(|r| r.get(0))
+                .ok_or_else(|| RegistryError::NotFound(format!("app {app:?}")))?;
+            let version = tx
+                .query_opt(
+                    "SELECT * FROM versions WHERE app_id = $1 AND number = $2",
+                    &[&app_id, &(number as i64)],
+                )?
+                .map(|row| Self::read_version(&row, Some(number as i64)))
+                .ok_or_else(|| RegistryError::NotFound(format!("version {number} of {app:?}")))?;
+            Self::claim_routes(&mut tx, app_id, &version.settings.routes)?;
+            tx.execute(
+                "UPDATE apps SET active_version = $1 WHERE id = $2",
+                &[&(number as i64), &app_id],
+            )?;
+            Self::notify(&mut tx)?;
+            tx.commit()?;
+            Ok(version)
+        })
+    }
+
+    fn delete_app(&self, tenant: &Tenant, app: &str) -> Result<()> {
+        self.with(|db| {
+            let mut tx = db.transaction()?;
+            let app_id = Self::app_id(&mut tx, tenant, app)?;
+            tx.execute("DELETE FROM apps WHERE id = $1", &[&app_id])?;
+            Self::notify(&mut tx)?;
+            tx.commit()?;
+            Ok(())
+        })?;
+        self.collect_garbage();
+        Ok(())
+    }
+
+    fn active(&self) -> Result<Vec<ActiveApp>> {
+        self.with(|db| {
+            let rows = db.query(
+                "SELECT t.name AS tenant, t.limits AS tenant_limits, a.name AS app, v.*
+                 FROM apps a JOIN tenants t ON t.id = a.tenant_id
+                 JOIN versions v ON v.app_id = a.id AND v.number = a.active_version
+                 ORDER BY t.name, a.name",
+                &[],
+            )?;
+            Ok(rows
+                .iter()
+                .map(|row| {
+                    let limits: String = row.get("tenant_limits");
+                    let number: i64 = row.get("number");
+                    ActiveApp {
+                        tenant: row.get("tenant"),
+                        tenant_limits: serde_json::from_str(&limits).unwrap_or_default(),
+                        app: row.get("app"),
+                        version: Self::read_version(row, Some(number)),
+                    }
+                })
+                .collect())
+        })
+    }
+
+    fn referenced_components(&self) -> Result<Vec<String>> {
+        self.with(|db| {
+            let rows = db.query("SELECT DISTINCT sha256 FROM versions", &[])?;
+            Ok(rows.iter().map(|r| r.get(0)).collect())
+        })
+    }
+
+    fn component(&self, sha256: &str) -> Result<Option<Vec<u8>>> {
+        self.with(|db| {
+            Ok(db
+                .query_opt("SELECT bytes FROM components WHERE sha256 = $1", &[&sha256])?
+                .map(|r| r.get(0)))
+        })
+    }
+
+    fn artifact(&self, sha256: &str, engine: &str) -> Result<Option<String>> {
+        self.local.artifact(sha256, engine)
+    }
+
+    fn put_artifact(&self, sha256: &str, engine: &str, artifact_sha256: &str) -> Result<()> {
+        self.local.put_artifact(sha256, engine, artifact_sha256)
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_reach_messages() {
+        assert_eq!(
+            redact("postgres://wl:s3cret@db.internal:5432/wasmloop"),
+            "postgres://wl:***@db.internal:5432/wasmloop"
+        );
+        assert_eq!(redact("postgres://db/wasmloop"), "postgres://db/wasmloop");
+        assert_eq!(
+            redact("postgres://wl@db/wasmloop"),
+            "postgres://wl@db/wasmloop"
+        );
+        assert_eq!(
+            redact("host=db user=wl password=s3cret"),
+            "host=db user=wl password=***"
+        );
+    }
+}
