@@ -160,8 +160,10 @@ impl DeployContext {
     /// Reads what is active and makes sure this node has each app's component and a
     /// compiled artifact: a component another node deployed is fetched from the
     /// shared registry (and its hash checked), an artifact missing for this node's
-    /// engine is compiled in a bounded child, as a deploy would. An app that cannot
-    /// be prepared is left to its worker, which reports why it fails to load.
+    /// engine is compiled in a bounded child, as a deploy would. An app whose
+    /// component a shared registry could not hand over fails the whole load (the
+    /// caller keeps its old table); one that does not compile is left to its worker,
+    /// which reports why it fails to load.
     pub async fn load(self: &Arc<Self>, generation: u64) -> anyhow::Result<TableMessage> {
         let me = self.clone();
         let active = tokio::task::spawn_blocking(move || me.registry.active())
@@ -183,6 +185,19 @@ impl DeployContext {
         for (active, artifact) in active.iter().zip(artifacts) {
             let artifact = match artifact {
                 Ok(artifact) => artifact,
+                // Publishing a table whose component this node could not fetch would
+                // make its workers drop the app: keep the old table and retry.
+                Err(e)
+                    if self.registry.shared()
+                        && !tokio::fs::try_exists(self.data.component(&active.version.sha256))
+                            .await
+                            .unwrap_or(false) =>
+                {
+                    return Err(e.context(format!(
+                        "app {}/{} version {} is not on this node yet",
+                        active.tenant, active.app, active.version.number
+                    )));
+                }
                 Err(e) => {
                     tracing::error!(app = %active.app, version = active.version.number, "failed to prepare the app on this node: {e:#}");
                     None

@@ -203,10 +203,17 @@ impl Master {
                 })
                 .await??;
                 let deploys = Arc::new(deploys);
-                let table = deploys
-                    .load(1)
-                    .await
-                    .context("failed to read the registry")?;
+                let table = loop {
+                    match deploys.load(1).await {
+                        Ok(table) => break table,
+                        // The database went away between reading and fetching.
+                        Err(e) if deploys.shared() => {
+                            tracing::warn!("waiting for the registry: {e:#}; retrying in 1 s");
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                        Err(e) => return Err(e.context("failed to read the registry")),
+                    }
+                };
                 (Some(table_line(&table)?), Some(deploys))
             }
         };
