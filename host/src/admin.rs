@@ -6,7 +6,7 @@
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -92,9 +92,32 @@ impl AdminState {
     }
 }
 
+/// The deploy API, for a server that serves a registry: empty until the registry
+/// is open (a node waiting for its database answers `/v1` with 503 meanwhile).
+#[derive(Clone, Default)]
+pub struct ApiSlot {
+    registry_mode: bool,
+    api: Arc<OnceLock<Arc<DeployContext>>>,
+}
+
+impl ApiSlot {
+    /// A slot for a server with a registry, to be filled by [`ApiSlot::open`].
+    pub fn registry() -> ApiSlot {
+        ApiSlot {
+            registry_mode: true,
+            api: Arc::default(),
+        }
+    }
+
+    /// The registry is open: serve the API.
+    pub fn open(&self, api: Arc<DeployContext>) {
+        let _ = self.api.set(api);
+    }
+}
+
 /// Serves the admin endpoints until the task is dropped; the `/v1` API too when the
-/// server serves a data directory.
-pub async fn serve(listener: TcpListener, state: SharedState, api: Option<Arc<DeployContext>>) {
+/// server serves a registry.
+pub async fn serve(listener: TcpListener, state: SharedState, api: ApiSlot) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
@@ -105,9 +128,13 @@ pub async fn serve(listener: TcpListener, state: SharedState, api: Option<Arc<De
                 let (state, api) = (state.clone(), api.clone());
                 async move {
                     if req.uri().path().starts_with("/v1/") {
-                        let reply = match &api {
-                            Some(api) => crate::api::handle(req, api).await,
-                            None => None,
+                        let reply = match (api.api.get(), api.registry_mode) {
+                            (Some(api), _) => crate::api::handle(req, api).await,
+                            (None, true) => Some(reply_text(
+                                StatusCode::SERVICE_UNAVAILABLE,
+                                "the server is waiting for its registry; try again shortly\n",
+                            )),
+                            (None, false) => None,
                         };
                         return Ok::<_, Infallible>(reply.unwrap_or_else(|| {
                             reply_text(

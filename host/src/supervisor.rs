@@ -27,7 +27,7 @@ use tokio::sync::mpsc;
 
 use std::sync::{Arc, Mutex};
 
-use crate::admin::{self, AdminState, SharedState};
+use crate::admin::{self, AdminState, ApiSlot, SharedState};
 use crate::api::DeployContext;
 use crate::config::{AdminListen, ServeConfig};
 use crate::doctor;
@@ -147,8 +147,7 @@ struct Master {
     respawn_at: Option<Instant>,
     restarts: u64,
     announced: bool,
-    /// The admin listener until `run` serves it, and what it shows.
-    admin_listener: Option<std::net::TcpListener>,
+    /// What the admin listener shows.
     admin: SharedState,
     /// In registry mode: the table every worker must serve, as a stdin line.
     table: Option<String>,
@@ -190,6 +189,25 @@ impl Master {
                 ..MasterFacts::default()
             },
         )));
+        let registry_mode = config.component.is_none() && config.manifest.is_none();
+        let api = if registry_mode {
+            ApiSlot::registry()
+        } else {
+            ApiSlot::default()
+        };
+        // The admin listener answers from the start: /livez and /readyz while a node
+        // waits for its registry, /v1 once it has it.
+        if let Some(listener) = admin_listener {
+            let listener = tokio::net::TcpListener::from_std(listener)
+                .context("failed to register the admin listener")?;
+            eprintln!("admin listening on http://{}", listener.local_addr()?);
+            tokio::spawn(admin::serve(listener, admin.clone(), api.clone()));
+        }
+        if config.registry.is_some()
+            && let Ok(mut admin) = admin.lock()
+        {
+            admin.not_ready = Some("waiting for the registry".into());
+        }
         let (events_tx, events) = mpsc::unbounded_channel();
         let (applied_tx, applied_rx) = tokio::sync::watch::channel(0);
         let (table, deploys) = match (&config.component, &config.manifest) {
@@ -214,6 +232,7 @@ impl Master {
                         Err(e) => return Err(e.context("failed to read the registry")),
                     }
                 };
+                api.open(deploys.clone());
                 (Some(table_line(&table)?), Some(deploys))
             }
         };
@@ -230,7 +249,6 @@ impl Master {
             respawn_at: None,
             restarts: 0,
             announced: false,
-            admin_listener,
             admin,
             table,
             deploys,
@@ -247,16 +265,6 @@ impl Master {
         let mut ttou = signal(SignalKind::from_raw(nix::libc::SIGTTOU))?;
         let mut tick = tokio::time::interval(TICK);
 
-        if let Some(listener) = self.admin_listener.take() {
-            let listener = tokio::net::TcpListener::from_std(listener)
-                .context("failed to register the admin listener")?;
-            eprintln!("admin listening on http://{}", listener.local_addr()?);
-            tokio::spawn(admin::serve(
-                listener,
-                self.admin.clone(),
-                self.deploys.clone(),
-            ));
-        }
         if let (Some(deploys), Some(url)) = (&self.deploys, &self.config.registry) {
             follow_registry(url, self.config.registry_recheck, &self.admin, deploys)?;
         }

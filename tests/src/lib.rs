@@ -123,7 +123,12 @@ impl Server {
 
     /// Starts the binary and waits until it prints `listening on http://ADDR`. One
     /// worker process unless the test asks for `--workers`.
-    pub async fn start(mut self) -> Running {
+    pub async fn start(self) -> Running {
+        self.launch().ready()
+    }
+
+    /// Starts the binary without waiting for it to serve.
+    pub fn launch(mut self) -> Launched {
         if !self.args.iter().any(|a| a.starts_with("--workers")) {
             self.args.push("--workers=1".into());
         }
@@ -158,33 +163,9 @@ impl Server {
             }
             sink.close();
         });
-        let line = log.wait_for(
-            |l| l.starts_with("listening on http://"),
-            Duration::from_secs(60),
-        );
-        let Some(line) = line else {
-            let _ = child.kill();
-            panic!("wasmloop did not start; its output:\n{}", log.text());
-        };
-        let addr: SocketAddr = line["listening on http://".len()..]
-            .parse()
-            .expect("the printed address parses");
-        let admin = log
-            .wait_for(
-                |l| l.starts_with("admin listening on http://"),
-                Duration::ZERO,
-            )
-            .map(|l| {
-                l["admin listening on http://".len()..]
-                    .parse()
-                    .expect("the printed admin address parses")
-            });
-        Running {
-            child,
-            addr,
-            admin,
+        Launched {
+            child: Some(child),
             log,
-            client: HttpClient::new(addr),
         }
     }
 
@@ -205,6 +186,77 @@ impl Server {
             output.status,
             String::from_utf8_lossy(&output.stderr).into_owned(),
         )
+    }
+}
+
+/// A server started but perhaps not serving yet. Killed when dropped.
+pub struct Launched {
+    /// Taken by [`Launched::ready`], which hands it to [`Running`].
+    child: Option<Child>,
+    log: Arc<Log>,
+}
+
+impl Launched {
+    /// The admin listener's address, once printed (within 60 s).
+    pub fn admin(&self) -> SocketAddr {
+        let line = self.log.wait_for(
+            |l| l.starts_with("admin listening on http://"),
+            Duration::from_secs(60),
+        );
+        let Some(line) = line else {
+            panic!("no admin listener; the output:\n{}", self.log.text());
+        };
+        line["admin listening on http://".len()..]
+            .parse()
+            .expect("the printed admin address parses")
+    }
+
+    /// Waits until a log line contains every one of `parts`.
+    pub fn wait_for_log(&self, parts: &[&str], timeout: Duration) -> Option<String> {
+        self.log
+            .wait_for(|l| parts.iter().all(|p| l.contains(p)), timeout)
+    }
+
+    /// Waits (up to 60 s) until the server prints `listening on http://ADDR`.
+    pub fn ready(mut self) -> Running {
+        let line = self.log.wait_for(
+            |l| l.starts_with("listening on http://"),
+            Duration::from_secs(60),
+        );
+        let Some(line) = line else {
+            panic!("wasmloop did not start; its output:\n{}", self.log.text());
+        };
+        let addr: SocketAddr = line["listening on http://".len()..]
+            .parse()
+            .expect("the printed address parses");
+        let admin = self
+            .log
+            .wait_for(
+                |l| l.starts_with("admin listening on http://"),
+                Duration::ZERO,
+            )
+            .map(|l| {
+                l["admin listening on http://".len()..]
+                    .parse()
+                    .expect("the printed admin address parses")
+            });
+        let child = self.child.take().expect("ready is called once");
+        Running {
+            child,
+            addr,
+            admin,
+            log: self.log.clone(),
+            client: HttpClient::new(addr),
+        }
+    }
+}
+
+impl Drop for Launched {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
@@ -242,7 +294,8 @@ impl Reply {
 }
 
 impl HttpClient {
-    fn new(addr: SocketAddr) -> HttpClient {
+    /// A client for the server at `addr`.
+    pub fn new(addr: SocketAddr) -> HttpClient {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         HttpClient {

@@ -409,23 +409,29 @@ async fn a_node_started_while_the_database_is_down_waits_and_says_so() {
     let Some(pg) = Postgres::start() else { return };
     let url = pg.database("late");
     pg.down();
-    let pg = Arc::new(pg);
-    let later = pg.clone();
-    // The database comes back while the node waits for it.
-    let restarter = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_secs(3));
-        later.up();
-    });
-    let started = Instant::now();
-    let node = node("node-late", &url).await;
-    restarter.join().unwrap();
-    assert!(started.elapsed() >= Duration::from_secs(3));
-    let waited = node.log();
+    let launched = Server::registry(&temp_dir("node-late"))
+        .arg(&format!("--registry={url}"))
+        .launch();
+    let waiting = launched.wait_for_log(&["waiting for the registry at"], Duration::from_secs(20));
+    let waiting = waiting.expect("a message saying what the node waits for");
     assert!(
-        waited.contains("waiting for the registry at postgres://wasmloop@127.0.0.1"),
-        "{waited}"
+        waiting.contains("postgres://wasmloop@127.0.0.1")
+            && waiting.contains("not serving until it answers"),
+        "{waiting}"
     );
-    assert!(waited.contains("not serving until it answers"), "{waited}");
+    // Alive, not ready, and the API says why.
+    let admin = wasmloop_tests::HttpClient::new(launched.admin());
+    assert_eq!(admin.get("/livez").await.status, 200);
+    let ready = admin.get("/readyz").await;
+    assert_eq!(
+        (ready.status.as_u16(), ready.text()),
+        (503, "not ready: waiting for the registry\n".to_string())
+    );
+    let reply = admin.get("/v1/apps").await;
+    assert_eq!(reply.status, 503, "{}", reply.text());
+
+    pg.up();
+    let node = launched.ready();
     assert_eq!(node.admin_get("/readyz").await.text(), "ready\n");
     let token = node.create_tenant("t", "{}").await;
     let reply = node
