@@ -565,6 +565,23 @@ impl Running {
         }
     }
 
+    /// Waits (up to `timeout`) until nothing a request held is still held: no live
+    /// instance, nothing in flight, no pool thread busy. Returns the last scrape when
+    /// that never happens.
+    pub async fn released(&self, timeout: Duration) -> Result<(), String> {
+        let idle = |m: &Metrics| {
+            m.get("wasmloop_instances_live") == Some(0.0)
+                && m.get("wasmloop_requests_in_flight") == Some(0.0)
+                && m.get("wasmloop_pool_threads_busy").unwrap_or(0.0) == 0.0
+        };
+        let metrics = self.wait_for_metrics(idle, timeout).await;
+        if idle(&metrics) {
+            Ok(())
+        } else {
+            Err(metrics.0)
+        }
+    }
+
     /// Runs `wasmloop doctor` against this server; returns its output.
     pub fn doctor(&self) -> String {
         let admin = self.admin.expect("the server has an admin listener");

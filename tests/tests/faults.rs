@@ -92,14 +92,7 @@ async fn serving_v1(server: &Running) -> String {
 /// version recorded, v1 still serving.
 async fn assert_storing_v2_fails(server: &Running, token: &str, data: &Path, cause: &str) {
     let components = files_in(&data.join("components"));
-    let reply = server
-        .deploy(
-            token,
-            "app",
-            guests::SDK_ASYNC,
-            "route=/config&var=VERSION=v2",
-        )
-        .await;
+    let reply = deploy_v2(server, token).await;
     assert_eq!(reply.status, 500, "{}", reply.text());
     let message = json(&reply)["error"].as_str().unwrap_or("").to_string();
     assert!(message.contains(cause), "{message}");
@@ -110,16 +103,21 @@ async fn assert_storing_v2_fails(server: &Running, token: &str, data: &Path, cau
     assert_eq!(server.get("/config/VERSION").await.text(), "v1");
 }
 
-/// Deploys v2 again, which now succeeds and serves.
-async fn assert_v2_deploys(server: &Running, token: &str) {
-    let reply = server
+/// Deploys version 2 of "app": another component, another VERSION.
+async fn deploy_v2(server: &Running, token: &str) -> wasmloop_tests::Reply {
+    server
         .deploy(
             token,
             "app",
             guests::SDK_ASYNC,
             "route=/config&var=VERSION=v2",
         )
-        .await;
+        .await
+}
+
+/// Deploys v2 again, which now succeeds and serves.
+async fn assert_v2_deploys(server: &Running, token: &str) {
+    let reply = deploy_v2(server, token).await;
     assert_eq!(reply.status, 201, "{}", reply.text());
     assert_eq!(server.get("/config/VERSION").await.text(), "v2");
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
-use wasmloop_tests::{Metrics, Running, Server, guests};
+use wasmloop_tests::{Server, guests};
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -28,16 +28,6 @@ async fn raw(addr: std::net::SocketAddr, request: &[u8], limit: Duration) -> Str
 
 fn responses(text: &str) -> usize {
     text.matches("HTTP/1.1 ").count()
-}
-
-async fn released(server: &Running) {
-    let idle = |m: &Metrics| {
-        m.get("wasmloop_instances_live") == Some(0.0)
-            && m.get("wasmloop_requests_in_flight") == Some(0.0)
-            && m.get("wasmloop_pool_threads_busy").unwrap_or(0.0) == 0.0
-    };
-    let metrics = server.wait_for_metrics(idle, WAIT).await;
-    assert!(idle(&metrics), "still held:\n{}", metrics.0);
 }
 
 #[tokio::test]
@@ -216,7 +206,10 @@ async fn a_slow_upload_ends_at_the_deadline_and_frees_what_it_held() {
         );
         assert!(started.elapsed() < Duration::from_secs(10), "{mode}");
         // After the deadline the guest's read is woken, and it gives its thread back.
-        released(&server).await;
+        server
+            .released(WAIT)
+            .await
+            .unwrap_or_else(|m| panic!("still held:\n{m}"));
         let reply = server.get("/").await;
         assert_eq!(reply.status, 200, "{mode}");
     }
@@ -266,7 +259,10 @@ async fn http2_rapid_reset_is_cut_off_and_costs_nobody_else() {
         "the server let {sent} resets through: {ended:?}"
     );
     // What the reset streams started is cancelled, not left running for a second each.
-    released(&server).await;
+    server
+        .released(WAIT)
+        .await
+        .unwrap_or_else(|m| panic!("still held:\n{m}"));
     assert_eq!(server.get("/").await.status, 200);
     assert_eq!(server.host_panics(), Vec::<String>::new());
 }
@@ -305,7 +301,10 @@ async fn an_http2_stream_flood_is_served_within_the_stream_limit() {
         failures.len()
     );
     assert!(failures.is_empty(), "{failures:?}");
-    released(&server).await;
+    server
+        .released(WAIT)
+        .await
+        .unwrap_or_else(|m| panic!("still held:\n{m}"));
     let served = server
         .wait_for_metric(
             r#"wasmloop_requests_total{app="async_guest",mode="loop",status="200"}"#,

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
-use wasmloop_tests::{HttpClient, Metrics, Running, Server, guests};
+use wasmloop_tests::{HttpClient, Running, Server, guests};
 
 const WAIT: Duration = Duration::from_secs(15);
 const BOTH: [(&str, &str); 2] = [("pool", guests::SYNC_GUEST), ("loop", guests::ASYNC_GUEST)];
@@ -67,22 +67,6 @@ impl Neighbours {
 
 fn get(uri: &str) -> http::Request<http_body_util::Full<bytes::Bytes>> {
     http::Request::get(uri).body(Default::default()).unwrap()
-}
-
-/// Waits until nothing a request held is still held: no live instance, nothing in
-/// flight, no pool thread busy. Returns the last scrape when that never happens.
-async fn released(server: &Running) -> Result<(), String> {
-    let idle = |m: &Metrics| {
-        m.get("wasmloop_instances_live") == Some(0.0)
-            && m.get("wasmloop_requests_in_flight") == Some(0.0)
-            && m.get("wasmloop_pool_threads_busy").unwrap_or(0.0) == 0.0
-    };
-    let metrics = server.wait_for_metrics(idle, WAIT).await;
-    if idle(&metrics) {
-        Ok(())
-    } else {
-        Err(metrics.0)
-    }
 }
 
 /// Waits until the worker has at most a few threads more than `baseline`. Runtime
@@ -142,7 +126,8 @@ async fn each_hostile_request_ends_alone() {
             "{mode}: the worker was replaced"
         );
         assert_eq!(server.get("/").await.status, 200, "{mode}");
-        released(&server)
+        server
+            .released(WAIT)
             .await
             .unwrap_or_else(|m| panic!("{mode}: held after the requests ended:\n{m}"));
         assert_eq!(server.host_panics(), Vec::<String>::new(), "{mode}");
@@ -185,7 +170,8 @@ async fn traps_mixed_half_and_half_with_healthy_requests() {
         }
         assert_eq!(counts, [100, 100], "{mode}");
         assert_eq!(server.worker_pids(), worker, "{mode}");
-        released(&server)
+        server
+            .released(WAIT)
             .await
             .unwrap_or_else(|m| panic!("{mode}:\n{m}"));
     }
@@ -227,7 +213,8 @@ async fn a_gigabyte_response_streams_in_bounded_memory() {
             "{mode}: the worker grew by {} MiB while streaming 1 GiB",
             growth >> 20
         );
-        released(&server)
+        server
+            .released(WAIT)
             .await
             .unwrap_or_else(|m| panic!("{mode}:\n{m}"));
     }
@@ -260,7 +247,8 @@ async fn a_client_that_stops_reading_holds_no_more_than_a_window() {
         assert_eq!(server.get("/").await.status, 200, "{mode}");
         // Leaving mid-body ends the guest and frees what it held.
         drop(stream);
-        released(&server)
+        server
+            .released(WAIT)
             .await
             .unwrap_or_else(|m| panic!("{mode}:\n{m}"));
     }
@@ -286,7 +274,8 @@ async fn a_client_that_stops_reading_is_cut_off_at_the_deadline() {
         }
         // The connection stays open and nothing more is read. On the pool the guest is
         // blocked writing; past the deadline its response is cut and its thread freed.
-        released(&server)
+        server
+            .released(WAIT)
             .await
             .unwrap_or_else(|m| panic!("{mode}: held by a client that stopped reading:\n{m}"));
         assert_eq!(server.get("/").await.status, 200, "{mode}");
@@ -330,7 +319,8 @@ async fn a_wait_that_never_completes_ends_at_the_deadline_and_frees_its_thread()
             );
         }
         // Three hour-long sleeps on two threads: only freed threads could serve this.
-        released(&server)
+        server
+            .released(WAIT)
             .await
             .unwrap_or_else(|m| panic!("{mode}: still held after the deadline:\n{m}"));
         assert_eq!(server.get("/").await.status, 200, "{mode}");
@@ -376,7 +366,8 @@ async fn a_thousand_never_completing_requests_end_and_leave_nothing_behind() {
         if mode == "loop" {
             assert_eq!(timeouts, 1000, "{mode}: {by_cause:?}");
         }
-        released(&server)
+        server
+            .released(WAIT)
             .await
             .unwrap_or_else(|m| panic!("{mode}:\n{m}"));
         assert_eq!(server.get("/").await.status, 200, "{mode}");
@@ -456,7 +447,8 @@ async fn clients_that_leave_at_random_points_leak_nothing() {
         for leaver in leavers {
             leaver.await.unwrap();
         }
-        released(&server)
+        server
+            .released(WAIT)
             .await
             .unwrap_or_else(|m| panic!("{mode}:\n{m}"));
         threads_back_to(&server, threads)
