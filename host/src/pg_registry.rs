@@ -19,7 +19,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use bytes::Bytes;
 use postgres::error::SqlState;
-use postgres::{Client, GenericClient, NoTls, Row};
+use postgres::{Client, GenericClient, NoTls, Row, Transaction};
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
 
@@ -284,10 +284,16 @@ impl PostgresRegistry {
         Ok(())
     }
 
-    /// Announces a change to every node, when the transaction commits.
-    fn notify(tx: &mut impl GenericClient) -> Result<()> {
-        tx.execute("SELECT pg_notify($1, '')", &[&CHANNEL])?;
-        Ok(())
+    /// Runs `f` in one transaction that, when it commits, announces the change to
+    /// every node (`NOTIFY` is delivered on commit, never for a rollback).
+    fn change<T>(&self, f: impl FnOnce(&mut Transaction<'_>) -> Result<T>) -> Result<T> {
+        self.with(|db| {
+            let mut tx = db.transaction()?;
+            let value = f(&mut tx)?;
+            tx.execute("SELECT pg_notify($1, '')", &[&CHANNEL])?;
+            tx.commit()?;
+            Ok(value)
+        })
     }
 
     /// Drops component bytes no version refers to. Best effort: a deploy that
@@ -385,13 +391,10 @@ impl Registry for PostgresRegistry {
     }
 
     fn delete_tenant(&self, name: &str) -> Result<()> {
-        self.with(|db| {
-            let mut tx = db.transaction()?;
+        self.change(|tx| {
             if tx.execute("DELETE FROM tenants WHERE name = $1", &[&name])? == 0 {
                 return Err(RegistryError::NotFound(format!("tenant {name:?}")));
             }
-            Self::notify(&mut tx)?;
-            tx.commit()?;
             Ok(())
         })?;
         self.collect_garbage();
@@ -470,8 +473,7 @@ impl Registry for PostgresRegistry {
         }
         let settings = serde_json::to_string(&version.settings).map_err(anyhow::Error::from)?;
         let bytes: &Bytes = &version.bytes;
-        self.with(|db| {
-            let mut tx = db.transaction()?;
+        self.change(|tx| {
             let created_at = now() as i64;
             tx.execute(
                 "INSERT INTO components (sha256, bytes, created_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
@@ -508,13 +510,11 @@ impl Registry for PostgresRegistry {
                     &created_at,
                 ],
             )?;
-            Self::claim_routes(&mut tx, app_id, &version.settings.routes)?;
+            Self::claim_routes(tx, app_id, &version.settings.routes)?;
             tx.execute(
                 "UPDATE apps SET active_version = $1 WHERE id = $2",
                 &[&number, &app_id],
             )?;
-            Self::notify(&mut tx)?;
-            tx.commit()?;
             Ok(Version {
                 number: number as u64,
                 sha256: version.sha256.clone(),
@@ -529,8 +529,7 @@ impl Registry for PostgresRegistry {
     }
 
     fn activate(&self, tenant: &Tenant, app: &str, number: u64) -> Result<Version> {
-        self.with(|db| {
-            let mut tx = db.transaction()?;
+        self.change(|tx| {
             let app_id: i64 = tx
                 .query_opt(
                     "SELECT id FROM apps WHERE tenant_id = $1 AND name = $2 FOR UPDATE",
@@ -545,24 +544,19 @@ impl Registry for PostgresRegistry {
                 )?
                 .map(|row| Self::read_version(&row, Some(number as i64)))
                 .ok_or_else(|| RegistryError::NotFound(format!("version {number} of {app:?}")))?;
-            Self::claim_routes(&mut tx, app_id, &version.settings.routes)?;
+            Self::claim_routes(tx, app_id, &version.settings.routes)?;
             tx.execute(
                 "UPDATE apps SET active_version = $1 WHERE id = $2",
                 &[&(number as i64), &app_id],
             )?;
-            Self::notify(&mut tx)?;
-            tx.commit()?;
             Ok(version)
         })
     }
 
     fn delete_app(&self, tenant: &Tenant, app: &str) -> Result<()> {
-        self.with(|db| {
-            let mut tx = db.transaction()?;
-            let app_id = Self::app_id(&mut tx, tenant, app)?;
+        self.change(|tx| {
+            let app_id = Self::app_id(tx, tenant, app)?;
             tx.execute("DELETE FROM apps WHERE id = $1", &[&app_id])?;
-            Self::notify(&mut tx)?;
-            tx.commit()?;
             Ok(())
         })?;
         self.collect_garbage();

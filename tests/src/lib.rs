@@ -513,6 +513,25 @@ impl Running {
         .await
     }
 
+    /// Asserts that `token` can neither see nor change `app`, another tenant's: its
+    /// versions, an activation and a delete all answer 404, as if it did not exist.
+    pub async fn assert_hidden(&self, app: &str, token: &str) {
+        for (method, path, body) in [
+            (Method::GET, format!("/v1/apps/{app}/versions"), ""),
+            (
+                Method::POST,
+                format!("/v1/apps/{app}/activate"),
+                r#"{"version": 1}"#,
+            ),
+            (Method::DELETE, format!("/v1/apps/{app}"), ""),
+        ] {
+            let reply = self
+                .api(method.clone(), &path, Some(token), body, "application/json")
+                .await;
+            assert_eq!(reply.status, 404, "{method} {path}: {}", reply.text());
+        }
+    }
+
     /// Runs the `wasmloop` CLI against this server's admin listener with `token`.
     pub fn cli(&self, token: &str, args: &[&str]) -> std::process::Output {
         let admin = self.admin.expect("the server has an admin listener");

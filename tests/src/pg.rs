@@ -106,20 +106,25 @@ impl Postgres {
         self.dir.join("data")
     }
 
-    fn run(&self, tool: &str, args: &[&str]) {
+    /// A command for one of the server's tools, as the postgres user when root.
+    fn tool(&self, tool: &str) -> Command {
         let exe = self.bin.join(tool);
-        let mut command = if self.as_postgres {
+        if self.as_postgres {
             let mut c = Command::new("runuser");
             c.args(["-u", "postgres", "--"]).arg(&exe);
             c
         } else {
             Command::new(&exe)
-        };
-        let output = command
+        }
+    }
+
+    fn run(&self, tool: &str, args: &[&str]) {
+        let output = self
+            .tool(tool)
             .args(args)
             .current_dir(&self.dir)
             .output()
-            .unwrap_or_else(|e| panic!("failed to run {}: {e}", exe.display()));
+            .unwrap_or_else(|e| panic!("failed to run {tool}: {e}"));
         assert!(
             output.status.success(),
             "{tool} {args:?} failed:\n{}{}",
@@ -192,15 +197,8 @@ impl Postgres {
 impl Drop for Postgres {
     fn drop(&mut self) {
         let data = self.data().display().to_string();
-        let exe = self.bin.join("pg_ctl");
-        let mut command = if self.as_postgres {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(&exe);
-            c
-        } else {
-            Command::new(&exe)
-        };
-        let _ = command
+        let _ = self
+            .tool("pg_ctl")
             .args(["stop", "-m", "immediate", "-D", &data])
             .output();
         let _ = std::fs::remove_dir_all(&self.dir);

@@ -44,13 +44,13 @@ async fn cluster(pg: &Postgres, db: &str) -> [Running; 3] {
     ]
 }
 
-/// Waits until `path` on `node` answers 200 with `body`; returns how long it took.
-async fn until_serves(node: &Running, path: &str, body: &str, within: Duration) -> Duration {
+/// Waits until `path` on `node` answers 200 with `body`.
+async fn until_serves(node: &Running, path: &str, body: &str, within: Duration) {
     let start = Instant::now();
     loop {
         let reply = node.get(path).await;
         if reply.status == 200 && reply.text() == body {
-            return start.elapsed();
+            return;
         }
         assert!(
             start.elapsed() < within,
@@ -63,6 +63,23 @@ async fn until_serves(node: &Running, path: &str, body: &str, within: Duration) 
     }
 }
 
+/// Deploys the fixture guest as `app` on /config, with VERSION=`version`.
+async fn deploy(node: &Running, token: &str, app: &str, version: &str) -> wasmloop_tests::Reply {
+    let query = format!("route=/config&var=VERSION={version}");
+    node.deploy(token, app, guests::SYNC_GUEST, &query).await
+}
+
+/// Waits until every one of `nodes` serves `version`, within [`PROPAGATION`] of
+/// now (just after the change was answered); prints how long that took.
+async fn all_serve(nodes: &[&Running], version: &str, what: &str) {
+    let since = Instant::now();
+    for node in nodes {
+        let left = PROPAGATION.saturating_sub(since.elapsed());
+        until_serves(node, "/config?key=VERSION", version, left).await;
+    }
+    eprintln!("{what}: served after {:?}", since.elapsed());
+}
+
 #[tokio::test]
 async fn a_deploy_and_a_rollback_through_any_node_reach_every_node() {
     let _serial = ONE_CLUSTER_AT_A_TIME.lock().await;
@@ -70,29 +87,9 @@ async fn a_deploy_and_a_rollback_through_any_node_reach_every_node() {
     let [a, b, c] = cluster(&pg, "propagation").await;
     let token = a.create_tenant("acme", "{}").await;
 
-    let reply = a
-        .deploy(
-            &token,
-            "site",
-            guests::SYNC_GUEST,
-            "route=/config&var=VERSION=one",
-        )
-        .await;
+    let reply = deploy(&a, &token, "site", "one").await;
     assert_eq!(reply.status, 201, "{}", reply.text());
-    let deployed = Instant::now();
-    for node in [&b, &c] {
-        until_serves(
-            node,
-            "/config?key=VERSION",
-            "one",
-            PROPAGATION - deployed.elapsed(),
-        )
-        .await;
-    }
-    eprintln!(
-        "version 1 deployed through A: B and C served it after {:?}",
-        deployed.elapsed()
-    );
+    all_serve(&[&b, &c], "one", "version 1 deployed through A: B and C").await;
     assert_eq!(a.get("/config?key=VERSION").await.text(), "one");
     // B and C fetched the component from the database and compiled it themselves.
     for node in [&b, &c] {
@@ -100,29 +97,9 @@ async fn a_deploy_and_a_rollback_through_any_node_reach_every_node() {
     }
 
     // Version 2, new settings for the same component, through B.
-    let reply = b
-        .deploy(
-            &token,
-            "site",
-            guests::SYNC_GUEST,
-            "route=/config&var=VERSION=two",
-        )
-        .await;
+    let reply = deploy(&b, &token, "site", "two").await;
     assert_eq!(json(&reply)["version"]["number"], 2, "{}", reply.text());
-    let deployed = Instant::now();
-    for node in [&a, &c] {
-        until_serves(
-            node,
-            "/config?key=VERSION",
-            "two",
-            PROPAGATION - deployed.elapsed(),
-        )
-        .await;
-    }
-    eprintln!(
-        "version 2 deployed through B: A and C served it after {:?}",
-        deployed.elapsed()
-    );
+    all_serve(&[&a, &c], "two", "version 2 deployed through B: A and C").await;
 
     // Roll back through C: A and B follow.
     let reply = c
@@ -136,20 +113,7 @@ async fn a_deploy_and_a_rollback_through_any_node_reach_every_node() {
         .await;
     assert_eq!(reply.status, 200, "{}", reply.text());
     assert_eq!(json(&reply)["version"]["number"], 1);
-    let rolled_back = Instant::now();
-    for node in [&a, &b] {
-        until_serves(
-            node,
-            "/config?key=VERSION",
-            "one",
-            PROPAGATION - rolled_back.elapsed(),
-        )
-        .await;
-    }
-    eprintln!(
-        "rolled back through C: A and B served it after {:?}",
-        rolled_back.elapsed()
-    );
+    all_serve(&[&a, &b], "one", "rolled back through C: A and B").await;
 
     // Deleting through A empties every node.
     let reply = a
@@ -183,18 +147,10 @@ async fn a_database_restart_under_load_fails_no_request_and_later_deploys_reach_
     let Some(pg) = Postgres::start() else { return };
     let nodes = cluster(&pg, "restart").await;
     let token = nodes[0].create_tenant("acme", "{}").await;
-    let reply = nodes[0]
-        .deploy(
-            &token,
-            "site",
-            guests::SYNC_GUEST,
-            "route=/config&var=VERSION=one",
-        )
-        .await;
+    let reply = deploy(&nodes[0], &token, "site", "one").await;
     assert_eq!(reply.status, 201, "{}", reply.text());
-    for node in &nodes {
-        until_serves(node, "/config?key=VERSION", "one", PROPAGATION).await;
-    }
+    let [a, b, c] = &nodes;
+    all_serve(&[a, b, c], "one", "version 1 deployed through A").await;
 
     // Two clients per node for the whole outage.
     let stop = Arc::new(AtomicBool::new(false));
@@ -237,14 +193,7 @@ async fn a_database_restart_under_load_fails_no_request_and_later_deploys_reach_
         assert_eq!(node.admin_get("/livez").await.status, 200);
     }
     // A change while the database is away is refused, clearly, and changes nothing.
-    let reply = nodes[1]
-        .deploy(
-            &token,
-            "site",
-            guests::SYNC_GUEST,
-            "route=/config&var=VERSION=two",
-        )
-        .await;
+    let reply = deploy(&nodes[1], &token, "site", "two").await;
     assert_eq!(reply.status, 503, "{}", reply.text());
     assert!(
         reply.text().contains("registry is unreachable"),
@@ -276,25 +225,9 @@ async fn a_database_restart_under_load_fails_no_request_and_later_deploys_reach_
     assert!(ok > 100, "{ok}");
 
     // A deploy after the database came back reaches every node.
-    let reply = nodes[1]
-        .deploy(
-            &token,
-            "site",
-            guests::SYNC_GUEST,
-            "route=/config&var=VERSION=two",
-        )
-        .await;
+    let reply = deploy(&nodes[1], &token, "site", "two").await;
     assert_eq!(reply.status, 201, "{}", reply.text());
-    let deployed = Instant::now();
-    for node in &nodes {
-        until_serves(
-            node,
-            "/config?key=VERSION",
-            "two",
-            PROPAGATION - deployed.elapsed(),
-        )
-        .await;
-    }
+    all_serve(&[a, b, c], "two", "deployed after the outage").await;
 }
 
 /// Polls `check` every 50 ms until it holds; fails after `within`.
@@ -318,14 +251,7 @@ async fn tokens_and_tenant_isolation_hold_across_nodes() {
     // Tenants made on A, used on B and C.
     let one = a.create_tenant("one", "{}").await;
     let two = a.create_tenant("two", "{}").await;
-    let reply = b
-        .deploy(
-            &one,
-            "app",
-            guests::SYNC_GUEST,
-            "route=/config&var=VERSION=one",
-        )
-        .await;
+    let reply = deploy(&b, &one, "app", "one").await;
     assert_eq!(reply.status, 201, "{}", reply.text());
 
     // The admin token is the same on every node; tenant tokens work on every node.
@@ -362,30 +288,12 @@ async fn tokens_and_tenant_isolation_hold_across_nodes() {
     }
     // Tenant two cannot see or touch tenant one's app through any node.
     for node in [&a, &b, &c] {
-        for (method, path, body) in [
-            (Method::GET, "/v1/apps/app/versions", ""),
-            (Method::POST, "/v1/apps/app/activate", r#"{"version": 1}"#),
-            (Method::DELETE, "/v1/apps/app", ""),
-        ] {
-            let reply = node
-                .api(method.clone(), path, Some(&two), body, "application/json")
-                .await;
-            assert_eq!(reply.status, 404, "{method} {path}: {}", reply.text());
-        }
+        node.assert_hidden("app", &two).await;
     }
     // Nor take its route, through a node other than the one that deployed it.
-    let reply = c
-        .deploy(
-            &two,
-            "app",
-            guests::SYNC_GUEST,
-            "route=/config&var=VERSION=two",
-        )
-        .await;
+    let reply = deploy(&c, &two, "app", "two").await;
     assert_eq!(reply.status, 409, "{}", reply.text());
-    for node in [&a, &b, &c] {
-        until_serves(node, "/config?key=VERSION", "one", PROPAGATION).await;
-    }
+    all_serve(&[&a, &b, &c], "one", "tenant one's app").await;
     // A deleted tenant's token stops working on every node at once.
     let reply = b
         .api(
@@ -434,14 +342,7 @@ async fn a_node_started_while_the_database_is_down_waits_and_says_so() {
     let node = launched.ready();
     assert_eq!(node.admin_get("/readyz").await.text(), "ready\n");
     let token = node.create_tenant("t", "{}").await;
-    let reply = node
-        .deploy(
-            &token,
-            "site",
-            guests::SYNC_GUEST,
-            "route=/config&var=VERSION=late",
-        )
-        .await;
+    let reply = deploy(&node, &token, "site", "late").await;
     assert_eq!(reply.status, 201, "{}", reply.text());
     assert_eq!(node.get("/config?key=VERSION").await.text(), "late");
 }
@@ -483,7 +384,10 @@ async fn concurrent_deploys_of_one_app_through_two_nodes_all_land_in_order() {
         .as_str()
         .unwrap()
         .to_string();
-    for node in [&a, &b, &c] {
-        until_serves(node, "/config?key=VERSION", &newest, PROPAGATION).await;
-    }
+    all_serve(
+        &[&a, &b, &c],
+        &newest,
+        "the newest of eight concurrent deploys",
+    )
+    .await;
 }
