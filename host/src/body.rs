@@ -236,6 +236,7 @@ impl<B: Body + Unpin, G: Unpin> Body for WithGuard<B, G> {
 /// its thread is free.
 pub struct CancelOnAbort<B> {
     shared: Arc<Mutex<Abortable<B>>>,
+    ended: Arc<tokio::sync::Notify>,
 }
 
 struct Abortable<B> {
@@ -245,12 +246,15 @@ struct Abortable<B> {
 }
 
 /// Ends a [`CancelOnAbort`] body and cancels its run, unless it already ended.
-pub struct AbortHandle<B>(Arc<Mutex<Abortable<B>>>);
+pub struct AbortHandle<B> {
+    shared: Arc<Mutex<Abortable<B>>>,
+    ended: Arc<tokio::sync::Notify>,
+}
 
 impl<B> AbortHandle<B> {
     pub fn abort(&self) {
         let (inner, guard) = {
-            let mut shared = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
             if shared.inner.is_none() {
                 return;
             }
@@ -259,6 +263,22 @@ impl<B> AbortHandle<B> {
         };
         // Dropped outside the lock: dropping the body may run the guest's side.
         drop((inner, guard));
+    }
+
+    /// Waits until the body was sent whole, or dropped (the client left, or
+    /// [`AbortHandle::abort`]).
+    pub async fn ended(&self) {
+        let ended = self.ended.notified();
+        if self
+            .shared
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .inner
+            .is_none()
+        {
+            return;
+        }
+        ended.await;
     }
 }
 
@@ -269,11 +289,13 @@ impl<B> CancelOnAbort<B> {
             guard: Some(guard),
             aborted: false,
         }));
+        let ended = Arc::new(tokio::sync::Notify::new());
         (
             CancelOnAbort {
                 shared: shared.clone(),
+                ended: ended.clone(),
             },
-            AbortHandle(shared),
+            AbortHandle { shared, ended },
         )
     }
 }
@@ -287,6 +309,7 @@ impl<B> Drop for CancelOnAbort<B> {
             (shared.inner.take(), shared.guard.take())
         };
         drop((inner, guard));
+        self.ended.notify_one();
     }
 }
 
@@ -316,6 +339,7 @@ where
             if let Some(guard) = shared.guard.take() {
                 guard.disarm();
             }
+            self.ended.notify_one();
         }
         Poll::Ready(frame)
     }
@@ -331,5 +355,53 @@ where
             .inner
             .as_ref()
             .map_or_else(SizeHint::default, |b| b.size_hint())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::Full;
+    use tokio_util::sync::CancellationToken;
+
+    type Inner =
+        http_body_util::combinators::UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+    fn body(text: &'static str) -> (CancelOnAbort<Inner>, AbortHandle<Inner>, CancellationToken) {
+        let cancel = CancellationToken::new();
+        let inner = Full::new(Bytes::from(text))
+            .map_err(|never| match never {})
+            .boxed_unsync();
+        let (body, abort) = CancelOnAbort::new(inner, cancel.clone().drop_guard());
+        (body, abort, cancel)
+    }
+
+    #[tokio::test]
+    async fn a_body_sent_whole_has_ended_and_does_not_cancel_its_run() {
+        let (body, abort, cancel) = body("hello");
+        assert_eq!(body.collect().await.unwrap().to_bytes(), "hello");
+        abort.ended().await;
+        abort.abort();
+        assert!(!cancel.is_cancelled());
+    }
+
+    #[tokio::test]
+    async fn an_aborted_body_ends_with_an_error_and_cancels_its_run() {
+        let (body, abort, cancel) = body("never sent");
+        abort.abort();
+        abort.ended().await;
+        assert!(cancel.is_cancelled());
+        let err = body.collect().await.expect_err("an error, not the body");
+        assert_eq!(err.to_string(), "the response ran past its deadline");
+    }
+
+    #[tokio::test]
+    async fn a_body_dropped_unsent_has_ended_and_cancels_its_run() {
+        let (body, abort, cancel) = body("dropped");
+        let waiting = tokio::spawn(async move { abort.ended().await });
+        tokio::task::yield_now().await;
+        drop(body);
+        waiting.await.unwrap();
+        assert!(cancel.is_cancelled());
     }
 }

@@ -294,7 +294,8 @@ impl Server {
         let body = body.boxed_unsync();
 
         // The log line and the in-flight slot wait for the store to be gone. A run
-        // still going at the deadline has its response cut (see CancelOnAbort).
+        // still going at the deadline has its response cut (see CancelOnAbort), and so
+        // has a response still unsent then.
         let deadline = ctx.deadline;
         tokio::task::spawn_local(async move {
             let mut done = pending.done;
@@ -312,6 +313,13 @@ impl Server {
                 head_error.as_ref().or(outcome.error.as_ref()),
             );
             drop((in_flight, tenant_slot, app_slot, pool_slot));
+            // The run is over, but a client that stopped reading may leave the rest of
+            // the response waiting in the body: the deadline covers the body too.
+            tokio::select! {
+                biased;
+                () = abort.ended() => {}
+                () = tokio::time::sleep_until(deadline.into()) => abort.abort(),
+            }
         });
         Ok(Response::from_parts(parts, body))
     }

@@ -263,6 +263,7 @@ async fn a_client_that_stops_reading_is_cut_off_at_the_deadline() {
             .start()
             .await;
         let mut stream = TcpStream::connect(server.addr).await.unwrap();
+        let sent = Instant::now();
         stream
             .write_all(b"GET /stream?mb=1024 HTTP/1.1\r\nHost: test\r\n\r\n")
             .await
@@ -279,24 +280,24 @@ async fn a_client_that_stops_reading_is_cut_off_at_the_deadline() {
             .await
             .unwrap_or_else(|m| panic!("{mode}: held by a client that stopped reading:\n{m}"));
         assert_eq!(server.get("/").await.status, 200, "{mode}");
-        // On the pool, what the socket buffers still held arrives, then the end: the
-        // server cut the response. (On the loop the guest holds no thread; whether the
-        // cut or the run's own end at the deadline comes first is a race there.)
-        if mode == "pool" {
-            let rest = tokio::time::timeout(Duration::from_secs(10), async {
-                let mut total = 0u64;
-                while let Ok(n @ 1..) = stream.read(&mut buf).await {
-                    total += n as u64;
-                }
-                total
-            })
-            .await
-            .unwrap_or_else(|_| panic!("{mode}: the connection was not closed"));
-            assert!(
-                read as u64 + rest < 1 << 30,
-                "{mode}: the whole body arrived"
-            );
-        }
+        // Read on only once the deadline has passed: the loop streams a GiB in about
+        // two seconds, so an early reader could get it all honestly.
+        tokio::time::sleep_until((sent + Duration::from_secs(3)).into()).await;
+        // What the socket buffers still held arrives, then the end: the server cut
+        // the response at the deadline, also when the run itself ended first.
+        let rest = tokio::time::timeout(Duration::from_secs(10), async {
+            let mut total = 0u64;
+            while let Ok(n @ 1..) = stream.read(&mut buf).await {
+                total += n as u64;
+            }
+            total
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{mode}: the connection was not closed"));
+        assert!(
+            read as u64 + rest < 1 << 30,
+            "{mode}: the whole body arrived"
+        );
     }
 }
 
