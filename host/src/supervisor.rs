@@ -200,7 +200,10 @@ impl Master {
         if let Some(listener) = admin_listener {
             let listener = tokio::net::TcpListener::from_std(listener)
                 .context("failed to register the admin listener")?;
-            eprintln!("admin listening on http://{}", listener.local_addr()?);
+            announce(&format!(
+                "admin listening on http://{}",
+                listener.local_addr()?
+            ));
             tokio::spawn(admin::serve(listener, admin.clone(), api.clone()));
         }
         if config.registry.is_some()
@@ -375,7 +378,7 @@ impl Master {
                     self.publish_gauges();
                     // The one line scripts wait for, once every worker serves.
                     if let Some(listener) = &self.listener {
-                        eprintln!("listening on http://{}", listener.local_addr()?);
+                        announce(&format!("listening on http://{}", listener.local_addr()?));
                     }
                 }
             }
@@ -665,6 +668,14 @@ impl Master {
 }
 
 /// Binds the shared listening socket with `--backlog`.
+/// Prints a line scripts wait for on stderr in one write: the workers share the
+/// stream, and `eprintln!` may write a line in pieces another process's log line
+/// can land between.
+fn announce(line: &str) {
+    use std::io::Write as _;
+    let _ = std::io::stderr().write_all(format!("{line}\n").as_bytes());
+}
+
 /// Keeps this node in step with a shared registry: a listener thread wakes a task on
 /// the master's loop, which re-reads the registry and publishes what changed.
 fn follow_registry(
