@@ -26,7 +26,10 @@ fn serve(component: &Path, extra: &[&str]) -> (bool, String) {
 }
 
 fn write_temp(name: &str, bytes: &[u8]) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("wasmloop-cli-{}", std::process::id()));
+    // Cargo's scratch directory for integration tests, inside target/: nothing is
+    // left behind in the system's temporary directory.
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("wasmloop-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join(name);
     std::fs::write(&path, bytes).unwrap();
