@@ -5,7 +5,7 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|text: &str| {
-    if let Ok(manifest) = wasmloop::manifest::Manifest::parse(text) {
+    if let Ok(manifest) = wasmloop::model::manifest::Manifest::parse(text) {
         // What parse accepted must give settings the admin API takes.
         for app in &manifest.apps {
             app.settings().expect("parse checked every app's settings");

@@ -4,8 +4,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use wasmloop::registry::{Route, check_route};
-use wasmloop::routes::RouteTable;
+use wasmloop::model::route::{Route, check_route};
+use wasmloop::worker::routes::RouteTable;
 
 fuzz_target!(|input: (Vec<(Option<String>, String)>, String, String)| {
     let (routes, host, path) = input;

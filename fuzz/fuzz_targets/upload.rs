@@ -6,13 +6,13 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use wasmloop::config::ModeChoice;
-use wasmloop::deploy::compile_upload;
+use wasmloop::model::mode::ModeChoice;
+use wasmloop::deploy::compile::compile_upload;
 
 fuzz_target!(|bytes: &[u8]| {
     let engine = wasmloop_fuzz::compile_engine();
     if let Ok((_, handler)) = compile_upload(engine, bytes, ModeChoice::Auto) {
         let limits = wasmloop_fuzz::small_limits();
-        let _ = wasmloop::component::try_instantiate(engine, &handler, &limits);
+        let _ = wasmloop::runtime::component::try_instantiate(engine, &handler, &limits);
     }
 });

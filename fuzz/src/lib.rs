@@ -9,14 +9,14 @@ use http::uri::Authority;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use wasmloop::app::{App, Defaults};
-use wasmloop::config::ModeChoice;
-use wasmloop::engine::{self, EngineSizing};
-use wasmloop::http::{FrontDoor, Server};
+use wasmloop::worker::app::{App, Defaults};
+use wasmloop::model::mode::ModeChoice;
+use wasmloop::runtime::engine::{self, EngineSizing};
+use wasmloop::worker::front_door::{FrontDoor, Server};
 use wasmloop::metrics::Recorder;
-use wasmloop::pool::Pool;
-use wasmloop::routes::RouteTable;
-use wasmloop::sandbox::Limits;
+use wasmloop::worker::run::on_pool::Pool;
+use wasmloop::worker::routes::RouteTable;
+use wasmloop::runtime::sandbox::Limits;
 use wasmloop::worker::{ConnLimits, LocalExec, http_builder};
 
 /// A wasi:http 0.2 handler that returns without answering (the host answers 500):

@@ -10,92 +10,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context as _, bail};
-use clap::{Parser, Subcommand, ValueEnum};
+use anyhow::bail;
+use clap::ValueEnum;
 
-/// wasmloop: serve WebAssembly HTTP handlers. Async handlers run on the event loop,
-/// sync handlers on a bounded thread pool, each request in its own sandbox.
-#[derive(Debug, Parser)]
-#[command(name = "wasmloop", version, about, long_about = None)]
-pub struct Cli {
-    #[command(subcommand)]
-    pub command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Serve a wasi:http component: a master process supervising `--workers` worker
-    /// processes that share the listening socket.
-    Serve(Box<ServeConfig>),
-    /// One worker process, started by `serve`'s master with the listener inherited
-    /// as file descriptor 3. Not for direct use.
-    #[command(hide = true)]
-    Worker(Box<ServeConfig>),
-    /// Create a handler crate, ready to build: `wasmloop new NAME [--async]`.
-    New(NewArgs),
-    /// Say what limits a running server's throughput, from its last minute of metrics.
-    Doctor(DoctorArgs),
-    /// Manage tenants (with the admin token).
-    Tenant {
-        #[command(subcommand)]
-        command: crate::client::TenantCommand,
-        #[command(flatten)]
-        connection: crate::client::Connection,
-    },
-    /// Deploy a new version of an app (a .wasm file, or every app of a manifest).
-    Deploy {
-        #[command(flatten)]
-        args: crate::client::DeployArgs,
-        #[command(flatten)]
-        connection: crate::client::Connection,
-    },
-    /// List your apps.
-    Apps {
-        #[command(flatten)]
-        connection: crate::client::Connection,
-    },
-    /// List an app's versions.
-    Versions {
-        app: String,
-        #[command(flatten)]
-        connection: crate::client::Connection,
-    },
-    /// Make an earlier version of an app active (default: the one before the active).
-    Rollback {
-        app: String,
-        version: Option<u64>,
-        #[command(flatten)]
-        connection: crate::client::Connection,
-    },
-    /// Delete an app and its versions.
-    Delete {
-        app: String,
-        #[command(flatten)]
-        connection: crate::client::Connection,
-    },
-    /// Compile one upload into an artifact; run by the master in a bounded child
-    /// process. Not for direct use.
-    #[command(hide = true)]
-    Compile(crate::deploy::CompileArgs),
-}
-
-/// Arguments of `wasmloop new`.
-#[derive(Debug, clap::Args)]
-pub struct NewArgs {
-    /// The crate's name; also the directory created for it.
-    pub name: String,
-    /// Write an `async fn` handler (runs on the event loop) instead of a plain `fn`
-    /// (runs on the thread pool).
-    #[arg(long = "async")]
-    pub is_async: bool,
-    /// Directory to create the crate in (default: the current directory).
-    #[arg(long, default_value = ".")]
-    pub dir: PathBuf,
-    /// Depend on the SDK at this path instead of the copy next to the wasmloop sources
-    /// this binary was built from (or, when those are gone, the registry release).
-    #[arg(long, env = "WASMLOOP_SDK_PATH")]
-    pub sdk_path: Option<PathBuf>,
-}
+use crate::model::mode::ModeChoice;
+use crate::model::text::{parse_key_value, parse_size};
 
 /// The admin listener's address, or none.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,28 +31,6 @@ fn parse_admin_listen(value: &str) -> Result<AdminListen, String> {
         .parse()
         .map(AdminListen::At)
         .map_err(|e| format!("{e}: give HOST:PORT or `off`"))
-}
-
-/// Arguments of `wasmloop doctor`.
-#[derive(Debug, clap::Args)]
-pub struct DoctorArgs {
-    /// The admin listener of the server to examine.
-    #[arg(long, env = "WASMLOOP_ADMIN", default_value = "http://127.0.0.1:9090")]
-    pub admin: String,
-    /// Print the report as JSON instead of text.
-    #[arg(long)]
-    pub json: bool,
-}
-
-/// Where a handler runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ModeChoice {
-    /// Decide from the handler export's type: async func on the loop, sync on the pool.
-    Auto,
-    /// Run on the event loop, preempted at every epoch tick.
-    Loop,
-    /// Run on the thread pool, under the fuel limit.
-    Pool,
 }
 
 /// Format of the log lines written to stderr.
@@ -260,7 +157,7 @@ pub struct ServeConfig {
     /// A configuration variable for the handler, `KEY=VALUE`; repeat the flag for
     /// more. Guests read them through the standard wasi:config interface. (The
     /// environment variable holds one pair; use the flag for several.)
-    #[arg(long = "var", env = "WASMLOOP_VAR", value_parser = parse_var)]
+    #[arg(long = "var", env = "WASMLOOP_VAR", value_parser = parse_key_value)]
     pub vars: Vec<(String, String)>,
 
     /// Fuel (WebAssembly work units) one request may burn; out of fuel is 503
@@ -378,95 +275,5 @@ impl ServeConfig {
         self.timeout
             .as_nanos()
             .div_ceil(self.epoch_interval.as_nanos()) as u64
-    }
-}
-
-/// Parses `KEY=VALUE` (the value may be empty and may contain `=`).
-pub fn parse_var(text: &str) -> anyhow::Result<(String, String)> {
-    match text.split_once('=') {
-        Some((key, value)) if !key.trim().is_empty() => {
-            Ok((key.trim().to_string(), value.to_string()))
-        }
-        _ => bail!("invalid variable `{text}`: expected KEY=VALUE"),
-    }
-}
-
-/// Parses `4096`, `64K`, `128M`, `1G` (powers of 1024; a trailing `B` or `iB` is allowed).
-pub fn parse_size(text: &str) -> anyhow::Result<u64> {
-    let t = text.trim();
-    let t = t
-        .strip_suffix("iB")
-        .or_else(|| t.strip_suffix('B'))
-        .unwrap_or(t);
-    let (digits, shift) = match t.char_indices().last() {
-        Some((i, 'K' | 'k')) => (&t[..i], 10),
-        Some((i, 'M' | 'm')) => (&t[..i], 20),
-        Some((i, 'G' | 'g')) => (&t[..i], 30),
-        _ => (t, 0),
-    };
-    let n: u64 = digits
-        .trim()
-        .parse()
-        .with_context(|| format!("invalid size `{text}` (examples: 4096, 64K, 128M, 1G)"))?;
-    n.checked_mul(1 << shift)
-        .with_context(|| format!("size `{text}` is too large"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn variables_parse_as_key_value() {
-        assert_eq!(
-            parse_var("GREETING=hi").unwrap(),
-            ("GREETING".into(), "hi".into())
-        );
-        assert_eq!(parse_var("URL=a=b").unwrap(), ("URL".into(), "a=b".into()));
-        assert_eq!(
-            parse_var("EMPTY=").unwrap(),
-            ("EMPTY".into(), String::new())
-        );
-        assert!(parse_var("novalue").is_err());
-        assert!(parse_var("=x").is_err());
-    }
-
-    #[test]
-    fn sizes_parse_with_binary_suffixes() {
-        assert_eq!(parse_size("4096").unwrap(), 4096);
-        assert_eq!(parse_size("64K").unwrap(), 64 * 1024);
-        assert_eq!(parse_size("128MiB").unwrap(), 128 << 20);
-        assert_eq!(parse_size("1G").unwrap(), 1 << 30);
-        assert!(parse_size("ten").is_err());
-        assert!(parse_size("99999999999G").is_err());
-    }
-
-    #[test]
-    fn defaults_are_valid_and_documented_values_hold() {
-        let cli = Cli::try_parse_from(["wasmloop", "serve", "x.wasm"]).unwrap();
-        let Command::Serve(cfg) = cli.command else {
-            unreachable!("parsed `serve`")
-        };
-        cfg.validate().unwrap();
-        assert_eq!(cfg.threads, 40);
-        assert_eq!(cfg.fuel, 10_000_000_000);
-        assert_eq!(cfg.max_memory, 128 << 20);
-        assert_eq!(cfg.max_body, 10 << 20);
-        assert_eq!(cfg.timeout, Duration::from_secs(30));
-        assert_eq!(cfg.timeout_ticks(), 15_000);
-    }
-
-    #[test]
-    fn contradictory_settings_are_refused() {
-        let cli = Cli::try_parse_from(["wasmloop", "serve", "--threads", "0", "x.wasm"]).unwrap();
-        let Command::Serve(cfg) = cli.command else {
-            unreachable!("parsed `serve`")
-        };
-        assert!(
-            cfg.validate()
-                .unwrap_err()
-                .to_string()
-                .contains("--threads")
-        );
     }
 }

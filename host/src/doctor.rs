@@ -351,8 +351,8 @@ pub fn render(report: &Report) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::component::Mode;
     use crate::metrics::{Finished, Gauges, Recorder};
+    use crate::model::mode::Mode;
 
     fn facts() -> Facts {
         Facts {

@@ -5,10 +5,10 @@
 
 use std::time::{Duration, Instant};
 
-use wasmloop::component::{self, HandlerPre};
-use wasmloop::config::ModeChoice;
-use wasmloop::engine::{self, EngineSizing};
-use wasmloop::sandbox::{Limits, Sandbox};
+use wasmloop::model::mode::ModeChoice;
+use wasmloop::runtime::component::{self, HandlerPre};
+use wasmloop::runtime::engine::{self, EngineSizing};
+use wasmloop::runtime::sandbox::{Limits, Sandbox};
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);

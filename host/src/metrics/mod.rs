@@ -18,7 +18,7 @@ use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use serde::{Deserialize, Serialize};
 
-use crate::component::Mode;
+use crate::model::mode::Mode;
 
 /// Upper bounds of the latency buckets, in seconds.
 pub const BUCKETS: [f64; 16] = [

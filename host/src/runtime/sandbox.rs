@@ -16,8 +16,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::guest_output::GuestOutput;
 use crate::metrics::LiveInstance;
+use crate::runtime::guest_output::GuestOutput;
 use tokio_util::sync::CancellationToken;
 use wasmtime::component::{Linker, Resource, ResourceTable};
 use wasmtime::{Engine, ResourceLimiter, Store, StoreContextMut, Trap};

@@ -2,40 +2,49 @@
 //! `LISTEN`s on [`pg_registry::CHANNEL`] and wakes the master on every notification,
 //! after every reconnect and at every `--registry-recheck` (so a notification lost
 //! with a connection is healed); the master then re-reads what is active and
-//! publishes it to its workers if it changed ([`crate::api::DeployContext::sync`]).
+//! publishes it to its workers if it changed ([`crate::deploy::api::DeployContext::sync`]).
 //!
-//! The same thread watches the database's health: while it is away the node keeps
-//! serving what it has, `/healthz` and `wasmloop_registry_up` say so, and the thread
-//! reconnects with a backoff of up to 5 s.
+//! The same thread watches the database's health and reports every change through a
+//! callback the master gives it (the master shows it on `/healthz` and as
+//! `wasmloop_registry_up`); while the database is away the node keeps serving what it
+//! has, and the thread reconnects with a backoff of up to 5 s.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use crate::admin::SharedState;
-use crate::pg_registry;
+use crate::registry::postgres as pg_registry;
+
+/// What the listener learns of the registry's health.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Health {
+    /// A connection is open and listening.
+    Up,
+    /// The database does not answer, and why (credentials redacted).
+    Down(String),
+}
 
 /// Starts the listener thread for the registry at `url`. Every message on `wake`
 /// asks the master to re-read the registry.
 pub fn spawn_listener(
     url: &str,
     recheck: Duration,
-    state: SharedState,
+    health: impl Fn(Health) + Send + 'static,
     wake: mpsc::UnboundedSender<()>,
 ) -> anyhow::Result<()> {
     let config = pg_registry::parse(url)?;
     let shown = pg_registry::redact(url);
     std::thread::Builder::new()
         .name("registry-listen".into())
-        .spawn(move || listen(&config, &shown, recheck, &state, &wake))?;
+        .spawn(move || listen(&config, &shown, recheck, &health, &wake))?;
     Ok(())
 }
 
 fn listen(
-    config: &postgres::Config,
+    config: &::postgres::Config,
     shown: &str,
     recheck: Duration,
-    state: &SharedState,
+    health: &dyn Fn(Health),
     wake: &mpsc::UnboundedSender<()>,
 ) {
     let mut delay = Duration::from_millis(200);
@@ -46,7 +55,7 @@ fn listen(
         });
         let error = match listening {
             Ok(mut client) => {
-                mark_up(state);
+                health(Health::Up);
                 delay = Duration::from_millis(200);
                 // Catch up on whatever changed while no connection listened.
                 if wake.send(()).is_err() {
@@ -59,7 +68,7 @@ fn listen(
             }
             Err(error) => error,
         };
-        mark_down(state, &format!("{shown}: {error}"));
+        health(Health::Down(format!("{shown}: {error}")));
         #[expect(clippy::disallowed_methods, reason = "the listener's own OS thread")]
         std::thread::sleep(delay);
         delay = (delay * 2).min(Duration::from_secs(5));
@@ -69,11 +78,11 @@ fn listen(
 /// Wakes the master once for every burst of notifications and every `recheck`,
 /// until the connection fails (returns why) or the master is gone (returns `None`).
 fn follow(
-    client: &mut postgres::Client,
+    client: &mut ::postgres::Client,
     recheck: Duration,
     wake: &mpsc::UnboundedSender<()>,
-) -> Option<postgres::Error> {
-    use postgres::fallible_iterator::FallibleIterator as _;
+) -> Option<::postgres::Error> {
+    use ::postgres::fallible_iterator::FallibleIterator as _;
     loop {
         let notified = {
             let mut notifications = client.notifications();
@@ -95,32 +104,5 @@ fn follow(
         if wake.send(()).is_err() {
             return None;
         }
-    }
-}
-
-/// Records that the registry answers again.
-pub fn mark_up(state: &SharedState) {
-    if let Ok(mut state) = state.lock() {
-        if let Some((since, _)) = state.registry_down.take() {
-            tracing::info!(
-                down_ms = since.elapsed().as_millis() as u64,
-                "the registry answers again; catching up"
-            );
-        }
-        state.master.registry_up = true;
-    }
-}
-
-/// Records that the registry does not answer, and why.
-pub fn mark_down(state: &SharedState, why: &str) {
-    if let Ok(mut state) = state.lock() {
-        if state.registry_down.is_none() {
-            tracing::warn!("the registry is unreachable, serving what this node has: {why}");
-            state.master.registry_outages += 1;
-            state.registry_down = Some((Instant::now(), why.to_string()));
-        } else if let Some((_, last)) = &mut state.registry_down {
-            *last = why.to_string();
-        }
-        state.master.registry_up = false;
     }
 }

@@ -3,14 +3,17 @@
 //! outcome (fuel used, any error after the head) once the guest's store is dropped.
 //! Both execution paths, loop and pool, speak this; the server owns what happens next.
 
+pub mod on_loop;
+pub mod on_pool;
+
 use std::time::{Duration, Instant};
 
 use http::Response;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use crate::body::ResponseBody;
-use crate::error::RequestError;
+use crate::runtime::error::RequestError;
+use crate::worker::body::ResponseBody;
 
 /// The guest's response head with its streaming body, or why there is none.
 pub type Head = Result<Response<ResponseBody>, RequestError>;

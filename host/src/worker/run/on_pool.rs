@@ -24,13 +24,13 @@ use wasmtime::UpdateDeadline;
 use wasmtime_wasi_http::WasiHttpView as _;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 
-use crate::app::App;
-use crate::body::{BoxError, RequestBody};
-use crate::component::HandlerPre;
-use crate::error::RequestError;
 use crate::metrics::Recorder;
-use crate::outcome::{Head, Outcome, Reply, RunContext};
-use crate::sandbox::{Sandbox, StopWaiting};
+use crate::runtime::component::HandlerPre;
+use crate::runtime::error::RequestError;
+use crate::runtime::sandbox::{Sandbox, StopWaiting};
+use crate::worker::app::App;
+use crate::worker::body::{BoxError, RequestBody};
+use crate::worker::run::{Head, Outcome, Reply, RunContext};
 
 /// One request waiting for, or running on, a pool thread.
 pub struct Job {

@@ -7,7 +7,6 @@
 //! file is found here, at start-up, with a message that says what it is; a deploy
 //! also instantiates it once ([`try_instantiate`]) to find one that cannot start.
 
-use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -17,27 +16,9 @@ use wasmtime::component::types::ComponentItem;
 use wasmtime::component::{Component, InstancePre, Linker};
 use wasmtime_wasi_http::{p2, p3};
 
-use crate::config::ModeChoice;
-use crate::error::RequestError;
-use crate::sandbox::{Limits, Sandbox};
-
-/// Where a handler's requests run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// On the worker's event loop, preempted at epoch ticks.
-    Loop,
-    /// On the bounded thread pool, under the fuel limit.
-    Pool,
-}
-
-impl fmt::Display for Mode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Mode::Loop => "loop",
-            Mode::Pool => "pool",
-        })
-    }
-}
+use crate::model::mode::{Mode, ModeChoice};
+use crate::runtime::error::RequestError;
+use crate::runtime::sandbox::{Limits, Sandbox};
 
 /// A linked, ready-to-instantiate handler, in the calling convention its mode needs.
 pub enum HandlerPre {
@@ -159,7 +140,7 @@ pub fn prepare(
             wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
             p2::add_only_http_to_linker_sync(&mut linker)?;
             wasmtime_wasi_config::add_to_linker(&mut linker, Sandbox::config)?;
-            crate::sandbox::bound_blocking_polls(&mut linker)?;
+            crate::runtime::sandbox::bound_blocking_polls(&mut linker)?;
             let instance = instantiate_pre(&linker, engine, &component)?;
             HandlerPre::ProxySync(
                 p2::bindings::sync::ProxyPre::new(instance)

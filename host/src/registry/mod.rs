@@ -1,7 +1,7 @@
 //! The registry: tenants, their tokens, apps, versions, active routes and cached
 //! artifacts. [`Registry`] is the interface the admin API and the master use;
 //! [`SqliteRegistry`] keeps it in SQLite inside the data directory (the embedded
-//! default), [`crate::pg_registry`] in PostgreSQL for several nodes. Every call is
+//! default), [`crate::registry::postgres`] in PostgreSQL for several nodes. Every call is
 //! one transaction: a refused call changes nothing. With SQLite, component bytes live
 //! beside the database, by content hash (`deploy.rs`), and the registry only records
 //! the hash; a shared registry keeps the bytes too.
@@ -9,16 +9,23 @@
 //! Calls block on file I/O: the master runs them on a blocking thread, never on its
 //! event loop.
 
-use std::collections::BTreeMap;
+pub mod follow;
+pub mod postgres;
+
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use rusqlite::{Connection, OptionalExtension as _, params};
-use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
+
+use crate::model::Invalid;
+use crate::model::app::{ActiveApp, AppInfo, AppSettings, Version};
+use crate::model::mode::Mode;
+use crate::model::route::{Route, check_route};
+use crate::model::tenant::{Tenant, TenantLimits, check_name};
 
 /// Why a registry call was refused.
 #[derive(Debug, thiserror::Error)]
@@ -42,65 +49,13 @@ impl From<rusqlite::Error> for RegistryError {
     }
 }
 
+impl From<Invalid> for RegistryError {
+    fn from(e: Invalid) -> Self {
+        RegistryError::Invalid(e.0)
+    }
+}
+
 pub type Result<T> = std::result::Result<T, RegistryError>;
-
-/// Limits a tenant's apps run under, per worker; unset fields take the server's.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TenantLimits {
-    /// Requests of this tenant in flight on one worker; past it, 503.
-    pub max_in_flight: Option<u64>,
-    /// Pool threads of one worker this tenant's requests may hold (running or
-    /// queued); past it, 503. Never all of them.
-    pub max_pool_threads: Option<u64>,
-    /// Ceilings for the tenant's apps.
-    pub fuel: Option<u64>,
-    pub max_memory: Option<u64>,
-    pub timeout_ms: Option<u64>,
-}
-
-/// A tenant as the API shows it (never its token).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Tenant {
-    pub id: i64,
-    pub name: String,
-    pub limits: TenantLimits,
-    pub created_at: u64,
-}
-
-/// Where requests reach an app: a host (or any host) and a path prefix.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Route {
-    /// `None` matches any host.
-    #[serde(default)]
-    pub host: Option<String>,
-    /// A path prefix starting with `/`, matched on whole segments.
-    pub prefix: String,
-}
-
-/// Per-app settings, kept with each version so a rollback restores them too.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AppSettings {
-    #[serde(default)]
-    pub routes: Vec<Route>,
-    #[serde(default)]
-    pub vars: BTreeMap<String, String>,
-    #[serde(default)]
-    pub allow_outbound: Vec<String>,
-    /// `loop` or `pool` to override the export's type; `None` reads it.
-    #[serde(default)]
-    pub mode: Option<String>,
-    #[serde(default)]
-    pub fuel: Option<u64>,
-    #[serde(default)]
-    pub max_memory: Option<u64>,
-    #[serde(default)]
-    pub timeout_ms: Option<u64>,
-    #[serde(default)]
-    pub max_in_flight: Option<u64>,
-}
 
 /// A version to record: the component's hash and what validation found.
 #[derive(Debug, Clone)]
@@ -108,43 +63,11 @@ pub struct NewVersion {
     pub sha256: String,
     pub size: u64,
     pub export: String,
-    /// `loop` or `pool`: where it runs.
-    pub mode: String,
+    /// Where it runs.
+    pub mode: Mode,
     pub settings: AppSettings,
     /// The component itself, for a registry that keeps the bytes.
     pub bytes: bytes::Bytes,
-}
-
-/// One version of an app.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Version {
-    pub number: u64,
-    pub sha256: String,
-    pub size: u64,
-    pub export: String,
-    pub mode: String,
-    pub settings: AppSettings,
-    pub created_at: u64,
-    pub active: bool,
-}
-
-/// An app and its active version.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct AppInfo {
-    pub name: String,
-    pub tenant: String,
-    pub active_version: Option<u64>,
-    pub versions: u64,
-    pub routes: Vec<Route>,
-}
-
-/// What the workers serve: one entry per app with an active version.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ActiveApp {
-    pub tenant: String,
-    pub tenant_limits: TenantLimits,
-    pub app: String,
-    pub version: Version,
 }
 
 /// The registry's operations. Implementations must make each call atomic.
@@ -235,6 +158,11 @@ pub(crate) fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// A stored version's mode column.
+pub(crate) fn read_mode(text: String) -> std::result::Result<Mode, String> {
+    text.parse()
+}
+
 /// A fresh token: `wlt_<tenant id>_<64 hex digits of randomness>`.
 pub(crate) fn new_token(tenant_id: i64) -> anyhow::Result<(String, Vec<u8>)> {
     let mut secret = [0u8; 32];
@@ -308,7 +236,9 @@ impl SqliteRegistry {
             sha256: row.get("sha256")?,
             size: row.get::<_, i64>("size")? as u64,
             export: row.get("export")?,
-            mode: row.get("mode")?,
+            mode: read_mode(row.get("mode")?).map_err(|e| {
+                rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into())
+            })?,
             settings: serde_json::from_str(&settings).unwrap_or_default(),
             created_at: row.get::<_, i64>("created_at")? as u64,
             active: active == Some(number),
@@ -520,7 +450,7 @@ impl Registry for SqliteRegistry {
                     version.sha256,
                     version.size as i64,
                     version.export,
-                    version.mode,
+                    version.mode.as_str(),
                     settings,
                     created_at as i64
                 ],
@@ -627,53 +557,6 @@ impl Registry for SqliteRegistry {
     }
 }
 
-/// Tenant and app names: what fits in a URL path segment and a metric label.
-pub fn check_name(what: &str, name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-    if ok {
-        Ok(())
-    } else {
-        Err(RegistryError::Invalid(format!(
-            "{what} name {name:?} must be 1-64 letters, digits, `-` or `_`, starting with a letter or digit"
-        )))
-    }
-}
-
-/// A route's prefix is a clean absolute path; its host a plain host name.
-pub fn check_route(route: &Route) -> Result<()> {
-    let prefix = &route.prefix;
-    let clean = prefix.starts_with('/')
-        && (prefix == "/" || !prefix.ends_with('/'))
-        && !prefix.contains("//")
-        && !prefix.split('/').any(|s| s == "." || s == "..")
-        && prefix
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "/-_.~".contains(c));
-    if !clean {
-        return Err(RegistryError::Invalid(format!(
-            "route prefix {prefix:?} must be `/` or an absolute path without a trailing slash, dot segments or special characters"
-        )));
-    }
-    if let Some(host) = &route.host {
-        let ok = !host.is_empty()
-            && host.len() <= 253
-            && host
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == ':');
-        if !ok {
-            return Err(RegistryError::Invalid(format!(
-                "route host {host:?} is not a host name"
-            )));
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -698,7 +581,7 @@ mod tests {
             sha256: "ab".repeat(32),
             size: 10,
             export: "wasi:http/handler@0.3.0".into(),
-            mode: "loop".into(),
+            mode: Mode::Loop,
             bytes: bytes::Bytes::new(),
             settings: AppSettings {
                 routes: routes
@@ -780,26 +663,5 @@ mod tests {
         );
         assert!(reg.apps(&b).unwrap().is_empty());
         assert_eq!(reg.active().unwrap().len(), 1);
-    }
-
-    #[test]
-    fn bad_names_and_routes_are_invalid() {
-        for bad in ["", "a/b", "../x", "with space", "-x"] {
-            assert!(check_name("app", bad).is_err(), "{bad:?}");
-        }
-        for bad in ["", "x", "/a/", "/a/../b", "/a//b", "/a?b", "/%2e"] {
-            let route = Route {
-                host: None,
-                prefix: bad.into(),
-            };
-            assert!(check_route(&route).is_err(), "{bad:?}");
-        }
-        assert!(
-            check_route(&Route {
-                host: Some("api.example.com".into()),
-                prefix: "/v1".into()
-            })
-            .is_ok()
-        );
     }
 }

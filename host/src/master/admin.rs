@@ -6,7 +6,7 @@
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -17,9 +17,10 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-use crate::api::DeployContext;
+use crate::deploy::api::DeployContext;
 use crate::doctor::{self, Facts};
 use crate::metrics::{Aggregate, Counters, MasterFacts, Snapshot};
+use crate::registry::follow::Health;
 
 /// How far back the doctor looks.
 pub const WINDOW: Duration = Duration::from_secs(60);
@@ -43,6 +44,17 @@ pub struct AdminState {
 /// The state shared by the master and the admin connections.
 pub type SharedState = Arc<Mutex<AdminState>>;
 
+/// Locks the shared state. A panic while it was held (a bug) leaves counters that
+/// may be one update off, which is better than an admin listener that stops
+/// answering: the lock is taken back and the poisoning logged.
+pub fn lock(state: &SharedState) -> MutexGuard<'_, AdminState> {
+    state.lock().unwrap_or_else(|poisoned| {
+        tracing::error!("the admin state's lock was poisoned by a panic; carrying on");
+        state.clear_poison();
+        poisoned.into_inner()
+    })
+}
+
 impl AdminState {
     pub fn new(facts: Facts, master: MasterFacts) -> AdminState {
         AdminState {
@@ -52,6 +64,35 @@ impl AdminState {
             history: VecDeque::from([(Instant::now(), Counters::default())]),
             not_ready: Some("starting".into()),
             registry_down: None,
+        }
+    }
+
+    /// Records what the registry's listener learned: that it answers again, or that
+    /// it does not and why.
+    pub fn registry_health(&mut self, health: Health) {
+        match health {
+            Health::Up => {
+                if let Some((since, _)) = self.registry_down.take() {
+                    tracing::info!(
+                        down_ms = since.elapsed().as_millis() as u64,
+                        "the registry answers again; catching up"
+                    );
+                }
+                self.master.registry_up = true;
+            }
+            Health::Down(why) => {
+                match &mut self.registry_down {
+                    None => {
+                        tracing::warn!(
+                            "the registry is unreachable, serving what this node has: {why}"
+                        );
+                        self.master.registry_outages += 1;
+                        self.registry_down = Some((Instant::now(), why));
+                    }
+                    Some((_, last)) => *last = why,
+                }
+                self.master.registry_up = false;
+            }
         }
     }
 
@@ -129,7 +170,7 @@ pub async fn serve(listener: TcpListener, state: SharedState, api: ApiSlot) {
                 async move {
                     if req.uri().path().starts_with("/v1/") {
                         let reply = match (api.api.get(), api.registry_mode) {
-                            (Some(api), _) => crate::api::handle(req, api).await,
+                            (Some(api), _) => crate::deploy::api::handle(req, api).await,
                             (None, true) => Some(reply_text(
                                 StatusCode::SERVICE_UNAVAILABLE,
                                 "the server is waiting for its registry; try again shortly\n",
@@ -234,39 +275,4 @@ fn reply(status: StatusCode, content_type: &'static str, body: String) -> Respon
         .headers_mut()
         .insert(CONTENT_TYPE, http::HeaderValue::from_static(content_type));
     response
-}
-
-/// `wasmloop doctor`: fetches `/doctor` from `admin` and prints it.
-pub fn doctor_cli(admin: &str, json: bool) -> anyhow::Result<()> {
-    use anyhow::Context as _;
-    use http_body_util::BodyExt as _;
-    let url: http::Uri = format!("{}/doctor", admin.trim_end_matches('/'))
-        .parse()
-        .with_context(|| format!("{admin} is not a URL"))?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let body = runtime.block_on(async {
-        let client =
-            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                .build_http::<Full<Bytes>>();
-        let response = tokio::time::timeout(Duration::from_secs(10), client.get(url.clone()))
-            .await
-            .with_context(|| format!("{url} did not answer within 10 s"))?
-            .with_context(|| {
-                format!("failed to reach {url}; is the server running with --admin-listen?")
-            })?;
-        let status = response.status();
-        let body = response.into_body().collect().await?.to_bytes();
-        anyhow::ensure!(status.is_success(), "{url} answered {status}");
-        anyhow::Ok(body)
-    })?;
-    if json {
-        println!("{}", String::from_utf8_lossy(&body));
-        return Ok(());
-    }
-    let report: doctor::Report =
-        serde_json::from_slice(&body).context("the server's /doctor answer is not a report")?;
-    print!("{}", doctor::render(&report));
-    Ok(())
 }

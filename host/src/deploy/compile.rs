@@ -15,11 +15,10 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest as _, Sha256};
 
-use crate::component;
-use crate::config::ModeChoice;
-use crate::engine;
+use crate::model::app::sha256_hex;
+use crate::model::mode::{Mode, ModeChoice};
+use crate::runtime::{component, engine};
 
 /// Why an upload was refused, with the status the admin API answers.
 #[derive(Debug, thiserror::Error)]
@@ -114,18 +113,12 @@ pub fn write_durably(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     result
 }
 
-/// Hex SHA-256 of `bytes`.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
-
 /// What the compiler child found out about a component.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Compiled {
     pub export: String,
     pub export_is_async: bool,
-    /// `loop` or `pool`.
-    pub mode: String,
+    pub mode: Mode,
     /// Hex SHA-256 of the artifact written.
     pub artifact_sha256: String,
 }
@@ -159,7 +152,7 @@ pub async fn compile(
         .arg("compile")
         .arg(component)
         .arg(artifact)
-        .arg(format!("--mode={}", mode_arg(mode)))
+        .arg(format!("--mode={mode}"))
         .arg(format!("--max-memory={}", limits.max_memory))
         .arg(format!("--guest-fuel={}", limits.guest_fuel))
         .arg(format!("--guest-max-memory={}", limits.guest_max_memory))
@@ -193,14 +186,6 @@ pub async fn compile(
             output.status,
             limits.max_memory >> 20
         ))),
-    }
-}
-
-fn mode_arg(mode: ModeChoice) -> &'static str {
-    match mode {
-        ModeChoice::Auto => "auto",
-        ModeChoice::Loop => "loop",
-        ModeChoice::Pool => "pool",
     }
 }
 
@@ -286,7 +271,7 @@ pub fn run_compile(args: &CompileArgs) -> std::process::ExitCode {
     if let Err(e) = setrlimit(Resource::RLIMIT_AS, hard, hard) {
         return fail(1, format!("failed to lift the compiler's memory cap: {e}"));
     }
-    let trial = crate::sandbox::Limits {
+    let trial = crate::runtime::sandbox::Limits {
         fuel: args.guest_fuel,
         max_memory: usize::try_from(args.guest_max_memory).unwrap_or(usize::MAX),
         allow_outbound: Vec::new().into(),
@@ -305,7 +290,7 @@ pub fn run_compile(args: &CompileArgs) -> std::process::ExitCode {
     let report = Compiled {
         export: handler.export,
         export_is_async: handler.export_is_async,
-        mode: handler.mode.to_string(),
+        mode: handler.mode,
         artifact_sha256: sha256_hex(&artifact),
     };
     match serde_json::to_string(&report) {

@@ -20,14 +20,14 @@ use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use tokio_util::sync::CancellationToken;
 
-use crate::body::{self, RequestBody, ResponseBody};
-use crate::component::Mode;
-use crate::error::{Fault, RequestError};
-use crate::loop_exec;
 use crate::metrics::{Finished, Gauges, Recorder, Snapshot};
-use crate::outcome::{self, Outcome, RunContext};
-use crate::pool::{Job, Pool};
-use crate::routes::RouteTable;
+use crate::model::mode::Mode;
+use crate::runtime::error::{Fault, RequestError};
+use crate::worker::body::{self, RequestBody, ResponseBody};
+use crate::worker::routes::RouteTable;
+use crate::worker::run::on_loop;
+use crate::worker::run::on_pool::{Job, Pool};
+use crate::worker::run::{self, Outcome, RunContext};
 
 /// Limits the front door applies before a guest runs.
 #[derive(Debug, Clone)]
@@ -227,7 +227,7 @@ impl Server {
         });
         // Dropping the guard (the client left, or the body is done) cancels the run.
         let cancel_on_drop = ctx.cancel.clone().drop_guard();
-        let (reply, pending) = outcome::channel();
+        let (reply, pending) = run::channel();
         let mut pool_slot = None;
         match (&self.pool, app.mode()) {
             (Some(pool), Mode::Pool) => {
@@ -254,7 +254,7 @@ impl Server {
                     return Ok(log.refuse(e));
                 }
             }
-            (_, Mode::Loop) => loop_exec::spawn(app.clone(), req, ctx.clone(), reply),
+            (_, Mode::Loop) => on_loop::spawn(app.clone(), req, ctx.clone(), reply),
             (None, Mode::Pool) => {
                 return Ok(log.refuse(RequestError::Host(anyhow::anyhow!(
                     "pool mode without a pool"

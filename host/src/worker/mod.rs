@@ -8,6 +8,12 @@
 //! the head size and header-read timeouts (hyper's), and an idle timeout for
 //! keep-alive connections with no request in flight.
 
+pub mod app;
+pub mod body;
+pub mod front_door;
+pub mod routes;
+pub mod run;
+
 use std::cell::Cell;
 use std::io;
 use std::pin::Pin;
@@ -28,17 +34,17 @@ use tokio_util::task::TaskTracker;
 
 use std::collections::HashMap;
 
-use crate::app::{App, Defaults};
-use crate::body::WithGuard;
-use crate::component::Mode;
 use crate::config::ServeConfig;
-use crate::engine::{self, EngineSizing, EpochTicker};
-use crate::http::{FrontDoor, Server};
 use crate::metrics::Recorder;
-use crate::pool::Pool;
-use crate::routes::{self, RouteTable, TableMessage, TenantMap};
-use crate::supervisor::Report;
+use crate::model::mode::Mode;
+use crate::protocol::{Report, TableMessage, parse_table};
+use crate::runtime::engine::{self, EngineSizing, EpochTicker};
 use crate::telemetry;
+use crate::worker::app::{App, Defaults};
+use crate::worker::body::WithGuard;
+use crate::worker::front_door::{FrontDoor, Server};
+use crate::worker::routes::{RouteTable, TenantMap};
+use crate::worker::run::on_pool::Pool;
 
 /// Runs one worker process, as started by the master: loads the component, serves
 /// the inherited listener, reports to the master on stdout from the event loop, and
@@ -202,10 +208,6 @@ fn read_first_table() -> anyhow::Result<TableMessage> {
         .read_line(&mut line)
         .context("failed to read the route table from the master")?;
     parse_table(&line).context("the master's first line is not a route table")
-}
-
-fn parse_table(line: &str) -> Option<TableMessage> {
-    serde_json::from_str(line.trim().strip_prefix("table ")?).ok()
 }
 
 /// Applies every table the master sends on stdin: loads new apps on a blocking

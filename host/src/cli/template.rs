@@ -7,6 +7,52 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
 
+/// Arguments of `wasmloop new`.
+#[derive(Debug, clap::Args)]
+pub struct NewArgs {
+    /// The crate's name; also the directory created for it.
+    pub name: String,
+    /// Write an `async fn` handler (runs on the event loop) instead of a plain `fn`
+    /// (runs on the thread pool).
+    #[arg(long = "async")]
+    pub is_async: bool,
+    /// Directory to create the crate in (default: the current directory).
+    #[arg(long, default_value = ".")]
+    pub dir: PathBuf,
+    /// Depend on the SDK at this path instead of the copy next to the wasmloop sources
+    /// this binary was built from (or, when those are gone, the registry release).
+    #[arg(long, env = "WASMLOOP_SDK_PATH")]
+    pub sdk_path: Option<PathBuf>,
+}
+
+/// `wasmloop new`: writes the crate and says how to build and serve it.
+pub fn run(args: &NewArgs) -> anyhow::Result<()> {
+    let template = Template {
+        name: args.name.clone(),
+        is_async: args.is_async,
+        sdk: SdkSource::find(args.sdk_path.as_deref())?,
+    };
+    let dir = args.dir.join(&args.name);
+    template.write(&dir)?;
+    let style = if args.is_async {
+        "an async fn handler: it runs on the event loop"
+    } else {
+        "a plain fn handler: it runs on the thread pool"
+    };
+    println!("Created {} ({style}).", dir.display());
+    if let SdkSource::Path(path) = &template.sdk {
+        println!("It uses the SDK at {}.", path.display());
+    }
+    println!();
+    println!("    cd {}", dir.display());
+    println!("    cargo build --release");
+    println!(
+        "    wasmloop serve target/wasm32-wasip2/release/{}.wasm",
+        template.wasm_name()
+    );
+    Ok(())
+}
+
 /// Where the crate's `wasmloop-sdk` dependency comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SdkSource {
@@ -93,9 +139,9 @@ impl Template {
 
     fn files(&self) -> Vec<(&'static str, String)> {
         let source = if self.is_async {
-            include_str!("../templates/async.rs")
+            include_str!("../../templates/async.rs")
         } else {
-            include_str!("../templates/sync.rs")
+            include_str!("../../templates/sync.rs")
         };
         let source = source
             .replace("{{name}}", &self.name)

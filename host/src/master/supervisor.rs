@@ -27,60 +27,18 @@ use tokio::sync::mpsc;
 
 use std::sync::{Arc, Mutex};
 
-use crate::admin::{self, AdminState, ApiSlot, SharedState};
-use crate::api::DeployContext;
 use crate::config::{AdminListen, ServeConfig};
+use crate::deploy::api::DeployContext;
 use crate::doctor;
-use crate::follow;
-use crate::metrics::{MasterFacts, Snapshot};
+use crate::master::admin::{self, AdminState, ApiSlot, SharedState, lock};
+use crate::metrics::MasterFacts;
+use crate::model::app::{ActiveApp, Version};
+use crate::model::mode::Mode;
+use crate::model::tenant::TenantLimits;
+use crate::protocol::{self, AppFiles, Report, TableEntry, TableMessage};
 use crate::registry::RegistryError;
-use crate::routes::TableMessage;
+use crate::registry::follow::{self, Health};
 use crate::telemetry;
-
-/// What a worker tells the master, one line each on its stdout.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Report {
-    /// The worker is serving.
-    Ready,
-    /// The worker's event loop is alive and has served this many requests.
-    Beat { served: u64 },
-    /// The worker reached `--max-requests` and asks to be replaced.
-    Retire,
-    /// The worker's metrics (every second).
-    Metrics(Box<Snapshot>),
-    /// The worker serves this route-table generation.
-    Applied(u64),
-}
-
-impl Report {
-    /// The line for this report, newline included.
-    pub fn line(&self) -> String {
-        match self {
-            Report::Ready => "ready\n".to_string(),
-            Report::Beat { served } => format!("beat {served}\n"),
-            Report::Retire => "retire\n".to_string(),
-            Report::Applied(generation) => format!("applied {generation}\n"),
-            Report::Metrics(snapshot) => match serde_json::to_string(snapshot) {
-                Ok(json) => format!("metrics {json}\n"),
-                Err(_) => String::new(),
-            },
-        }
-    }
-
-    /// Parses a line written by [`Report::line`].
-    pub fn parse(line: &str) -> Option<Report> {
-        match line.trim().split_once(' ') {
-            None if line.trim() == "ready" => Some(Report::Ready),
-            None if line.trim() == "retire" => Some(Report::Retire),
-            Some(("beat", n)) => n.parse().ok().map(|served| Report::Beat { served }),
-            Some(("applied", n)) => n.parse().ok().map(Report::Applied),
-            Some(("metrics", json)) => serde_json::from_str(json)
-                .ok()
-                .map(|snapshot| Report::Metrics(Box::new(snapshot))),
-            _ => None,
-        }
-    }
-}
 
 /// A worker started at run time did not come up: the master stops rather than
 /// respawn it over and over.
@@ -215,12 +173,13 @@ impl Master {
         let (applied_tx, applied_rx) = tokio::sync::watch::channel(0);
         let (table, deploys) = match (&config.component, &config.manifest) {
             (Some(_), _) => (None, None),
-            (None, Some(path)) => (Some(table_line(&manifest_table(path)?)?), None),
+            (None, Some(path)) => (Some(protocol::table_line(&manifest_table(path)?)?), None),
             (None, None) => {
                 // Opening a shared registry waits while its database is down.
-                let (opening, events) = (config.clone(), events_tx.clone());
+                let opening = config.clone();
+                let tables = forward_tables(events_tx.clone());
                 let deploys = tokio::task::spawn_blocking(move || {
-                    DeployContext::open(&opening, events, applied_rx)
+                    DeployContext::open(&opening, tables, applied_rx)
                 })
                 .await??;
                 let deploys = Arc::new(deploys);
@@ -236,7 +195,7 @@ impl Master {
                     }
                 };
                 api.open(deploys.clone());
-                (Some(table_line(&table)?), Some(deploys))
+                (Some(protocol::table_line(&table)?), Some(deploys))
             }
         };
         Ok(Master {
@@ -383,7 +342,7 @@ impl Master {
                 }
             }
             Event::Publish(table) => {
-                let line = table_line(&table)?;
+                let line = protocol::table_line(&table)?;
                 for worker in self.workers.values() {
                     if let Some(stdin) = &worker.stdin {
                         let _ = stdin.send(line.clone());
@@ -667,7 +626,20 @@ impl Master {
     }
 }
 
-/// Binds the shared listening socket with `--backlog`.
+/// A sender for the deploy side's tables: each one becomes an [`Event::Publish`] on
+/// the master's loop, in the order they were sent.
+fn forward_tables(events: mpsc::UnboundedSender<Event>) -> mpsc::UnboundedSender<TableMessage> {
+    let (tables, mut rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(table) = rx.recv().await {
+            if events.send(Event::Publish(table)).is_err() {
+                return;
+            }
+        }
+    });
+    tables
+}
+
 /// Prints a line scripts wait for on stderr in one write: the workers share the
 /// stream, and `eprintln!` may write a line in pieces another process's log line
 /// can land between.
@@ -685,14 +657,22 @@ fn follow_registry(
     deploys: &Arc<DeployContext>,
 ) -> anyhow::Result<()> {
     let (wake_tx, mut wake) = mpsc::unbounded_channel();
-    follow::spawn_listener(url, recheck, admin.clone(), wake_tx)?;
+    let health = admin.clone();
+    follow::spawn_listener(
+        url,
+        recheck,
+        move |h| lock(&health).registry_health(h),
+        wake_tx,
+    )?;
     let (admin, deploys) = (admin.clone(), deploys.clone());
     tokio::spawn(async move {
         while wake.recv().await.is_some() {
             while wake.try_recv().is_ok() {}
             match deploys.sync().await {
                 Ok(()) => {}
-                Err(RegistryError::Unavailable(why)) => follow::mark_down(&admin, &why),
+                Err(RegistryError::Unavailable(why)) => {
+                    lock(&admin).registry_health(Health::Down(why))
+                }
                 Err(e) => tracing::error!("failed to follow the registry: {e:#}"),
             }
         }
@@ -742,18 +722,10 @@ fn describe(status: &std::io::Result<ExitStatus>) -> String {
     }
 }
 
-/// A table as the line written to a worker's stdin.
-fn table_line(table: &TableMessage) -> anyhow::Result<String> {
-    Ok(format!(
-        "table {}\n",
-        serde_json::to_string(table).context("failed to encode the route table")?
-    ))
-}
-
 /// The table for `serve --manifest`: every app of the manifest under tenant `local`,
 /// compiled by each worker from its file.
 fn manifest_table(path: &std::path::Path) -> anyhow::Result<TableMessage> {
-    let manifest = crate::manifest::Manifest::load(path)?;
+    let manifest = crate::model::manifest::Manifest::load(path)?;
     let mut apps = Vec::new();
     for app in &manifest.apps {
         anyhow::ensure!(
@@ -762,28 +734,29 @@ fn manifest_table(path: &std::path::Path) -> anyhow::Result<TableMessage> {
             app.name,
             app.component.display()
         );
-        apps.push(crate::routes::TableEntry {
-            active: crate::registry::ActiveApp {
+        apps.push(TableEntry {
+            active: ActiveApp {
                 tenant: "local".into(),
                 // Local development: one tenant, the whole worker.
-                tenant_limits: crate::registry::TenantLimits {
+                tenant_limits: TenantLimits {
                     max_in_flight: Some(u64::MAX),
                     max_pool_threads: Some(u64::MAX),
-                    ..crate::registry::TenantLimits::default()
+                    ..TenantLimits::default()
                 },
                 app: app.name.clone(),
-                version: crate::registry::Version {
+                version: Version {
                     number: 1,
                     sha256: String::new(),
                     size: 0,
                     export: String::new(),
-                    mode: String::new(),
+                    // Not read: each worker classifies the component it compiles.
+                    mode: Mode::Loop,
                     settings: app.settings()?,
                     created_at: 0,
                     active: true,
                 },
             },
-            files: crate::app::AppFiles {
+            files: AppFiles {
                 component: app.component.clone(),
                 artifact: None,
             },
@@ -798,15 +771,6 @@ fn manifest_table(path: &std::path::Path) -> anyhow::Result<TableMessage> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn reports_round_trip_through_their_lines() {
-        for report in [Report::Ready, Report::Beat { served: 42 }, Report::Retire] {
-            assert_eq!(Report::parse(&report.line()), Some(report));
-        }
-        assert_eq!(Report::parse("hello"), None);
-        assert_eq!(Report::parse("beat many"), None);
-    }
 
     #[test]
     fn respawns_back_off_exponentially_up_to_ten_seconds() {

@@ -22,12 +22,12 @@ use wasmtime::{Store, UpdateDeadline};
 use wasmtime_wasi_http::WasiHttpView as _;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 
-use crate::app::App;
-use crate::body::{BoxError, ChannelBody, FrameSender, RequestBody};
-use crate::component::HandlerPre;
-use crate::error::RequestError;
-use crate::outcome::{Head, Outcome, Reply, RunContext};
-use crate::sandbox::Sandbox;
+use crate::runtime::component::HandlerPre;
+use crate::runtime::error::RequestError;
+use crate::runtime::sandbox::Sandbox;
+use crate::worker::app::App;
+use crate::worker::body::{BoxError, ChannelBody, FrameSender, RequestBody};
+use crate::worker::run::{Head, Outcome, Reply, RunContext};
 
 /// How long a response head waits for the start of its body (see `drive_service`).
 const FIRST_FLUSH: std::time::Duration = std::time::Duration::from_millis(1);

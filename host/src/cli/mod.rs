@@ -3,6 +3,9 @@
 //! environment (`WASMLOOP_SERVER`, `WASMLOOP_TOKEN`), else a config file
 //! (`~/.config/wasmloop/cli.toml` with `server = "..."` and `token = "..."`).
 
+pub mod doctor;
+pub mod template;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -12,8 +15,11 @@ use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt as _, Full};
 use serde_json::{Value, json};
 
-use crate::manifest::Manifest;
-use crate::registry::AppSettings;
+use crate::model::app::AppSettings;
+use crate::model::manifest::Manifest;
+use crate::model::mode::ModeChoice;
+use crate::model::route::parse_route;
+use crate::model::text::parse_key_value;
 
 /// Where the admin API is and who is asking.
 #[derive(Debug, Clone, clap::Args)]
@@ -155,14 +161,14 @@ pub struct DeployArgs {
     #[arg(long)]
     pub host: Option<String>,
     /// A configuration variable KEY=VALUE (repeatable).
-    #[arg(long = "var")]
-    pub vars: Vec<String>,
+    #[arg(long = "var", value_parser = parse_key_value)]
+    pub vars: Vec<(String, String)>,
     /// A host the app may call (repeatable).
     #[arg(long = "allow-outbound")]
     pub allow_outbound: Vec<String>,
     /// `loop` or `pool` to override the export's type.
-    #[arg(long)]
-    pub mode: Option<String>,
+    #[arg(long, value_enum)]
+    pub mode: Option<ModeChoice>,
     /// Deploy every app of a wasmloop.toml.
     #[arg(long, conflicts_with = "file")]
     pub manifest: Option<PathBuf>,
@@ -225,20 +231,15 @@ pub fn deploy(conn: &Connection, args: &DeployArgs) -> anyhow::Result<()> {
         routes: routes
             .iter()
             .map(|r| match &args.host {
-                Some(host) if r.starts_with('/') => crate::api::parse_route(&format!("{host}{r}")),
-                _ => crate::api::parse_route(r),
+                Some(host) if r.starts_with('/') => parse_route(&format!("{host}{r}")),
+                _ => parse_route(r),
             })
             .collect(),
         allow_outbound: args.allow_outbound.clone(),
-        mode: args.mode.clone(),
+        mode: args.mode,
         ..AppSettings::default()
     };
-    for var in &args.vars {
-        let (k, v) = var
-            .split_once('=')
-            .with_context(|| format!("--var {var:?} is not KEY=VALUE"))?;
-        settings.vars.insert(k.to_string(), v.to_string());
-    }
+    settings.vars.extend(args.vars.iter().cloned());
     upload(conn, &app, file, settings)
 }
 

@@ -23,17 +23,17 @@ use serde_json::json;
 use subtle::ConstantTimeEq as _;
 use tokio::sync::{mpsc, watch};
 
-use crate::app::AppFiles;
-use crate::config::{ModeChoice, ServeConfig};
-use crate::deploy::{self, CompileLimits, DataDir, DeployError};
-use crate::engine;
-use crate::pg_registry::PostgresRegistry;
-use crate::registry::{
-    ActiveApp, AppSettings, NewVersion, Registry, RegistryError, Route, SqliteRegistry, Tenant,
-    TenantLimits,
-};
-use crate::routes::{TableEntry, TableMessage};
-use crate::supervisor::Event;
+use crate::config::ServeConfig;
+use crate::deploy::compile::{self, CompileLimits, DataDir, DeployError};
+use crate::model::app::{ActiveApp, AppSettings, Version, sha256_hex};
+use crate::model::mode::ModeChoice;
+use crate::model::route::{check_route, parse_route};
+use crate::model::tenant::{Tenant, TenantLimits, check_name};
+use crate::model::text::{parse_key_value, parse_size};
+use crate::protocol::{AppFiles, TableEntry, TableMessage};
+use crate::registry::postgres::PostgresRegistry;
+use crate::registry::{NewVersion, Registry, RegistryError, SqliteRegistry};
+use crate::runtime::engine;
 
 /// How long a deploy's answer waits for every worker to serve it.
 const APPLY_WAIT: Duration = Duration::from_secs(5);
@@ -47,7 +47,7 @@ pub struct DeployContext {
     engine_key: String,
     max_upload: u64,
     compile: CompileLimits,
-    events: mpsc::UnboundedSender<Event>,
+    tables: mpsc::UnboundedSender<TableMessage>,
     applied: watch::Receiver<u64>,
     generation: std::sync::atomic::AtomicU64,
     /// One change at a time: two deploys must not publish tables out of order.
@@ -119,7 +119,7 @@ impl DeployContext {
     /// shared registry that is down is waited for (it says so in the log). Blocks.
     pub fn open(
         config: &ServeConfig,
-        events: mpsc::UnboundedSender<Event>,
+        tables: mpsc::UnboundedSender<TableMessage>,
         applied: watch::Receiver<u64>,
     ) -> anyhow::Result<DeployContext> {
         let data = DataDir::new(config.data_dir.clone());
@@ -144,7 +144,7 @@ impl DeployContext {
                 guest_fuel: config.fuel,
                 guest_max_memory: config.max_memory,
             },
-            events,
+            tables,
             applied,
             generation: std::sync::atomic::AtomicU64::new(1),
             publishing: tokio::sync::Mutex::new(()),
@@ -221,7 +221,7 @@ impl DeployContext {
     /// fetching the component and compiling it first when needed.
     async fn prepare(
         self: &Arc<Self>,
-        version: &crate::registry::Version,
+        version: &Version,
     ) -> anyhow::Result<Option<(PathBuf, String)>> {
         let sha = version.sha256.clone();
         let component = self.data.component(&sha);
@@ -235,10 +235,10 @@ impl DeployContext {
                     format!("component {lookup_sha} is neither on this node nor in the registry")
                 })?;
                 anyhow::ensure!(
-                    deploy::sha256_hex(&bytes) == lookup_sha,
+                    sha256_hex(&bytes) == lookup_sha,
                     "the registry's copy of component {lookup_sha} does not match its hash"
                 );
-                deploy::write_durably(&lookup_component, &bytes)?;
+                compile::write_durably(&lookup_component, &bytes)?;
             }
             let recorded = me.registry.artifact(&lookup_sha, &me.engine_key)?;
             Ok(recorded.filter(|_| lookup_artifact.exists()))
@@ -247,13 +247,10 @@ impl DeployContext {
         if let Some(hash) = recorded {
             return Ok(Some((artifact, hash)));
         }
-        let mode = match version.mode.as_str() {
-            "loop" => ModeChoice::Loop,
-            _ => ModeChoice::Pool,
-        };
+        let mode = ModeChoice::from(version.mode);
         let tmp = self.data.temp_path("artifact");
         let started = std::time::Instant::now();
-        let compiled = match deploy::compile(&component, &tmp, mode, self.compile).await {
+        let compiled = match compile::compile(&component, &tmp, mode, self.compile).await {
             Ok(compiled) => compiled,
             Err(e) => {
                 remove_quietly(vec![tmp]).await;
@@ -282,8 +279,8 @@ impl DeployContext {
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
             + 1;
         let table = self.load(generation).await?;
-        self.events
-            .send(Event::Publish(table))
+        self.tables
+            .send(table)
             .map_err(|_| anyhow::anyhow!("the master is stopping"))?;
         let mut applied = self.applied.clone();
         let done = tokio::time::timeout(APPLY_WAIT, applied.wait_for(|g| *g >= generation)).await;
@@ -389,7 +386,7 @@ fn admin_token(config: &ServeConfig) -> anyhow::Result<String> {
     let mut secret = [0u8; 32];
     getrandom::fill(&mut secret).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
     let token = format!("wla_{}", hex::encode(secret));
-    deploy::write_durably(&path, format!("{token}\n").as_bytes())?;
+    compile::write_durably(&path, format!("{token}\n").as_bytes())?;
     use std::os::unix::fs::PermissionsExt as _;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
     tracing::info!(path = %path.display(), "generated the admin token");
@@ -611,16 +608,14 @@ fn settings_from_query(query: &str) -> Result<AppSettings, String> {
     let pairs: Vec<(String, String)> =
         serde_urlencoded::from_str(query).map_err(|e| format!("invalid query string: {e}"))?;
     let number = |key: &str, value: &str| -> Result<u64, String> {
-        crate::config::parse_size(value).map_err(|e| format!("{key}: {e}"))
+        parse_size(value).map_err(|e| format!("{key}: {e}"))
     };
     for (key, value) in pairs {
         match key.as_str() {
             "route" => settings.routes.push(parse_route(&value)),
             "var" => {
-                let (k, v) = value
-                    .split_once('=')
-                    .ok_or_else(|| format!("var {value:?} is not KEY=VALUE"))?;
-                settings.vars.insert(k.to_string(), v.to_string());
+                let (k, v) = parse_key_value(&value).map_err(|e| format!("var: {e}"))?;
+                settings.vars.insert(k, v);
             }
             "allow_outbound" => settings.allow_outbound.extend(
                 value
@@ -629,7 +624,7 @@ fn settings_from_query(query: &str) -> Result<AppSettings, String> {
                     .filter(|h| !h.is_empty())
                     .map(String::from),
             ),
-            "mode" => settings.mode = Some(value),
+            "mode" => settings.mode = Some(value.parse()?),
             "fuel" => settings.fuel = Some(number(&key, &value)?),
             "max_memory" => settings.max_memory = Some(number(&key, &value)?),
             "timeout_ms" => settings.timeout_ms = Some(number(&key, &value)?),
@@ -638,35 +633,6 @@ fn settings_from_query(query: &str) -> Result<AppSettings, String> {
         }
     }
     Ok(settings)
-}
-
-/// `/prefix` for any host, or `host/prefix` (`host` alone means `/`).
-pub fn parse_route(value: &str) -> Route {
-    if value.starts_with('/') {
-        return Route {
-            host: None,
-            prefix: value.to_string(),
-        };
-    }
-    match value.split_once('/') {
-        Some((host, rest)) => Route {
-            host: Some(host.to_string()),
-            prefix: format!("/{rest}"),
-        },
-        None => Route {
-            host: Some(value.to_string()),
-            prefix: "/".to_string(),
-        },
-    }
-}
-
-fn mode_choice(settings: &AppSettings) -> Result<ModeChoice, String> {
-    match settings.mode.as_deref() {
-        None | Some("auto") => Ok(ModeChoice::Auto),
-        Some("loop") => Ok(ModeChoice::Loop),
-        Some("pool") => Ok(ModeChoice::Pool),
-        Some(other) => Err(format!("mode {other:?} is not auto, loop or pool")),
-    }
 }
 
 /// The upload and its settings, from a raw body or a multipart form.
@@ -772,7 +738,7 @@ impl FilterMapData for http_body_util::BodyStream<Incoming> {
 #[derive(Serialize)]
 struct Deployed {
     app: String,
-    version: crate::registry::Version,
+    version: Version,
     compile_ms: u64,
     workers_updated: bool,
 }
@@ -787,16 +753,16 @@ async fn deploy(
         Ok(tenant) => tenant,
         Err(reply) => return reply,
     };
-    if let Err(e) = crate::registry::check_name("app", &app) {
-        return registry_error(e);
+    if let Err(e) = check_name("app", &app) {
+        return registry_error(e.into());
     }
     let (bytes, settings) = match read_upload(req, ctx.max_upload).await {
         Ok(upload) => upload,
         Err(reply) => return reply,
     };
     for route in &settings.routes {
-        if let Err(e) = crate::registry::check_route(route) {
-            return registry_error(e);
+        if let Err(e) = check_route(route) {
+            return registry_error(e.into());
         }
     }
     if settings.routes.is_empty() {
@@ -805,26 +771,23 @@ async fn deploy(
             "give the app at least one route (route=/prefix or route=host/prefix)",
         );
     }
-    let mode = match mode_choice(&settings) {
-        Ok(mode) => mode,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e),
-    };
-    if let Err(e) = crate::component::check_is_component(&bytes) {
+    let mode = settings.mode_choice();
+    if let Err(e) = crate::runtime::component::check_is_component(&bytes) {
         return deploy_error(DeployError::Invalid(format!("{e:#}")));
     }
 
     // Compile from a temporary copy; only a component that compiled moves into place.
-    let sha = deploy::sha256_hex(&bytes);
+    let sha = sha256_hex(&bytes);
     let upload = ctx.data.temp_path("upload");
     let artifact_tmp = ctx.data.temp_path("artifact");
     let (upload_path, bytes_len, to_write) = (upload.clone(), bytes.len() as u64, bytes.clone());
     let write =
-        tokio::task::spawn_blocking(move || deploy::write_durably(&upload_path, &to_write)).await;
+        tokio::task::spawn_blocking(move || compile::write_durably(&upload_path, &to_write)).await;
     if let Err(reply) = flatten(write).map_err(|e| deploy_error(DeployError::Storage(e))) {
         return reply;
     }
     let started = std::time::Instant::now();
-    let compiled = deploy::compile(&upload, &artifact_tmp, mode, ctx.compile).await;
+    let compiled = compile::compile(&upload, &artifact_tmp, mode, ctx.compile).await;
     let compile_ms = started.elapsed().as_millis() as u64;
     let compiled = match compiled {
         Ok(compiled) => compiled,
@@ -843,7 +806,7 @@ async fn deploy(
         sha256: sha.clone(),
         size: bytes_len,
         export: compiled.export.clone(),
-        mode: compiled.mode.clone(),
+        mode: compiled.mode,
         settings,
         bytes: bytes.clone(),
     };
@@ -920,31 +883,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn routes_parse_with_and_without_a_host() {
-        assert_eq!(
-            parse_route("/api"),
-            Route {
-                host: None,
-                prefix: "/api".into()
-            }
-        );
-        assert_eq!(
-            parse_route("example.com/api"),
-            Route {
-                host: Some("example.com".into()),
-                prefix: "/api".into()
-            }
-        );
-        assert_eq!(
-            parse_route("example.com"),
-            Route {
-                host: Some("example.com".into()),
-                prefix: "/".into()
-            }
-        );
-    }
-
-    #[test]
     fn query_settings_parse_and_refuse_unknown_keys() {
         let s =
             settings_from_query("route=/a&route=h.example/b&var=K%3DV&var=X=1&fuel=1000&mode=loop")
@@ -952,7 +890,7 @@ mod tests {
         assert_eq!(s.routes.len(), 2);
         assert_eq!(s.vars["K"], "V");
         assert_eq!(s.vars["X"], "1");
-        assert_eq!((s.fuel, s.mode.as_deref()), (Some(1000), Some("loop")));
+        assert_eq!((s.fuel, s.mode), (Some(1000), Some(ModeChoice::Loop)));
         assert!(settings_from_query("colour=blue").is_err());
         assert!(serde_json::from_str::<serde_json::Value>(OPENAPI).is_ok());
     }

@@ -15,12 +15,13 @@ use std::time::Duration;
 use anyhow::Context as _;
 use wasmtime::Engine;
 
-use crate::component::{self, Handler, Mode};
-use crate::config::ModeChoice;
 use crate::config::ServeConfig;
-use crate::deploy::sha256_hex;
-use crate::registry::ActiveApp;
-use crate::sandbox::Limits;
+use crate::model::app::{ActiveApp, sha256_hex};
+use crate::model::mode::{Mode, ModeChoice};
+use crate::model::tenant::TenantLimits;
+use crate::protocol::AppFiles;
+use crate::runtime::component::{self, Handler};
+use crate::runtime::sandbox::Limits;
 
 /// Everything needed to run one request of an app.
 pub struct App {
@@ -138,7 +139,7 @@ impl Defaults {
 
     /// The slots a tenant gets on this worker: its limits, else its share of the
     /// worker's, and never all the pool threads while there is more than one.
-    pub fn tenant_slots(&self, limits: &crate::registry::TenantLimits) -> TenantSlots {
+    pub fn tenant_slots(&self, limits: &TenantLimits) -> TenantSlots {
         let share = |total: u64| ((total as f64 * self.tenant_share).floor() as u64).max(1);
         let pool_cap = if self.threads > 1 {
             self.threads - 1
@@ -210,11 +211,7 @@ impl App {
     ) -> anyhow::Result<App> {
         let settings = &entry.version.settings;
         let name: Arc<str> = format!("{}/{}", entry.tenant, entry.app).into();
-        let choice = match settings.mode.as_deref() {
-            Some("loop") => ModeChoice::Loop,
-            Some("pool") => ModeChoice::Pool,
-            _ => ModeChoice::Auto,
-        };
+        let choice = settings.mode_choice();
         let artifact = files.artifact.as_ref().and_then(|(path, expected)| {
             let bytes = std::fs::read(path).ok()?;
             if sha256_hex(&bytes) == *expected {
@@ -280,12 +277,4 @@ impl App {
     pub fn mode(&self) -> Mode {
         self.handler.mode
     }
-}
-
-/// Where a deployed version's files are.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct AppFiles {
-    pub component: std::path::PathBuf,
-    /// The cached artifact and its recorded SHA-256, when there is one.
-    pub artifact: Option<(std::path::PathBuf, String)>,
 }

@@ -1,7 +1,7 @@
 //! The registry on PostgreSQL (`--registry postgres://...`), for several nodes that
 //! share one registry. Tenants, tokens, apps, versions, routes and the component
 //! bytes (`bytea`) live in the database; every change that alters what is served
-//! sends `NOTIFY wasmloop_changes` in its transaction, which [`crate::follow`] turns
+//! sends `NOTIFY wasmloop_changes` in its transaction, which [`crate::registry::follow`] turns
 //! into a re-read on every node. Compiled artifacts stay per node: their records are
 //! kept by a [`SqliteRegistry`] in the node's data directory.
 //!
@@ -23,9 +23,12 @@ use postgres::{Client, GenericClient, NoTls, Row, Transaction};
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
 
+use crate::model::app::{ActiveApp, AppInfo, Version};
+use crate::model::route::{Route, check_route};
+use crate::model::tenant::{Tenant, TenantLimits, check_name};
 use crate::registry::{
-    ActiveApp, AppInfo, NewVersion, Registry, RegistryError, Result, Route, SqliteRegistry, Tenant,
-    TenantLimits, Version, check_name, check_route, host_key, new_token, now, parse_token,
+    NewVersion, Registry, RegistryError, Result, SqliteRegistry, host_key, new_token, now,
+    parse_token, read_mode,
 };
 
 /// The channel every change is announced on.
@@ -240,19 +243,19 @@ impl PostgresRegistry {
         .ok_or_else(|| RegistryError::NotFound(format!("app {app:?}")))
     }
 
-    fn read_version(row: &Row, active: Option<i64>) -> Version {
+    fn read_version(row: &Row, active: Option<i64>) -> Result<Version> {
         let number: i64 = row.get("number");
         let settings: String = row.get("settings");
-        Version {
+        Ok(Version {
             number: number as u64,
             sha256: row.get("sha256"),
             size: row.get::<_, i64>("size") as u64,
             export: row.get("export"),
-            mode: row.get("mode"),
+            mode: read_mode(row.get("mode")).map_err(|e| anyhow::anyhow!("versions.mode: {e}"))?,
             settings: serde_json::from_str(&settings).unwrap_or_default(),
             created_at: row.get::<_, i64>("created_at") as u64,
             active: active == Some(number),
-        }
+        })
     }
 
     fn tenant_from_row(row: &Row) -> Tenant {
@@ -462,7 +465,7 @@ impl Registry for PostgresRegistry {
                 "SELECT * FROM versions WHERE app_id = $1 ORDER BY number",
                 &[&app_id],
             )?;
-            Ok(rows.iter().map(|r| Self::read_version(r, active)).collect())
+            rows.iter().map(|r| Self::read_version(r, active)).collect()
         })
     }
 
@@ -505,7 +508,7 @@ impl Registry for PostgresRegistry {
                     &version.sha256,
                     &(version.size as i64),
                     &version.export,
-                    &version.mode,
+                    &version.mode.as_str(),
                     &settings,
                     &created_at,
                 ],
@@ -520,7 +523,7 @@ impl Registry for PostgresRegistry {
                 sha256: version.sha256.clone(),
                 size: version.size,
                 export: version.export.clone(),
-                mode: version.mode.clone(),
+                mode: version.mode,
                 settings: version.settings.clone(),
                 created_at: created_at as u64,
                 active: true,
@@ -543,7 +546,7 @@ impl Registry for PostgresRegistry {
                     &[&app_id, &(number as i64)],
                 )?
                 .map(|row| Self::read_version(&row, Some(number as i64)))
-                .ok_or_else(|| RegistryError::NotFound(format!("version {number} of {app:?}")))?;
+                .ok_or_else(|| RegistryError::NotFound(format!("version {number} of {app:?}")))??;
             Self::claim_routes(tx, app_id, &version.settings.routes)?;
             tx.execute(
                 "UPDATE apps SET active_version = $1 WHERE id = $2",
@@ -572,19 +575,18 @@ impl Registry for PostgresRegistry {
                  ORDER BY t.name, a.name",
                 &[],
             )?;
-            Ok(rows
-                .iter()
+            rows.iter()
                 .map(|row| {
                     let limits: String = row.get("tenant_limits");
                     let number: i64 = row.get("number");
-                    ActiveApp {
+                    Ok(ActiveApp {
                         tenant: row.get("tenant"),
                         tenant_limits: serde_json::from_str(&limits).unwrap_or_default(),
                         app: row.get("app"),
-                        version: Self::read_version(row, Some(number)),
-                    }
+                        version: Self::read_version(row, Some(number))?,
+                    })
                 })
-                .collect())
+                .collect()
         })
     }
 

@@ -11,27 +11,12 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
-
 use wasmtime::Engine;
 
-use crate::app::{App, AppFiles, Defaults, TenantSlots};
-use crate::registry::{ActiveApp, TenantLimits};
-
-/// One app of a table message.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TableEntry {
-    pub active: ActiveApp,
-    pub files: AppFiles,
-}
-
-/// What the master tells a worker to serve.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct TableMessage {
-    /// Increases with every change; the worker acknowledges it once applied.
-    pub generation: u64,
-    pub apps: Vec<TableEntry>,
-}
+use crate::model::route::Route;
+use crate::model::tenant::TenantLimits;
+use crate::protocol::TableMessage;
+use crate::worker::app::{App, Defaults, TenantSlots};
 
 /// The worker's routes: every (host, prefix) to its app.
 #[derive(Default)]
@@ -55,7 +40,7 @@ impl RouteTable {
     }
 
     /// Adds `app` under each of its routes.
-    pub fn insert(&mut self, app: Arc<App>, routes: &[crate::registry::Route]) {
+    pub fn insert(&mut self, app: Arc<App>, routes: &[Route]) {
         for route in routes {
             let entry = (route.prefix.clone(), app.clone());
             match &route.host {

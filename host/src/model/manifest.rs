@@ -26,8 +26,11 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, bail};
 use serde::Deserialize;
 
-use crate::api::parse_route;
-use crate::registry::{self, AppSettings};
+use crate::model::app::AppSettings;
+use crate::model::mode::ModeChoice;
+use crate::model::route::{check_route, parse_route};
+use crate::model::tenant::check_name;
+use crate::model::text::parse_size;
 
 /// A parsed manifest; component paths are relative to its directory.
 #[derive(Debug, Clone, Deserialize)]
@@ -98,7 +101,7 @@ impl Manifest {
         }
         let mut names = std::collections::BTreeSet::new();
         for app in &manifest.apps {
-            registry::check_name("app", &app.name)?;
+            check_name("app", &app.name)?;
             if !names.insert(&app.name) {
                 bail!("app {:?} appears twice", app.name);
             }
@@ -117,20 +120,20 @@ impl ManifestApp {
             self.routes.iter().map(|r| parse_route(r)).collect()
         };
         for route in &routes {
-            registry::check_route(route)?;
+            check_route(route)?;
         }
-        if let Some(mode) = &self.mode
-            && !["auto", "loop", "pool"].contains(&mode.as_str())
-        {
-            bail!(
-                "app {:?}: mode {mode:?} is not auto, loop or pool",
-                self.name
-            );
-        }
+        let mode = match &self.mode {
+            None => None,
+            Some(text) => match text.parse::<ModeChoice>() {
+                Ok(ModeChoice::Auto) => None,
+                Ok(choice) => Some(choice),
+                Err(e) => bail!("app {:?}: {e}", self.name),
+            },
+        };
         let max_memory = match &self.limits.max_memory {
             None => None,
             Some(Size::Bytes(n)) => Some(*n),
-            Some(Size::Text(text)) => Some(crate::config::parse_size(text)?),
+            Some(Size::Text(text)) => Some(parse_size(text)?),
         };
         let timeout_ms = match &self.limits.timeout {
             None => None,
@@ -144,7 +147,7 @@ impl ManifestApp {
             routes,
             vars: self.vars.clone(),
             allow_outbound: self.allow_outbound.clone(),
-            mode: self.mode.clone().filter(|m| m != "auto"),
+            mode,
             fuel: self.limits.fuel,
             max_memory,
             timeout_ms,

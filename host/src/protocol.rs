@@ -1,0 +1,117 @@
+//! What the master and a worker say to each other, and the one place each message is
+//! encoded and decoded. The master writes [`TableMessage`]s to a worker's stdin, one
+//! `table <json>` line each; the worker writes [`Report`]s to its stdout, one line
+//! each. Neither side knows the other's code: only this module.
+
+use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
+
+use crate::metrics::Snapshot;
+use crate::model::app::ActiveApp;
+
+/// One app of a table message.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TableEntry {
+    pub active: ActiveApp,
+    pub files: AppFiles,
+}
+
+/// What the master tells a worker to serve.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TableMessage {
+    /// Increases with every change; the worker acknowledges it once applied.
+    pub generation: u64,
+    pub apps: Vec<TableEntry>,
+}
+
+/// Where a deployed version's files are.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AppFiles {
+    pub component: std::path::PathBuf,
+    /// The cached artifact and its recorded SHA-256, when there is one.
+    pub artifact: Option<(std::path::PathBuf, String)>,
+}
+
+/// What a worker tells the master, one line each on its stdout.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Report {
+    /// The worker is serving.
+    Ready,
+    /// The worker's event loop is alive and has served this many requests.
+    Beat { served: u64 },
+    /// The worker reached `--max-requests` and asks to be replaced.
+    Retire,
+    /// The worker's metrics (every second).
+    Metrics(Box<Snapshot>),
+    /// The worker serves this route-table generation.
+    Applied(u64),
+}
+
+impl Report {
+    /// The line for this report, newline included.
+    pub fn line(&self) -> String {
+        match self {
+            Report::Ready => "ready\n".to_string(),
+            Report::Beat { served } => format!("beat {served}\n"),
+            Report::Retire => "retire\n".to_string(),
+            Report::Applied(generation) => format!("applied {generation}\n"),
+            Report::Metrics(snapshot) => match serde_json::to_string(snapshot) {
+                Ok(json) => format!("metrics {json}\n"),
+                Err(_) => String::new(),
+            },
+        }
+    }
+
+    /// Parses a line written by [`Report::line`].
+    pub fn parse(line: &str) -> Option<Report> {
+        match line.trim().split_once(' ') {
+            None if line.trim() == "ready" => Some(Report::Ready),
+            None if line.trim() == "retire" => Some(Report::Retire),
+            Some(("beat", n)) => n.parse().ok().map(|served| Report::Beat { served }),
+            Some(("applied", n)) => n.parse().ok().map(Report::Applied),
+            Some(("metrics", json)) => serde_json::from_str(json)
+                .ok()
+                .map(|snapshot| Report::Metrics(Box::new(snapshot))),
+            _ => None,
+        }
+    }
+}
+
+/// A table as the line written to a worker's stdin.
+pub fn table_line(table: &TableMessage) -> anyhow::Result<String> {
+    Ok(format!(
+        "table {}\n",
+        serde_json::to_string(table).context("failed to encode the route table")?
+    ))
+}
+
+/// Reads a line written by [`table_line`].
+pub fn parse_table(line: &str) -> Option<TableMessage> {
+    serde_json::from_str(line.trim().strip_prefix("table ")?).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_round_trip_through_their_lines() {
+        for report in [Report::Ready, Report::Beat { served: 42 }, Report::Retire] {
+            assert_eq!(Report::parse(&report.line()), Some(report));
+        }
+        assert_eq!(Report::parse("hello"), None);
+        assert_eq!(Report::parse("beat many"), None);
+    }
+
+    #[test]
+    fn tables_round_trip_through_their_lines() {
+        let table = TableMessage {
+            generation: 7,
+            apps: Vec::new(),
+        };
+        let line = table_line(&table).unwrap();
+        assert!(line.starts_with("table ") && line.ends_with('\n'));
+        assert_eq!(parse_table(&line).map(|t| t.generation), Some(7));
+        assert!(parse_table("tables {}").is_none());
+    }
+}
