@@ -1,13 +1,13 @@
 //! [`Error`]: a handler error that becomes an HTTP response. Handlers return
 //! `Result<T, Error>` and use `?` on anything that fails; the status and body the
-//! client sees are decided here, details of unexpected failures go to the log.
+//! client sees are decided here, details of unexpected failures go to the log. Also
+//! [`FetchError`], why an outgoing request failed, which both WASI backends return.
 
 use std::fmt;
 
 use http::StatusCode;
 
 use crate::Response;
-use crate::fetch::FetchError;
 use crate::response::{IntoResponse, text_response};
 
 /// An error a handler returns, turned into a response by [`IntoResponse`].
@@ -118,3 +118,43 @@ impl IntoResponse for Error {
         text_response(self.status, format!("{}\n", self.message))
     }
 }
+
+/// Why a [`fetch()`](crate::fetch()) failed.
+#[derive(Debug, Clone)]
+pub struct FetchError {
+    target: String,
+    message: String,
+    denied: bool,
+}
+
+impl FetchError {
+    pub(crate) fn new(target: &str, message: String, denied: bool) -> Self {
+        Self {
+            target: target.to_string(),
+            message,
+            denied,
+        }
+    }
+
+    /// Whether the host refused to send the request: its host is not one the
+    /// operator allowed with `--allow-outbound`. Nothing was sent.
+    pub fn is_denied(&self) -> bool {
+        self.denied
+    }
+}
+
+impl fmt::Display for FetchError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.denied {
+            write!(
+                f,
+                "fetch {} refused by the host ({}): it only sends requests to the hosts its operator allowed",
+                self.target, self.message
+            )
+        } else {
+            write!(f, "fetch {} failed: {}", self.target, self.message)
+        }
+    }
+}
+
+impl std::error::Error for FetchError {}

@@ -4,8 +4,7 @@
 //! the operator allowed (`--allow-outbound`); any other gets a [`FetchError`] for which
 //! [`FetchError::is_denied`] is true, and nothing leaves the machine.
 
-use std::fmt;
-
+use crate::error::FetchError;
 use crate::{Request, Response};
 
 /// Sends `request` and returns the whole response, from an `async fn` handler.
@@ -42,43 +41,3 @@ pub async fn fetch(request: Request) -> Result<Response, FetchError> {
 pub fn fetch_sync(request: Request) -> Result<Response, FetchError> {
     crate::wasi_p2::fetch(request)
 }
-
-/// Why a [`fetch()`] failed.
-#[derive(Debug, Clone)]
-pub struct FetchError {
-    target: String,
-    message: String,
-    denied: bool,
-}
-
-impl FetchError {
-    pub(crate) fn new(target: &str, message: String, denied: bool) -> Self {
-        Self {
-            target: target.to_string(),
-            message,
-            denied,
-        }
-    }
-
-    /// Whether the host refused to send the request: its host is not one the
-    /// operator allowed with `--allow-outbound`. Nothing was sent.
-    pub fn is_denied(&self) -> bool {
-        self.denied
-    }
-}
-
-impl fmt::Display for FetchError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.denied {
-            write!(
-                f,
-                "fetch {} refused by the host ({}): it only sends requests to the hosts its operator allowed",
-                self.target, self.message
-            )
-        } else {
-            write!(f, "fetch {} failed: {}", self.target, self.message)
-        }
-    }
-}
-
-impl std::error::Error for FetchError {}

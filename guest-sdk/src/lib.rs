@@ -68,8 +68,8 @@ mod wasi_p2;
 mod wasi_p3;
 
 pub use body::Body;
-pub use error::Error;
-pub use fetch::{FetchError, fetch, fetch_sync};
+pub use error::{Error, FetchError};
+pub use fetch::{fetch, fetch_sync};
 pub use http::{self, HeaderMap, Method, StatusCode, Uri, header};
 pub use json::Json;
 pub use request::{Params, RequestExt};

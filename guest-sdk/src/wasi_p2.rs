@@ -14,7 +14,7 @@ use wasip2::http::types::{
 use wasip2::io::streams::StreamError;
 
 use crate::body::Inner;
-use crate::fetch::FetchError;
+use crate::error::FetchError;
 use crate::{Body, IntoResponse, Request, Response};
 
 /// Serves one request with `handler`: the body of the macro-generated export.

@@ -13,7 +13,7 @@ use wasip3::wit_bindgen::{self, StreamReader, StreamWriter};
 use wasip3::{wit_future, wit_stream};
 
 use crate::body::Inner;
-use crate::fetch::FetchError;
+use crate::error::FetchError;
 use crate::{Body, IntoResponse, Request, Response};
 
 /// Serves one request with `handler`: the body of the macro-generated export.
