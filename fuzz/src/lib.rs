@@ -17,7 +17,7 @@ use wasmloop::metrics::Recorder;
 use wasmloop::worker::run::on_pool::Pool;
 use wasmloop::worker::routes::RouteTable;
 use wasmloop::runtime::sandbox::Limits;
-use wasmloop::worker::{ConnLimits, LocalExec, http_builder};
+use wasmloop::worker::accept::{ConnLimits, LocalExec, http_builder};
 
 /// A wasi:http 0.2 handler that returns without answering (the host answers 500):
 /// the smallest component that goes through every step of serving a request.

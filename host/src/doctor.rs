@@ -1,7 +1,7 @@
 //! `wasmloop doctor`: reads the counters of the last minute and says, in plain words
-//! and with numbers, what limits throughput. The rules live in [`diagnose`], a pure
-//! function of two metric views, so each one is tested without a server; the master
-//! runs it for `GET /doctor` and the CLI prints the result.
+//! and with numbers, what limits throughput. [`diagnose`] is a pure function of two
+//! metric views that runs one function per rule, so each is tested without a server;
+//! the master runs it for `GET /doctor` and the CLI prints the result.
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -68,68 +68,123 @@ const QUEUED: f64 = 0.005;
 /// Forced yields in the window above which a loop guest is called hot.
 const HOT_YIELDS: u64 = 25;
 
-/// Compares `now` with `before` (taken `window` earlier) and names the bottlenecks.
+/// Compares `now` with `before` (taken `window` earlier) and names the bottlenecks:
+/// each rule below looks at the same window and may add findings.
 pub fn diagnose(before: &Counters, now: &Snapshot, window: Duration, facts: &Facts) -> Report {
-    let c = &now.counters;
-    let seconds = window.as_secs_f64().max(0.001);
-    let mut findings = Vec::new();
-
-    let delta = |now: u64, then: Option<&u64>| now.saturating_sub(then.copied().unwrap_or(0));
-    let requests: u64 = c
-        .requests
-        .iter()
-        .map(|(k, n)| delta(*n, before.requests.get(k)))
-        .sum();
+    let w = Window {
+        before,
+        now,
+        c: &now.counters,
+        seconds: window.as_secs_f64().max(0.001),
+        facts,
+    };
     let mut latency = Histogram::default();
-    for (key, h) in &c.latency {
+    for (key, h) in &w.c.latency {
         let earlier = before.latency.get(key).cloned().unwrap_or_default();
         latency.add(&h.since(&earlier));
     }
-    let lag = c.loop_lag.since(&before.loop_lag);
-    let loop_lag_p99 = lag.quantile(0.99);
+    let loop_lag_p99 = w.c.loop_lag.since(&before.loop_lag).quantile(0.99);
+    let pool_busy = w.pool_busy();
+    let (hot_guests, loop_busy_total) = loop_hot_guests(&w, loop_lag_p99);
 
-    // The pool: busy most of the time, and requests waited for a thread.
-    let pool_threads = now.gauges.pool_threads;
-    let pool_busy = (pool_threads > 0).then(|| {
-        ((c.pool_busy_seconds - before.pool_busy_seconds) / (seconds * pool_threads as f64))
-            .clamp(0.0, 1.0)
-    });
-    let waits = c.pool_queue_wait.since(&before.pool_queue_wait);
+    let mut findings: Vec<Finding> = pool_saturated(&w, pool_busy).into_iter().collect();
+    findings.extend(hot_guests);
+    findings.extend(concurrency_limit(&w));
+    findings.extend(tenant_limits(&w));
+    findings.extend(failures(&w));
+    findings.extend(few_workers(&w, pool_busy, loop_busy_total));
+    findings.sort_by_key(|f| f.severity != Severity::Warning);
+    Report {
+        window_seconds: w.seconds,
+        workers: facts.workers,
+        cores: facts.cores,
+        requests: w.requests(),
+        latency_p50_ms: latency.quantile(0.5).map(|s| s * 1000.0),
+        latency_p99_ms: latency.quantile(0.99).map(|s| s * 1000.0),
+        pool_busy,
+        loop_lag_p99_ms: loop_lag_p99.map(|s| s * 1000.0),
+        findings,
+    }
+}
+
+/// The window the rules look at: the counters at both ends and the server's facts.
+struct Window<'a> {
+    before: &'a Counters,
+    now: &'a Snapshot,
+    c: &'a Counters,
+    seconds: f64,
+    facts: &'a Facts,
+}
+
+impl Window<'_> {
+    fn requests(&self) -> u64 {
+        self.c
+            .requests
+            .iter()
+            .map(|(k, n)| delta(*n, self.before.requests.get(k)))
+            .sum()
+    }
+
+    /// Share of pool thread time spent running requests; none without a pool.
+    fn pool_busy(&self) -> Option<f64> {
+        let threads = self.now.gauges.pool_threads;
+        (threads > 0).then(|| {
+            ((self.c.pool_busy_seconds - self.before.pool_busy_seconds)
+                / (self.seconds * threads as f64))
+                .clamp(0.0, 1.0)
+        })
+    }
+}
+
+fn delta(now: u64, then: Option<&u64>) -> u64 {
+    now.saturating_sub(then.copied().unwrap_or(0))
+}
+
+/// The pool: busy most of the time, and requests waited for a thread.
+fn pool_saturated(w: &Window<'_>, pool_busy: Option<f64>) -> Option<Finding> {
+    let (c, seconds) = (w.c, w.seconds);
+    let pool_threads = w.now.gauges.pool_threads;
+    let waits = c.pool_queue_wait.since(&w.before.pool_queue_wait);
     let queued = waits.above(QUEUED);
-    let pool_full: u64 = sum_by_reason(c, before, "pool_full");
+    let pool_full: u64 = sum_by_reason(c, w.before, "pool_full");
     // Queueing is the symptom that matters: a pool can look half idle over the window
     // and still make most requests wait during a burst.
     let mostly_queued = waits.count > 0
         && queued * 5 >= waits.count
         && waits.quantile(0.5).is_some_and(|median| median >= 0.01);
-    if let Some(busy) = pool_busy
-        && ((busy >= POOL_SATURATED && queued > 0) || mostly_queued || pool_full > 0)
-    {
-        let mut summary = format!(
-            "The pool's {pool_threads} threads were busy {:.0}% of the last {seconds:.0} s and requests queued for them: {queued} of {} waited over {} ms (median wait up to {}).",
-            busy * 100.0,
-            waits.count,
-            QUEUED * 1000.0,
-            ms(waits.quantile(0.5)),
-        );
-        if pool_full > 0 {
-            let _ = write!(
-                summary,
-                " {pool_full} were refused with 503 because the queue was full."
-            );
-        }
-        findings.push(Finding {
-            severity: Severity::Warning,
-            code: "pool_saturated".into(),
-            summary,
-            advice: format!(
-                "If the handler mostly waits (outbound calls, sleeps), raise --threads (now {}) or write it as an `async fn` so it runs on the event loop and holds no thread while it waits. If it computes, add workers (up to one per core) or make it do less.",
-                facts.threads
-            ),
-        });
+    let busy = pool_busy?;
+    if !((busy >= POOL_SATURATED && queued > 0) || mostly_queued || pool_full > 0) {
+        return None;
     }
+    let mut summary = format!(
+        "The pool's {pool_threads} threads were busy {:.0}% of the last {seconds:.0} s and requests queued for them: {queued} of {} waited over {} ms (median wait up to {}).",
+        busy * 100.0,
+        waits.count,
+        QUEUED * 1000.0,
+        ms(waits.quantile(0.5)),
+    );
+    if pool_full > 0 {
+        let _ = write!(
+            summary,
+            " {pool_full} were refused with 503 because the queue was full."
+        );
+    }
+    Some(Finding {
+        severity: Severity::Warning,
+        code: "pool_saturated".into(),
+        summary,
+        advice: format!(
+            "If the handler mostly waits (outbound calls, sleeps), raise --threads (now {}) or write it as an `async fn` so it runs on the event loop and holds no thread while it waits. If it computes, add workers (up to one per core) or make it do less.",
+            w.facts.threads
+        ),
+    })
+}
 
-    // Loop-resident guests that compute without awaiting.
+/// Loop-resident guests that compute without awaiting; also how long loop guests
+/// held the loop in all, for [`few_workers`].
+fn loop_hot_guests(w: &Window<'_>, loop_lag_p99: Option<f64>) -> (Vec<Finding>, f64) {
+    let (c, before, seconds, facts) = (w.c, w.before, w.seconds, w.facts);
+    let mut findings = Vec::new();
     let mut loop_busy_total = 0.0;
     for ((app, mode), secs) in &c.guest_seconds {
         if mode != "loop" {
@@ -154,7 +209,7 @@ pub fn diagnose(before: &Counters, now: &Snapshot, window: Duration, facts: &Fac
                     "App {app} computes on the event loop without awaiting: the host preempted it {yields} times in the last {seconds:.0} s, and it held the loop for {busy:.1} s ({:.0}% of the loop's time). Requests sharing the loop waited for it: loop lag p99 {}, worst in the last second {}.",
                     busy / (seconds * facts.workers.max(1) as f64) * 100.0,
                     ms(loop_lag_p99),
-                    ms(Some(now.gauges.loop_lag_max)),
+                    ms(Some(w.now.gauges.loop_lag_max)),
                 ),
                 advice: format!(
                     "Move the CPU-heavy part of {app} to a plain `fn` handler (it then runs on the pool, a thread of its own under --fuel), or split the work and await between the pieces. Preemption every {} ms keeps its neighbours going, but they share the loop with it.",
@@ -163,32 +218,30 @@ pub fn diagnose(before: &Counters, now: &Snapshot, window: Duration, facts: &Fac
             });
         }
     }
+    (findings, loop_busy_total)
+}
 
-    // Requests refused at the worker's concurrency limit.
-    let at_limit = sum_by_reason(c, before, "concurrency_limit");
-    if at_limit > 0 {
-        findings.push(Finding {
-            severity: Severity::Warning,
-            code: "concurrency_limit".into(),
-            summary: format!(
-                "{} in the last {seconds:.0} s were refused with 503 because a worker already had --limit-concurrency={} requests in flight.",
-                requests_word(at_limit),
-                facts.limit_concurrency
-            ),
-            advice: "Raise --limit-concurrency if memory and CPU allow (each in-flight request holds an instance), or add workers.".into(),
-        });
-    }
+/// Requests refused at the worker's concurrency limit.
+fn concurrency_limit(w: &Window<'_>) -> Option<Finding> {
+    let at_limit = sum_by_reason(w.c, w.before, "concurrency_limit");
+    (at_limit > 0).then(|| Finding {
+        severity: Severity::Warning,
+        code: "concurrency_limit".into(),
+        summary: format!(
+            "{} in the last {:.0} s were refused with 503 because a worker already had --limit-concurrency={} requests in flight.",
+            requests_word(at_limit),
+            w.seconds,
+            w.facts.limit_concurrency
+        ),
+        advice: "Raise --limit-concurrency if memory and CPU allow (each in-flight request holds an instance), or add workers.".into(),
+    })
+}
 
-    // Tenants at their own limits (registry mode: apps are named `tenant/app`).
+/// Tenants at their own limits (registry mode: apps are named `tenant/app`).
+fn tenant_limits(w: &Window<'_>) -> Vec<Finding> {
     let mut by_tenant: std::collections::BTreeMap<&str, (u64, u64)> = Default::default();
-    for ((app, reason), n) in &c.rejected {
-        let n = n.saturating_sub(
-            before
-                .rejected
-                .get(&(app.clone(), reason.clone()))
-                .copied()
-                .unwrap_or(0),
-        );
+    for ((app, reason), n) in &w.c.rejected {
+        let n = delta(*n, w.before.rejected.get(&(app.clone(), reason.clone())));
         let tenant = app.split_once('/').map_or("", |(t, _)| t);
         match reason.as_str() {
             "tenant_limit" => by_tenant.entry(tenant).or_default().0 += n,
@@ -196,27 +249,31 @@ pub fn diagnose(before: &Counters, now: &Snapshot, window: Duration, facts: &Fac
             _ => {}
         }
     }
-    for (tenant, (in_flight, pool)) in by_tenant {
-        if in_flight + pool == 0 {
-            continue;
-        }
-        findings.push(Finding {
+    by_tenant
+        .into_iter()
+        .filter(|(_, (in_flight, pool))| in_flight + pool > 0)
+        .map(|(tenant, (in_flight, pool))| Finding {
             severity: Severity::Warning,
             code: "tenant_limit".into(),
             summary: format!(
-                "Tenant {tenant} reached its limits in the last {seconds:.0} s: {} refused at its limit of requests in flight, {} at its share of pool threads. Other tenants were not affected by it.",
+                "Tenant {tenant} reached its limits in the last {:.0} s: {} refused at its limit of requests in flight, {} at its share of pool threads. Other tenants were not affected by it.",
+                w.seconds,
                 requests_word(in_flight),
                 requests_word(pool),
             ),
             advice: format!(
                 "If {tenant} should get more, raise its limits (max_in_flight, max_pool_threads when creating the tenant, or --tenant-share); if it is misbehaving, its 503s are what protect the others."
             ),
-        });
-    }
+        })
+        .collect()
+}
 
-    // Requests that ran out of fuel, and other failures by cause.
-    for ((app, cause), n) in &c.failures {
-        let n = delta(*n, before.failures.get(&(app.clone(), cause.clone())));
+/// Requests that ran out of fuel, and other failures by cause.
+fn failures(w: &Window<'_>) -> Vec<Finding> {
+    let seconds = w.seconds;
+    let mut findings = Vec::new();
+    for ((app, cause), n) in &w.c.failures {
+        let n = delta(*n, w.before.failures.get(&(app.clone(), cause.clone())));
         if n == 0 {
             continue;
         }
@@ -227,7 +284,7 @@ pub fn diagnose(before: &Counters, now: &Snapshot, window: Duration, facts: &Fac
                 summary: format!(
                     "{} of app {app} ran out of fuel (503 cpu_limit) in the last {seconds:.0} s; each may burn --fuel={:.1e} units (about 1.5e10 per CPU second).",
                     requests_word(n),
-                    facts.fuel as f64
+                    w.facts.fuel as f64
                 ),
                 advice: format!("Raise --fuel if {app} is meant to compute that long, else find what loops."),
             }),
@@ -247,36 +304,26 @@ pub fn diagnose(before: &Counters, now: &Snapshot, window: Duration, facts: &Fac
             _ => {}
         }
     }
+    findings
+}
 
-    // Fewer workers than cores while the work is CPU-bound.
-    let loop_share = loop_busy_total / (seconds * facts.workers.max(1) as f64);
-    if facts.workers < facts.cores && (pool_busy.is_some_and(|b| b >= 0.5) || loop_share >= 0.5) {
-        findings.push(Finding {
-            severity: Severity::Advice,
-            code: "few_workers".into(),
-            summary: format!(
-                "{} worker(s) serve on {} cores while the work keeps them busy.",
-                facts.workers, facts.cores
-            ),
-            advice: format!(
-                "Start with --workers {} (each worker runs one event loop on one core), or send SIGTTIN to the master to add one now.",
-                facts.cores
-            ),
-        });
-    }
-
-    findings.sort_by_key(|f| f.severity != Severity::Warning);
-    Report {
-        window_seconds: seconds,
-        workers: facts.workers,
-        cores: facts.cores,
-        requests,
-        latency_p50_ms: latency.quantile(0.5).map(|s| s * 1000.0),
-        latency_p99_ms: latency.quantile(0.99).map(|s| s * 1000.0),
-        pool_busy,
-        loop_lag_p99_ms: loop_lag_p99.map(|s| s * 1000.0),
-        findings,
-    }
+/// Fewer workers than cores while the work is CPU-bound.
+fn few_workers(w: &Window<'_>, pool_busy: Option<f64>, loop_busy_total: f64) -> Option<Finding> {
+    let facts = w.facts;
+    let loop_share = loop_busy_total / (w.seconds * facts.workers.max(1) as f64);
+    let busy = pool_busy.is_some_and(|b| b >= 0.5) || loop_share >= 0.5;
+    (facts.workers < facts.cores && busy).then(|| Finding {
+        severity: Severity::Advice,
+        code: "few_workers".into(),
+        summary: format!(
+            "{} worker(s) serve on {} cores while the work keeps them busy.",
+            facts.workers, facts.cores
+        ),
+        advice: format!(
+            "Start with --workers {} (each worker runs one event loop on one core), or send SIGTTIN to the master to add one now.",
+            facts.cores
+        ),
+    })
 }
 
 fn requests_word(n: u64) -> String {
@@ -351,7 +398,8 @@ pub fn render(report: &Report) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::{Finished, Gauges, Recorder};
+    use crate::metrics::Gauges;
+    use crate::metrics::recorder::{Finished, Recorder};
     use crate::model::mode::Mode;
 
     fn facts() -> Facts {

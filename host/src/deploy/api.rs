@@ -211,9 +211,10 @@ impl DeployContext {
                 active: active.clone(),
             });
         }
-        if let Ok(mut published) = self.published.lock() {
-            *published = Some(active);
-        }
+        *self
+            .published
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(active);
         Ok(TableMessage { generation, apps })
     }
 

@@ -19,7 +19,8 @@ use tokio::net::TcpListener;
 
 use crate::deploy::api::DeployContext;
 use crate::doctor::{self, Facts};
-use crate::metrics::{Aggregate, Counters, MasterFacts, Snapshot};
+use crate::metrics::exposition::{Aggregate, MasterFacts};
+use crate::metrics::{Counters, Snapshot};
 use crate::registry::follow::Health;
 
 /// How far back the doctor looks.
@@ -202,13 +203,7 @@ fn respond(req: &Request<Incoming>, state: &SharedState) -> Response<Full<Bytes>
             "only GET\n".into(),
         );
     }
-    let Ok(state) = state.lock() else {
-        return reply(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "text/plain",
-            "state poisoned\n".into(),
-        );
-    };
+    let state = lock(state);
     match req.uri().path() {
         "/metrics" => reply(
             StatusCode::OK,

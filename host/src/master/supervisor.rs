@@ -31,7 +31,7 @@ use crate::config::{AdminListen, ServeConfig};
 use crate::deploy::api::DeployContext;
 use crate::doctor;
 use crate::master::admin::{self, AdminState, ApiSlot, SharedState, lock};
-use crate::metrics::MasterFacts;
+use crate::metrics::exposition::MasterFacts;
 use crate::model::app::{ActiveApp, Version};
 use crate::model::mode::Mode;
 use crate::model::tenant::TenantLimits;
@@ -116,37 +116,9 @@ struct Master {
 
 impl Master {
     async fn new(config: ServeConfig) -> anyhow::Result<Master> {
-        let mut worker_args: Vec<_> = std::env::args_os().skip(1).collect();
-        match worker_args.first_mut() {
-            Some(arg) if arg == "serve" => *arg = "worker".into(),
-            _ => bail!("the master must be started as `wasmloop serve ...`"),
-        }
+        let worker_args = worker_args()?;
         let listener = bind(&config)?;
-        let admin_listener = match config.admin_listen {
-            AdminListen::Off => None,
-            AdminListen::At(addr) => {
-                let admin = std::net::TcpListener::bind(addr)
-                    .with_context(|| format!("failed to bind the admin listener to {addr}"))?;
-                admin.set_nonblocking(true)?;
-                Some(admin)
-            }
-        };
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
-        let admin = Arc::new(Mutex::new(AdminState::new(
-            doctor::Facts {
-                workers: 0,
-                cores,
-                threads: config.threads as u64,
-                limit_concurrency: config.limit_concurrency as u64,
-                fuel: config.fuel,
-                epoch_interval_ms: config.epoch_interval.as_secs_f64() * 1000.0,
-            },
-            MasterFacts {
-                cores,
-                registry_up: true,
-                ..MasterFacts::default()
-            },
-        )));
+        let admin = Arc::new(Mutex::new(admin_state(&config)));
         let registry_mode = config.component.is_none() && config.manifest.is_none();
         let api = if registry_mode {
             ApiSlot::registry()
@@ -155,19 +127,9 @@ impl Master {
         };
         // The admin listener answers from the start: /livez and /readyz while a node
         // waits for its registry, /v1 once it has it.
-        if let Some(listener) = admin_listener {
-            let listener = tokio::net::TcpListener::from_std(listener)
-                .context("failed to register the admin listener")?;
-            announce(&format!(
-                "admin listening on http://{}",
-                listener.local_addr()?
-            ));
-            tokio::spawn(admin::serve(listener, admin.clone(), api.clone()));
-        }
-        if config.registry.is_some()
-            && let Ok(mut admin) = admin.lock()
-        {
-            admin.not_ready = Some("waiting for the registry".into());
+        start_admin_listener(&config, &admin, &api)?;
+        if config.registry.is_some() {
+            lock(&admin).not_ready = Some("waiting for the registry".into());
         }
         let (events_tx, events) = mpsc::unbounded_channel();
         let (applied_tx, applied_rx) = tokio::sync::watch::channel(0);
@@ -175,25 +137,8 @@ impl Master {
             (Some(_), _) => (None, None),
             (None, Some(path)) => (Some(protocol::table_line(&manifest_table(path)?)?), None),
             (None, None) => {
-                // Opening a shared registry waits while its database is down.
-                let opening = config.clone();
                 let tables = forward_tables(events_tx.clone());
-                let deploys = tokio::task::spawn_blocking(move || {
-                    DeployContext::open(&opening, tables, applied_rx)
-                })
-                .await??;
-                let deploys = Arc::new(deploys);
-                let table = loop {
-                    match deploys.load(1).await {
-                        Ok(table) => break table,
-                        // The database went away between reading and fetching.
-                        Err(e) if deploys.shared() => {
-                            tracing::warn!("waiting for the registry: {e:#}; retrying in 1 s");
-                            tokio::time::sleep(Duration::from_secs(1)).await;
-                        }
-                        Err(e) => return Err(e.context("failed to read the registry")),
-                    }
-                };
+                let (table, deploys) = open_registry(&config, tables, applied_rx).await?;
                 api.open(deploys.clone());
                 (Some(protocol::table_line(&table)?), Some(deploys))
             }
@@ -264,133 +209,138 @@ impl Master {
     /// Copies the master's own gauges to the admin state after every event, so a
     /// scrape never shows a worker that already served as not serving.
     fn publish_gauges(&self) {
-        if let Ok(mut admin) = self.admin.lock() {
-            let serving = self
-                .workers
-                .values()
-                .filter(|w| w.phase == Phase::Serving)
-                .count();
-            admin.not_ready = if !self.announced {
-                Some(format!(
-                    "starting: {serving} of {} workers serve",
-                    self.target
-                ))
-            } else if serving == 0 {
-                Some("no worker serves".into())
-            } else {
-                None
-            };
-            admin.master.workers = serving as u64;
-            admin.master.workers_target = self.target as u64;
-            admin.master.worker_restarts = self.restarts;
-        }
+        let serving = self
+            .workers
+            .values()
+            .filter(|w| w.phase == Phase::Serving)
+            .count();
+        let mut admin = lock(&self.admin);
+        admin.not_ready = if !self.announced {
+            Some(format!(
+                "starting: {serving} of {} workers serve",
+                self.target
+            ))
+        } else if serving == 0 {
+            Some("no worker serves".into())
+        } else {
+            None
+        };
+        admin.master.workers = serving as u64;
+        admin.master.workers_target = self.target as u64;
+        admin.master.worker_restarts = self.restarts;
     }
 
     fn on_event(&mut self, event: Event) -> anyhow::Result<()> {
         match event {
-            Event::Report(pid, report) => {
-                let Some(worker) = self.workers.get_mut(&pid) else {
-                    return Ok(());
-                };
-                worker.last_report = Instant::now();
-                match report {
-                    Report::Ready => {
-                        if worker.phase == Phase::Booting {
-                            worker.phase = Phase::Serving;
-                            tracing::info!(
-                                pid,
-                                boot_ms = worker.started.elapsed().as_millis() as u64,
-                                "worker ready"
-                            );
-                        }
-                    }
-                    Report::Beat { served } => worker.served = served,
-                    Report::Metrics(snapshot) => {
-                        if let Ok(mut admin) = self.admin.lock() {
-                            admin.aggregate.update(pid, *snapshot);
-                        }
-                    }
-                    Report::Applied(generation) => {
-                        worker.applied = generation;
-                        self.publish_applied();
-                    }
-                    Report::Retire => {
-                        if !worker.replace && worker.phase == Phase::Serving {
-                            tracing::info!(
-                                pid,
-                                served = worker.served,
-                                "worker reached --max-requests; replacing it"
-                            );
-                            worker.replace = true;
-                        }
-                    }
-                }
-                if !self.announced
-                    && self
-                        .workers
-                        .values()
-                        .filter(|w| w.phase == Phase::Serving)
-                        .count()
-                        >= self.target
-                {
-                    self.announced = true;
-                    self.publish_gauges();
-                    // The one line scripts wait for, once every worker serves.
-                    if let Some(listener) = &self.listener {
-                        announce(&format!("listening on http://{}", listener.local_addr()?));
-                    }
+            Event::Report(pid, report) => self.on_report(pid, report),
+            Event::Publish(table) => self.on_publish(&table),
+            Event::Exited(pid, status) => self.on_exit(pid, &status),
+        }
+    }
+
+    /// A worker's report: it is ready, alive, has metrics, applied a table, or asks
+    /// to be replaced. Once every worker serves, says so on stderr.
+    fn on_report(&mut self, pid: u32, report: Report) -> anyhow::Result<()> {
+        let Some(worker) = self.workers.get_mut(&pid) else {
+            return Ok(());
+        };
+        worker.last_report = Instant::now();
+        match report {
+            Report::Ready => {
+                if worker.phase == Phase::Booting {
+                    worker.phase = Phase::Serving;
+                    tracing::info!(
+                        pid,
+                        boot_ms = worker.started.elapsed().as_millis() as u64,
+                        "worker ready"
+                    );
                 }
             }
-            Event::Publish(table) => {
-                let line = protocol::table_line(&table)?;
-                for worker in self.workers.values() {
-                    if let Some(stdin) = &worker.stdin {
-                        let _ = stdin.send(line.clone());
-                    }
+            Report::Beat { served } => worker.served = served,
+            Report::Metrics(snapshot) => lock(&self.admin).aggregate.update(pid, *snapshot),
+            Report::Applied(generation) => {
+                worker.applied = generation;
+                self.publish_applied();
+            }
+            Report::Retire => {
+                if !worker.replace && worker.phase == Phase::Serving {
+                    tracing::info!(
+                        pid,
+                        served = worker.served,
+                        "worker reached --max-requests; replacing it"
+                    );
+                    worker.replace = true;
                 }
-                tracing::info!(
-                    generation = table.generation,
-                    apps = table.apps.len(),
-                    "route table published"
+            }
+        }
+        let serving = self
+            .workers
+            .values()
+            .filter(|w| w.phase == Phase::Serving)
+            .count();
+        if !self.announced && serving >= self.target {
+            self.announced = true;
+            self.publish_gauges();
+            // The one line scripts wait for, once every worker serves.
+            if let Some(listener) = &self.listener {
+                announce(&format!("listening on http://{}", listener.local_addr()?));
+            }
+        }
+        Ok(())
+    }
+
+    /// A deploy changed what is served: every worker gets the new table, and so does
+    /// every worker started from now on.
+    fn on_publish(&mut self, table: &TableMessage) -> anyhow::Result<()> {
+        let line = protocol::table_line(table)?;
+        for worker in self.workers.values() {
+            if let Some(stdin) = &worker.stdin {
+                let _ = stdin.send(line.clone());
+            }
+        }
+        tracing::info!(
+            generation = table.generation,
+            apps = table.apps.len(),
+            "route table published"
+        );
+        self.table = Some(line);
+        Ok(())
+    }
+
+    /// A worker exited: as asked (draining), at start-up (the master stops), or by
+    /// crashing (replaced after a backoff that grows with repeated crashes).
+    fn on_exit(&mut self, pid: u32, status: &std::io::Result<ExitStatus>) -> anyhow::Result<()> {
+        lock(&self.admin).aggregate.retire(pid);
+        let Some(worker) = self.workers.remove(&pid) else {
+            return Ok(());
+        };
+        let status = describe(status);
+        match worker.phase {
+            Phase::Draining => {
+                tracing::info!(pid, %status, served = worker.served, "worker stopped")
+            }
+            Phase::Booting => {
+                bail!("worker {pid} failed at start-up ({status}); its error is above")
+            }
+            Phase::Serving => {
+                self.restarts += 1;
+                let lived = worker.started.elapsed();
+                self.crashes = if lived > Duration::from_secs(30) {
+                    1
+                } else {
+                    self.crashes + 1
+                };
+                let delay = backoff(self.crashes);
+                tracing::warn!(
+                    pid, %status, served = worker.served, lived_s = lived.as_secs(),
+                    restarts = self.restarts, respawn_in_ms = delay.as_millis() as u64,
+                    "worker died; replacing it"
                 );
-                self.table = Some(line);
+                self.respawn_at = Some(Instant::now() + delay);
             }
-            Event::Exited(pid, status) => {
-                if let Ok(mut admin) = self.admin.lock() {
-                    admin.aggregate.retire(pid);
-                }
-                let Some(worker) = self.workers.remove(&pid) else {
-                    return Ok(());
-                };
-                let status = describe(&status);
-                match worker.phase {
-                    Phase::Draining => {
-                        tracing::info!(pid, %status, served = worker.served, "worker stopped")
-                    }
-                    Phase::Booting => {
-                        bail!("worker {pid} failed at start-up ({status}); its error is above")
-                    }
-                    Phase::Serving => {
-                        self.restarts += 1;
-                        let lived = worker.started.elapsed();
-                        self.crashes = if lived > Duration::from_secs(30) {
-                            1
-                        } else {
-                            self.crashes + 1
-                        };
-                        let delay = backoff(self.crashes);
-                        tracing::warn!(
-                            pid, %status, served = worker.served, lived_s = lived.as_secs(),
-                            restarts = self.restarts, respawn_in_ms = delay.as_millis() as u64,
-                            "worker died; replacing it"
-                        );
-                        self.respawn_at = Some(Instant::now() + delay);
-                    }
-                }
-                if self.replacing.is_some_and(|(new, _)| new == pid) {
-                    self.replacing = None;
-                }
-            }
+        }
+        if self.replacing.is_some_and(|(new, _)| new == pid) {
+            self.replacing = None;
         }
         Ok(())
     }
@@ -411,9 +361,7 @@ impl Master {
 
     /// Kills workers whose loop went quiet, and stops on a worker that never booted.
     fn on_tick(&mut self) -> anyhow::Result<()> {
-        if let Ok(mut admin) = self.admin.lock() {
-            admin.sample();
-        }
+        lock(&self.admin).sample();
         let timeout = self.config.timeout_worker_healthcheck;
         for (&pid, worker) in &self.workers {
             let quiet = worker.last_report.elapsed();
@@ -578,9 +526,7 @@ impl Master {
     /// TERM/INT: workers stop accepting and finish what they hold, then exit 0.
     async fn stop_gracefully(mut self, why: &str) -> anyhow::Result<()> {
         tracing::info!(workers = self.workers.len(), "{why}: graceful stop");
-        if let Ok(mut admin) = self.admin.lock() {
-            admin.not_ready = Some("stopping".into());
-        }
+        lock(&self.admin).not_ready = Some("stopping".into());
         let pids: Vec<u32> = self.workers.keys().copied().collect();
         for pid in pids {
             self.drain(pid);
@@ -622,6 +568,83 @@ impl Master {
                 "worker still running after the stop deadline; killing it"
             );
             send(pid, Signal::SIGKILL);
+        }
+    }
+}
+
+/// The arguments a worker is started with: this process's, `serve` -> `worker`.
+fn worker_args() -> anyhow::Result<Vec<std::ffi::OsString>> {
+    let mut args: Vec<_> = std::env::args_os().skip(1).collect();
+    match args.first_mut() {
+        Some(arg) if arg == "serve" => *arg = "worker".into(),
+        _ => bail!("the master must be started as `wasmloop serve ...`"),
+    }
+    Ok(args)
+}
+
+/// What the admin listener shows before any worker reports.
+fn admin_state(config: &ServeConfig) -> AdminState {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    AdminState::new(
+        doctor::Facts {
+            workers: 0,
+            cores,
+            threads: config.threads as u64,
+            limit_concurrency: config.limit_concurrency as u64,
+            fuel: config.fuel,
+            epoch_interval_ms: config.epoch_interval.as_secs_f64() * 1000.0,
+        },
+        MasterFacts {
+            cores,
+            registry_up: true,
+            ..MasterFacts::default()
+        },
+    )
+}
+
+/// Binds `--admin-listen` (unless it is `off`) and serves it from now on.
+fn start_admin_listener(
+    config: &ServeConfig,
+    admin: &SharedState,
+    api: &ApiSlot,
+) -> anyhow::Result<()> {
+    let AdminListen::At(addr) = config.admin_listen else {
+        return Ok(());
+    };
+    let listener = std::net::TcpListener::bind(addr)
+        .with_context(|| format!("failed to bind the admin listener to {addr}"))?;
+    listener.set_nonblocking(true)?;
+    let listener = tokio::net::TcpListener::from_std(listener)
+        .context("failed to register the admin listener")?;
+    announce(&format!(
+        "admin listening on http://{}",
+        listener.local_addr()?
+    ));
+    tokio::spawn(admin::serve(listener, admin.clone(), api.clone()));
+    Ok(())
+}
+
+/// Opens the registry and reads the first table. Opening a shared registry waits
+/// while its database is down; so does reading it.
+async fn open_registry(
+    config: &ServeConfig,
+    tables: mpsc::UnboundedSender<TableMessage>,
+    applied: tokio::sync::watch::Receiver<u64>,
+) -> anyhow::Result<(TableMessage, Arc<DeployContext>)> {
+    let opening = config.clone();
+    let deploys =
+        tokio::task::spawn_blocking(move || DeployContext::open(&opening, tables, applied))
+            .await??;
+    let deploys = Arc::new(deploys);
+    loop {
+        match deploys.load(1).await {
+            Ok(table) => return Ok((table, deploys)),
+            // The database went away between reading and fetching.
+            Err(e) if deploys.shared() => {
+                tracing::warn!("waiting for the registry: {e:#}; retrying in 1 s");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(e.context("failed to read the registry")),
         }
     }
 }

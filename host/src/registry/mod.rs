@@ -212,9 +212,13 @@ impl SqliteRegistry {
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T>) -> Result<T> {
-        let mut db = self.db.lock().map_err(|_| {
-            RegistryError::Storage(anyhow::anyhow!("the registry lock is poisoned"))
-        })?;
+        // A call that panicked dropped its transaction, which rolled it back: the
+        // connection is as the last committed call left it.
+        let mut db = self.db.lock().unwrap_or_else(|poisoned| {
+            tracing::error!("a registry call panicked; its transaction was rolled back");
+            self.db.clear_poison();
+            poisoned.into_inner()
+        });
         f(&mut db)
     }
 

@@ -210,9 +210,15 @@ impl PostgresRegistry {
     /// call after an outage succeeds rather than failing on a dead connection. A call
     /// that finds the database gone drops the connection for the next to reopen.
     fn with<T>(&self, f: impl FnOnce(&mut Client) -> Result<T>) -> Result<T> {
-        let mut slot = self.client.lock().map_err(|_| {
-            RegistryError::Storage(anyhow::anyhow!("the registry lock is poisoned"))
-        })?;
+        let mut slot = self.client.lock().unwrap_or_else(|poisoned| {
+            // A call panicked mid-way: its connection may be in any state, so the
+            // next call opens a new one (the server rolls the old transaction back).
+            tracing::error!("a registry call panicked; reconnecting");
+            self.client.clear_poison();
+            let mut slot = poisoned.into_inner();
+            *slot = None;
+            slot
+        });
         if slot
             .as_mut()
             .is_none_or(|c| c.is_valid(CONNECT_TIMEOUT).is_err())

@@ -9,7 +9,7 @@
 //! of its output, not its request (Rust's `println!` panics when a write fails).
 
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -53,10 +53,11 @@ impl GuestOutput {
     }
 
     fn write_bytes(&self, bytes: &[u8]) {
-        let Ok(mut lines) = self.inner.lock() else {
-            return;
-        };
-        lines.write(bytes);
+        // A panic while the lock was held leaves at worst a partial line: keep logging.
+        self.inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .write(bytes);
     }
 }
 

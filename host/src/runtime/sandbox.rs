@@ -16,7 +16,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::metrics::LiveInstance;
+use crate::metrics::recorder::LiveInstance;
 use crate::runtime::guest_output::GuestOutput;
 use tokio_util::sync::CancellationToken;
 use wasmtime::component::{Linker, Resource, ResourceTable};

@@ -9,7 +9,6 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -22,6 +21,7 @@ use crate::model::tenant::TenantLimits;
 use crate::protocol::AppFiles;
 use crate::runtime::component::{self, Handler};
 use crate::runtime::sandbox::Limits;
+use crate::worker::admission::{Slots, TenantSlots};
 
 /// Everything needed to run one request of an app.
 pub struct App {
@@ -41,64 +41,6 @@ pub struct App {
     pub slots: Arc<Slots>,
     /// The tenant's slots, shared by all its apps on this worker.
     pub tenant_slots: Option<Arc<TenantSlots>>,
-}
-
-/// A counter with a ceiling, taken per request and given back by the guard.
-#[derive(Debug)]
-pub struct Slots {
-    used: AtomicU64,
-    max: u64,
-}
-
-impl Slots {
-    pub fn new(max: u64) -> Slots {
-        Slots {
-            used: AtomicU64::new(0),
-            max,
-        }
-    }
-
-    /// Takes a slot, or `None` when all are taken.
-    pub fn try_take(self: &Arc<Self>) -> Option<SlotGuard> {
-        let mut used = self.used.load(Ordering::Relaxed);
-        loop {
-            if used >= self.max {
-                return None;
-            }
-            match self.used.compare_exchange_weak(
-                used,
-                used + 1,
-                Ordering::AcqRel,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => return Some(SlotGuard(self.clone())),
-                Err(now) => used = now,
-            }
-        }
-    }
-
-    pub fn used(&self) -> u64 {
-        self.used.load(Ordering::Relaxed)
-    }
-}
-
-/// Gives its slot back when dropped.
-#[derive(Debug)]
-pub struct SlotGuard(Arc<Slots>);
-
-impl Drop for SlotGuard {
-    fn drop(&mut self) {
-        self.0.used.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// What one tenant may hold on one worker.
-#[derive(Debug)]
-pub struct TenantSlots {
-    /// Requests in flight.
-    pub in_flight: Arc<Slots>,
-    /// Pool threads (running or queued for one).
-    pub pool: Arc<Slots>,
 }
 
 /// The server-wide defaults and ceilings an app's settings are resolved against.

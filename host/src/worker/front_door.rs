@@ -1,10 +1,10 @@
-//! The HTTP front door of a worker: one request from hyper to a response.
-//!
-//! It gives the request an id, applies admission control (`--limit-concurrency`) and
-//! the body limit before any guest runs, hands the request to the app's execution path
-//! (loop or pool), waits for the head under the deadline, and turns every failure into
-//! a short status response through [`RequestError::classify`]. It writes the access
-//! log line once the guest's store is gone, when the fuel used is known.
+//! The HTTP front door of a worker: one request from hyper to a response, in stages
+//! that [`Server::handle`] calls in order: route (the request id and the app for its
+//! host and path), admit ([`crate::worker::admission`]: the worker's, tenant's and
+//! app's limits, and the body limit before any guest runs), dispatch (to the loop or
+//! the pool), await the response head under the deadline, answer. Every failure
+//! becomes a short status response through [`RequestError::classify`]; the access log
+//! line ([`crate::worker::access_log`]) is written once the guest's store is gone.
 
 use std::cell::{Cell, RefCell};
 use std::convert::Infallible;
@@ -13,16 +13,21 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, RETRY_AFTER};
+use http::header::{CONTENT_LENGTH, HOST};
 use http::uri::{Authority, Scheme};
-use http::{HeaderValue, Request, Response, StatusCode, Uri};
+use http::{Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
-use tokio_util::sync::CancellationToken;
+use tokio::sync::oneshot;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
-use crate::metrics::{Finished, Gauges, Recorder, Snapshot};
+use crate::metrics::recorder::Recorder;
+use crate::metrics::{Gauges, Snapshot};
 use crate::model::mode::Mode;
-use crate::runtime::error::{Fault, RequestError};
+use crate::runtime::error::RequestError;
+use crate::worker::access_log::{AccessLog, error_response, header_value, plain};
+use crate::worker::admission::{Admission, Refusal};
+use crate::worker::app::App;
 use crate::worker::body::{self, RequestBody, ResponseBody};
 use crate::worker::routes::RouteTable;
 use crate::worker::run::on_loop;
@@ -138,68 +143,31 @@ impl Server {
         Rc::into_inner(self).and_then(|s| s.pool)
     }
 
-    /// Serves one request; never fails (errors become responses).
+    /// Serves one request; never fails (errors become responses). The stages, in
+    /// order: route, admit, check the head, dispatch to the loop or the pool, await
+    /// the response head under the deadline, then answer and finish in the background.
     pub async fn handle(
         self: Rc<Self>,
         req: Request<Incoming>,
         local: Authority,
     ) -> Result<Response<ResponseBody>, Infallible> {
         let start = Instant::now();
-        let id = self.ids.next();
-        if self.quota == Some(self.served()) {
-            self.quota_reached.notify_one();
-        }
-        let table = self.table();
-        let host = req
-            .uri()
-            .host()
-            .or_else(|| req.headers().get(HOST)?.to_str().ok()?.split(':').next())
-            .unwrap_or("");
-        let app = table.find(host, req.uri().path()).cloned();
-        let log = AccessLog {
-            id,
-            method: req.method().to_string(),
-            path: req.uri().path().to_string(),
-            mode: app.as_ref().map(|a| a.mode()),
-            start,
-            app: app.as_ref().map_or_else(|| "-".into(), |a| a.name.clone()),
-            version: app.as_ref().map_or(0, |a| a.version),
-            recorder: self.recorder.clone(),
-        };
+        let (app, log) = self.route(&req, start);
         let Some(app) = app else {
             return Ok(log.finish_with(plain(StatusCode::NOT_FOUND, "no_app")));
         };
         if has_dot_segments(req.uri().path()) {
             return Ok(log.finish_with(plain(StatusCode::BAD_REQUEST, "bad_path")));
         }
-
-        // Admission: the worker's limit, the tenant's, the app's.
-        if self.in_flight.get() >= self.front.limit_concurrency {
-            self.recorder.rejected(&app.name, "concurrency_limit");
-            return Ok(log.refuse(RequestError::Overloaded(
-                "the worker is at --limit-concurrency",
-            )));
-        }
-        let tenant_slot = match &app.tenant_slots {
-            Some(slots) => match slots.in_flight.try_take() {
-                Some(slot) => Some(slot),
-                None => {
-                    self.recorder.rejected(&app.name, "tenant_limit");
-                    return Ok(log.refuse(RequestError::Overloaded(
-                        "the tenant is at its limit of requests in flight",
-                    )));
-                }
-            },
-            None => None,
+        let mut admission = match Admission::admit(
+            &self.in_flight,
+            self.front.limit_concurrency,
+            app.tenant_slots.as_deref(),
+            &app.slots,
+        ) {
+            Ok(admission) => admission,
+            Err(refusal) => return Ok(self.refuse(&app, log, refusal)),
         };
-        let Some(app_slot) = app.slots.try_take() else {
-            self.recorder.rejected(&app.name, "app_limit");
-            return Ok(log.refuse(RequestError::Overloaded(
-                "the app is at its limit of requests in flight",
-            )));
-        };
-        let in_flight = InFlight::enter(&self.in_flight);
-
         if let Some(len) = content_length(&req)
             && len > self.front.max_body
         {
@@ -228,19 +196,75 @@ impl Server {
         // Dropping the guard (the client left, or the body is done) cancels the run.
         let cancel_on_drop = ctx.cancel.clone().drop_guard();
         let (reply, pending) = run::channel();
-        let mut pool_slot = None;
+        if let Err(e) = self.dispatch(&app, req, &ctx, reply, &mut admission) {
+            return Ok(log.refuse(e));
+        }
+        let head = match self.await_head(pending.head, &ctx).await {
+            _ if too_large.load(Ordering::Relaxed) => Err(RequestError::BodyTooLarge {
+                limit: self.front.max_body,
+            }),
+            head => head,
+        };
+        Ok(answer(
+            head,
+            pending.done,
+            ctx,
+            cancel_on_drop,
+            log,
+            admission,
+        ))
+    }
+
+    /// Route: the app for the request's host and path, and its access log line.
+    fn route(&self, req: &Request<Incoming>, start: Instant) -> (Option<Arc<App>>, AccessLog) {
+        let id = self.ids.next();
+        if self.quota == Some(self.served()) {
+            self.quota_reached.notify_one();
+        }
+        let host = req
+            .uri()
+            .host()
+            .or_else(|| req.headers().get(HOST)?.to_str().ok()?.split(':').next())
+            .unwrap_or("");
+        let app = self.table().find(host, req.uri().path()).cloned();
+        let log = AccessLog {
+            id,
+            method: req.method().to_string(),
+            path: req.uri().path().to_string(),
+            mode: app.as_ref().map(|a| a.mode()),
+            start,
+            app: app.as_ref().map_or_else(|| "-".into(), |a| a.name.clone()),
+            version: app.as_ref().map_or(0, |a| a.version),
+            recorder: self.recorder.clone(),
+        };
+        (app, log)
+    }
+
+    /// Answers a request admission refused, and counts why.
+    fn refuse(&self, app: &App, log: AccessLog, refusal: Refusal) -> Response<ResponseBody> {
+        self.recorder.rejected(&app.name, refusal.label);
+        log.refuse(refusal.error())
+    }
+
+    /// Dispatch: starts the run on the loop, or queues it for the pool; or says why
+    /// the pool cannot take it (counted here).
+    fn dispatch(
+        &self,
+        app: &Arc<App>,
+        req: Request<RequestBody>,
+        ctx: &RunContext,
+        reply: run::Reply,
+        admission: &mut Admission,
+    ) -> Result<(), RequestError> {
         match (&self.pool, app.mode()) {
+            (_, Mode::Loop) => {
+                on_loop::spawn(app.clone(), req, ctx.clone(), reply);
+                Ok(())
+            }
             (Some(pool), Mode::Pool) => {
-                if let Some(slots) = &app.tenant_slots {
-                    match slots.pool.try_take() {
-                        Some(slot) => pool_slot = Some(slot),
-                        None => {
-                            self.recorder.rejected(&app.name, "tenant_pool_share");
-                            return Ok(log.refuse(RequestError::Overloaded(
-                                "the tenant holds its share of the pool's threads",
-                            )));
-                        }
-                    }
+                if let Err(refusal) = admission.take_pool_share(app.tenant_slots.as_deref()) {
+                    self.recorder.rejected(&app.name, refusal.label);
+                    return Err(refusal.error());
                 }
                 let job = Job {
                     app: app.clone(),
@@ -249,21 +273,19 @@ impl Server {
                     reply,
                     queued_at: Instant::now(),
                 };
-                if let Err(e) = pool.submit(job) {
+                pool.submit(job).inspect_err(|_| {
                     self.recorder.rejected(&app.name, "pool_full");
-                    return Ok(log.refuse(e));
-                }
+                })
             }
-            (_, Mode::Loop) => on_loop::spawn(app.clone(), req, ctx.clone(), reply),
-            (None, Mode::Pool) => {
-                return Ok(log.refuse(RequestError::Host(anyhow::anyhow!(
-                    "pool mode without a pool"
-                ))));
-            }
+            (None, Mode::Pool) => Err(RequestError::Host(anyhow::anyhow!(
+                "pool mode without a pool"
+            ))),
         }
+    }
 
-        let head = tokio::time::timeout_at(ctx.deadline.into(), pending.head).await;
-        let head = match head {
+    /// Await head: the guest's response head, or why there is none, by the deadline.
+    async fn await_head(&self, head: oneshot::Receiver<run::Head>, ctx: &RunContext) -> run::Head {
+        match tokio::time::timeout_at(ctx.deadline.into(), head).await {
             Ok(Ok(head)) => head,
             // The run ended without a word: a bug, not the guest's doing.
             Ok(Err(_)) => Err(RequestError::Host(anyhow::anyhow!(
@@ -274,55 +296,59 @@ impl Server {
                 ctx.cancel.cancel();
                 Err(RequestError::Timeout)
             }
-        };
-        let head = match head {
-            _ if too_large.load(Ordering::Relaxed) => Err(RequestError::BodyTooLarge {
-                limit: self.front.max_body,
-            }),
-            head => head,
-        };
-        let (mut response, head_error) = match head {
-            Ok(response) => (response, None),
-            Err(e) => (error_response(&e, &log.id), Some(e)),
-        };
-        response
-            .headers_mut()
-            .insert("x-request-id", header_value(&log.id));
-        let status = response.status();
-        let (parts, body) = response.into_parts();
-        let (body, abort) = body::CancelOnAbort::new(body, cancel_on_drop);
-        let body = body.boxed_unsync();
-
-        // The log line and the in-flight slot wait for the store to be gone. A run
-        // still going at the deadline has its response cut (see CancelOnAbort), and so
-        // has a response still unsent then.
-        let deadline = ctx.deadline;
-        tokio::task::spawn_local(async move {
-            let mut done = pending.done;
-            let outcome = tokio::select! {
-                outcome = &mut done => outcome,
-                () = tokio::time::sleep_until(deadline.into()) => {
-                    abort.abort();
-                    done.await
-                }
-            };
-            let outcome = outcome.unwrap_or_default();
-            log.finish(
-                status,
-                &outcome,
-                head_error.as_ref().or(outcome.error.as_ref()),
-            );
-            drop((in_flight, tenant_slot, app_slot, pool_slot));
-            // The run is over, but a client that stopped reading may leave the rest of
-            // the response waiting in the body: the deadline covers the body too.
-            tokio::select! {
-                biased;
-                () = abort.ended() => {}
-                () = tokio::time::sleep_until(deadline.into()) => abort.abort(),
-            }
-        });
-        Ok(Response::from_parts(parts, body))
+        }
     }
+}
+
+/// Answer and finish: the response to send (the guest's, or the error's), with its
+/// request id. In the background, the log line and the admission wait for the store
+/// to be gone; a run still going at the deadline has its response cut (see
+/// [`body::CancelOnAbort`]), and so has a response still unsent then.
+fn answer(
+    head: run::Head,
+    done: oneshot::Receiver<Outcome>,
+    ctx: RunContext,
+    cancel_on_drop: DropGuard,
+    log: AccessLog,
+    admission: Admission,
+) -> Response<ResponseBody> {
+    let (mut response, head_error) = match head {
+        Ok(response) => (response, None),
+        Err(e) => (error_response(&e, &log.id), Some(e)),
+    };
+    response
+        .headers_mut()
+        .insert("x-request-id", header_value(&log.id));
+    let status = response.status();
+    let (parts, body) = response.into_parts();
+    let (body, abort) = body::CancelOnAbort::new(body, cancel_on_drop);
+    let body = body.boxed_unsync();
+    let deadline = ctx.deadline;
+    tokio::task::spawn_local(async move {
+        let mut done = done;
+        let outcome = tokio::select! {
+            outcome = &mut done => outcome,
+            () = tokio::time::sleep_until(deadline.into()) => {
+                abort.abort();
+                done.await
+            }
+        };
+        let outcome = outcome.unwrap_or_default();
+        log.finish(
+            status,
+            &outcome,
+            head_error.as_ref().or(outcome.error.as_ref()),
+        );
+        drop(admission);
+        // The run is over, but a client that stopped reading may leave the rest of
+        // the response waiting in the body: the deadline covers the body too.
+        tokio::select! {
+            biased;
+            () = abort.ended() => {}
+            () = tokio::time::sleep_until(deadline.into()) => abort.abort(),
+        }
+    });
+    Response::from_parts(parts, body)
 }
 
 fn content_length(req: &Request<Incoming>) -> Option<u64> {
@@ -380,52 +406,6 @@ fn with_absolute_uri(
     Ok(Request::from_parts(parts, body))
 }
 
-fn plain(status: StatusCode, cause: &str) -> Response<ResponseBody> {
-    let mut response = Response::new(body::full(format!("{cause}\n")));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    response
-}
-
-/// The response for an error: its status, its cause code as the body, Retry-After
-/// when trying again later can help.
-pub fn error_response(err: &RequestError, id: &str) -> Response<ResponseBody> {
-    let (status, cause, _) = err.classify();
-    let mut response = plain(status, cause);
-    if matches!(err, RequestError::Overloaded(_)) {
-        response
-            .headers_mut()
-            .insert(RETRY_AFTER, HeaderValue::from_static("1"));
-    }
-    response
-        .headers_mut()
-        .insert("x-request-id", header_value(id));
-    response
-}
-
-fn header_value(id: &str) -> HeaderValue {
-    HeaderValue::from_str(id).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
-}
-
-/// Counts a request in flight until dropped.
-struct InFlight(Rc<Cell<usize>>);
-
-impl InFlight {
-    fn enter(count: &Rc<Cell<usize>>) -> InFlight {
-        count.set(count.get() + 1);
-        InFlight(count.clone())
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.set(self.0.get() - 1);
-    }
-}
-
 /// Request ids: a random per-worker base plus a counter, as 16 hex digits.
 struct RequestIds {
     base: u64,
@@ -446,75 +426,5 @@ impl RequestIds {
         let n = self.next.get();
         self.next.set(n + 1);
         format!("{:016x}", self.base.wrapping_add(n))
-    }
-}
-
-/// What the access log line says about a request.
-struct AccessLog {
-    id: String,
-    method: String,
-    path: String,
-    mode: Option<Mode>,
-    start: Instant,
-    app: Arc<str>,
-    version: u64,
-    recorder: Arc<Recorder>,
-}
-
-impl AccessLog {
-    /// Answers a request refused before any guest ran, and logs it.
-    fn refuse(self, err: RequestError) -> Response<ResponseBody> {
-        let response = error_response(&err, &self.id);
-        self.finish(response.status(), &Outcome::default(), Some(&err));
-        response
-    }
-
-    /// Logs and returns a response the front door made itself (a bad request).
-    fn finish_with(self, mut response: Response<ResponseBody>) -> Response<ResponseBody> {
-        response
-            .headers_mut()
-            .insert("x-request-id", header_value(&self.id));
-        self.finish(response.status(), &Outcome::default(), None);
-        response
-    }
-
-    /// Counts the request and writes the access log line: warn for the guest's and
-    /// client's failures, error for the host's.
-    fn finish(&self, status: StatusCode, outcome: &Outcome, error: Option<&RequestError>) {
-        let duration = self.start.elapsed();
-        let fuel = outcome.fuel_used;
-        self.recorder.request(&Finished {
-            app: &self.app,
-            mode: self.mode,
-            status: status.as_u16(),
-            duration,
-            fuel,
-            cause: error.map(RequestError::cause),
-            forced_yields: outcome.forced_yields,
-            guest_time: outcome.guest_time,
-        });
-        let duration_ms = (duration.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0;
-        let mode = self.mode.map_or_else(|| "-".to_string(), |m| m.to_string());
-        let (id, method, path, app, version, status) = (
-            &self.id,
-            &self.method,
-            &self.path,
-            &*self.app,
-            self.version,
-            status.as_u16(),
-        );
-        match error {
-            None => tracing::info!(
-                target: "wasmloop::access", id, method, path, status, app, version, %mode, duration_ms, fuel, "request"
-            ),
-            Some(err) if err.classify().2 == Fault::Host => tracing::error!(
-                target: "wasmloop::access", id, method, path, status, app, version, %mode, duration_ms, fuel,
-                cause = err.cause(), error = %err, "request"
-            ),
-            Some(err) => tracing::warn!(
-                target: "wasmloop::access", id, method, path, status, app, version, %mode, duration_ms, fuel,
-                cause = err.cause(), error = %err, "request"
-            ),
-        }
     }
 }

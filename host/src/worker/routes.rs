@@ -16,7 +16,8 @@ use wasmtime::Engine;
 use crate::model::route::Route;
 use crate::model::tenant::TenantLimits;
 use crate::protocol::TableMessage;
-use crate::worker::app::{App, Defaults, TenantSlots};
+use crate::worker::admission::TenantSlots;
+use crate::worker::app::{App, Defaults};
 
 /// The worker's routes: every (host, prefix) to its app.
 #[derive(Default)]

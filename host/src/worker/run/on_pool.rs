@@ -11,7 +11,7 @@
 //! loop on a busy core.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -24,7 +24,7 @@ use wasmtime::UpdateDeadline;
 use wasmtime_wasi_http::WasiHttpView as _;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 
-use crate::metrics::Recorder;
+use crate::metrics::recorder::Recorder;
 use crate::runtime::component::HandlerPre;
 use crate::runtime::error::RequestError;
 use crate::runtime::sandbox::{Sandbox, StopWaiting};
@@ -200,7 +200,7 @@ fn run(job: Job) {
     // The outparam callback and this thread both may answer; whoever comes first does.
     let head = Arc::new(Mutex::new(Some(head)));
     let outcome = call(&app, req, &ctx, head.clone());
-    let unanswered = head.lock().ok().and_then(|mut h| h.take());
+    let unanswered = head.lock().unwrap_or_else(PoisonError::into_inner).take();
     let outcome = match (unanswered, outcome) {
         (Some(head), outcome) => {
             let err = outcome.error.unwrap_or_else(|| {
@@ -260,7 +260,7 @@ fn call(
                     Ok(response) => Ok(response.map(|b| b.map_err(BoxError::from).boxed_unsync())),
                     Err(code) => Err(RequestError::GuestError(format!("handler set {code:?}"))),
                 };
-                if let Some(head) = head.lock().ok().and_then(|mut h| h.take()) {
+                if let Some(head) = head.lock().unwrap_or_else(PoisonError::into_inner).take() {
                     let _ = head.send(result);
                 }
             })?;

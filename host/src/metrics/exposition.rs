@@ -1,0 +1,339 @@
+//! The master's side of metrics: the [`Aggregate`] of every worker's latest snapshot
+//! and the counters of the ones that exited, and its exposition in Prometheus's
+//! format.
+
+use std::collections::BTreeMap;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use serde::{Deserialize, Serialize};
+
+use crate::metrics::{Counters, Gauges, Histogram, Snapshot};
+
+/// The master's view: the latest snapshot of every live worker, and the counters of
+/// the ones that exited.
+#[derive(Debug, Default)]
+pub struct Aggregate {
+    live: BTreeMap<u32, Snapshot>,
+    retired: Counters,
+}
+
+/// Facts about the master the workers cannot report.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct MasterFacts {
+    pub workers: u64,
+    pub workers_target: u64,
+    pub worker_restarts: u64,
+    pub cores: u64,
+    /// Whether the registry answers (an embedded one always does).
+    pub registry_up: bool,
+    /// Times a shared registry stopped answering.
+    pub registry_outages: u64,
+}
+
+impl Aggregate {
+    pub fn update(&mut self, pid: u32, snapshot: Snapshot) {
+        self.live.insert(pid, snapshot);
+    }
+
+    /// A worker exited: its counters stay in the totals, its gauges go.
+    pub fn retire(&mut self, pid: u32) {
+        if let Some(last) = self.live.remove(&pid) {
+            self.retired.add(&last.counters);
+        }
+    }
+
+    /// Counters of all workers, past and present, and gauges of the live ones.
+    pub fn merged(&self) -> Snapshot {
+        let mut merged = Snapshot {
+            counters: self.retired.clone(),
+            gauges: Gauges::default(),
+        };
+        for snapshot in self.live.values() {
+            merged.counters.add(&snapshot.counters);
+            let (g, s) = (&mut merged.gauges, &snapshot.gauges);
+            g.in_flight += s.in_flight;
+            g.instances += s.instances;
+            g.pool_threads += s.pool_threads;
+            g.pool_busy += s.pool_busy;
+            g.pool_queued += s.pool_queued;
+            g.loop_lag_max = g.loop_lag_max.max(s.loop_lag_max);
+        }
+        merged
+    }
+
+    /// The Prometheus text exposition (OpenMetrics) of the merged view.
+    pub fn encode(&self, master: &MasterFacts) -> String {
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register_collector(Box::new(Exposition {
+            merged: self.merged(),
+            per_worker: self
+                .live
+                .iter()
+                .map(|(pid, s)| (*pid, s.counters.loop_lag.clone(), s.gauges.loop_lag_max))
+                .collect(),
+            master: master.clone(),
+        }));
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &registry);
+        text
+    }
+}
+
+/// One scrape's worth of values, encoded as const metrics.
+#[derive(Debug)]
+struct Exposition {
+    merged: Snapshot,
+    per_worker: Vec<(u32, Histogram, f64)>,
+    master: MasterFacts,
+}
+
+type Labels = Vec<(&'static str, String)>;
+
+impl Exposition {
+    fn counter(
+        encoder: &mut DescriptorEncoder,
+        name: &str,
+        help: &str,
+        series: impl IntoIterator<Item = (Labels, f64)>,
+    ) -> std::fmt::Result {
+        let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+        for (labels, value) in series {
+            metric
+                .encode_family(&labels)?
+                .encode_counter::<NoLabelSet, _, f64>(&value, None)?;
+        }
+        Ok(())
+    }
+
+    fn gauge(
+        encoder: &mut DescriptorEncoder,
+        name: &str,
+        help: &str,
+        series: impl IntoIterator<Item = (Labels, f64)>,
+    ) -> std::fmt::Result {
+        let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+        for (labels, value) in series {
+            metric.encode_family(&labels)?.encode_gauge(&value)?;
+        }
+        Ok(())
+    }
+
+    fn histogram<'h>(
+        encoder: &mut DescriptorEncoder,
+        name: &str,
+        help: &str,
+        series: impl IntoIterator<Item = (Labels, &'h Histogram)>,
+    ) -> std::fmt::Result {
+        let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;
+        for (labels, h) in series {
+            metric
+                .encode_family(&labels)?
+                .encode_histogram::<NoLabelSet>(h.sum, h.count, &h.buckets(), None)?;
+        }
+        Ok(())
+    }
+}
+
+/// Labels for a series of `app`: `tenant/app` names (registry mode) become an `app`
+/// and a `tenant` label, the tenant last so single-file series keep their shape.
+fn with_app(app: &str, rest: Labels) -> Labels {
+    let (tenant, name) = match app.split_once('/') {
+        Some((tenant, name)) => (Some(tenant), name),
+        None => (None, app),
+    };
+    let mut labels = vec![("app", name.to_string())];
+    labels.extend(rest);
+    if let Some(tenant) = tenant {
+        labels.push(("tenant", tenant.to_string()));
+    }
+    labels
+}
+
+fn one(value: f64) -> Vec<(Labels, f64)> {
+    vec![(Vec::new(), value)]
+}
+
+impl Collector for Exposition {
+    fn encode(&self, mut e: DescriptorEncoder) -> std::fmt::Result {
+        self.encode_requests(&mut e)?;
+        self.encode_capacity(&mut e)?;
+        self.encode_master(&mut e)
+    }
+}
+
+impl Exposition {
+    /// The series of requests and guests, by app.
+    fn encode_requests(&self, e: &mut DescriptorEncoder) -> std::fmt::Result {
+        let c = &self.merged.counters;
+        Self::counter(
+            e,
+            "wasmloop_requests",
+            "Requests answered, by app, mode (loop or pool) and status.",
+            c.requests.iter().map(|((app, mode, status), n)| {
+                (
+                    with_app(
+                        app,
+                        vec![("mode", mode.clone()), ("status", status.to_string())],
+                    ),
+                    *n as f64,
+                )
+            }),
+        )?;
+        Self::counter(
+            e,
+            "wasmloop_request_failures",
+            "Requests that ended in an error, by app and cause (cpu_limit, timeout, overloaded, memory_limit, guest_trap, ...).",
+            c.failures.iter().map(|((app, cause), n)| {
+                (with_app(app, vec![("cause", cause.clone())]), *n as f64)
+            }),
+        )?;
+        Self::counter(
+            e,
+            "wasmloop_requests_rejected",
+            "Requests refused with 503 before a guest ran, by app and reason (pool_full, concurrency_limit).",
+            c.rejected.iter().map(|((app, reason), n)| {
+                (with_app(app, vec![("reason", reason.clone())]), *n as f64)
+            }),
+        )?;
+        Self::histogram(
+            e,
+            "wasmloop_request_duration_seconds",
+            "Time from receiving a request to the end of its run, by app and mode.",
+            c.latency
+                .iter()
+                .map(|((app, mode), h)| (with_app(app, vec![("mode", mode.clone())]), h)),
+        )?;
+        Self::counter(
+            e,
+            "wasmloop_fuel_consumed",
+            "Fuel guests burned, by app (about 1.5e10 units per CPU second).",
+            c.fuel
+                .iter()
+                .map(|(app, n)| (with_app(app, Vec::new()), *n as f64)),
+        )?;
+        Self::counter(
+            e,
+            "wasmloop_guest_forced_yields",
+            "Times a loop-resident guest was preempted at an epoch tick because it computed without awaiting, by app.",
+            c.forced_yields
+                .iter()
+                .map(|(app, n)| (with_app(app, Vec::new()), *n as f64)),
+        )?;
+        Self::counter(
+            e,
+            "wasmloop_guest_cpu_seconds",
+            "Seconds guests spent running, by app and mode (on the loop, time inside the guest's polls).",
+            c.guest_seconds
+                .iter()
+                .map(|((app, mode), s)| (with_app(app, vec![("mode", mode.clone())]), *s)),
+        )
+    }
+
+    /// What the workers have now: requests in flight, instances, the pool, the loop.
+    fn encode_capacity(&self, e: &mut DescriptorEncoder) -> std::fmt::Result {
+        let c = &self.merged.counters;
+        let g = &self.merged.gauges;
+        Self::gauge(
+            e,
+            "wasmloop_requests_in_flight",
+            "Requests being served now.",
+            one(g.in_flight as f64),
+        )?;
+        Self::gauge(
+            e,
+            "wasmloop_instances_live",
+            "Guest instances alive now.",
+            one(g.instances as f64),
+        )?;
+        Self::gauge(
+            e,
+            "wasmloop_pool_threads",
+            "Pool threads across workers.",
+            one(g.pool_threads as f64),
+        )?;
+        Self::gauge(
+            e,
+            "wasmloop_pool_threads_busy",
+            "Pool threads running a request now.",
+            one(g.pool_busy as f64),
+        )?;
+        Self::gauge(
+            e,
+            "wasmloop_pool_queue_depth",
+            "Requests waiting for a pool thread now.",
+            one(g.pool_queued as f64),
+        )?;
+        Self::counter(
+            e,
+            "wasmloop_pool_busy_seconds",
+            "Thread-seconds pool threads spent running requests.",
+            one(c.pool_busy_seconds),
+        )?;
+        Self::histogram(
+            e,
+            "wasmloop_pool_queue_wait_seconds",
+            "Time requests waited for a pool thread.",
+            [(Vec::new(), &c.pool_queue_wait)],
+        )?;
+        Self::histogram(
+            e,
+            "wasmloop_loop_lag_seconds",
+            "How late each worker's event loop ran a 10 ms probe timer, by worker pid.",
+            self.per_worker
+                .iter()
+                .map(|(pid, h, _)| (vec![("worker", pid.to_string())], h)),
+        )?;
+        Self::gauge(
+            e,
+            "wasmloop_loop_lag_max_seconds",
+            "The largest event-loop lag of each worker in its last second, by worker pid.",
+            self.per_worker
+                .iter()
+                .map(|(pid, _, max)| (vec![("worker", pid.to_string())], *max)),
+        )
+    }
+
+    /// What only the master knows: its workers and the registry.
+    fn encode_master(&self, e: &mut DescriptorEncoder) -> std::fmt::Result {
+        let m = &self.master;
+        Self::gauge(
+            e,
+            "wasmloop_workers",
+            "Worker processes serving.",
+            one(m.workers as f64),
+        )?;
+        Self::gauge(
+            e,
+            "wasmloop_workers_target",
+            "Worker processes the master aims for (--workers, TTIN/TTOU).",
+            one(m.workers_target as f64),
+        )?;
+        Self::counter(
+            e,
+            "wasmloop_worker_restarts",
+            "Workers that died or hung and were replaced.",
+            one(m.worker_restarts as f64),
+        )?;
+        Self::gauge(
+            e,
+            "wasmloop_registry_up",
+            "1 while the registry answers; 0 while a shared registry is unreachable (the node serves what it has).",
+            one(u64::from(m.registry_up) as f64),
+        )?;
+        Self::counter(
+            e,
+            "wasmloop_registry_outages",
+            "Times the shared registry stopped answering.",
+            one(m.registry_outages as f64),
+        )?;
+        Self::gauge(
+            e,
+            "wasmloop_cpu_cores",
+            "CPU cores available to the server.",
+            one(m.cores as f64),
+        )
+    }
+}

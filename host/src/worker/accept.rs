@@ -1,0 +1,287 @@
+//! Accepting connections on the worker's loop: hyper serves HTTP/1.1 and HTTP/2 on the
+//! current thread, every connection's requests go to the front door, and connection
+//! hygiene lives here: the head size and header-read timeouts (hyper's), an idle
+//! timeout for keep-alive connections with no request in flight, and the drain on a
+//! graceful stop.
+
+use std::cell::Cell;
+use std::io;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use http::uri::Authority;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::worker::body::WithGuard;
+use crate::worker::front_door::Server;
+
+/// Connection settings of a worker.
+#[derive(Debug, Clone)]
+pub struct ConnLimits {
+    /// Largest request head, in bytes (431 past it).
+    pub max_header_size: usize,
+    /// Most header fields in one request (431 past it).
+    pub max_headers: usize,
+    /// How long a connection with no request in flight stays open without traffic.
+    pub timeout_keep_alive: Duration,
+    /// How long a client may take to send a request head.
+    pub timeout_header_read: Duration,
+    /// How long a graceful stop waits for requests in flight.
+    pub graceful_timeout: Duration,
+}
+
+/// How long a draining worker waits for the first request of a connection it
+/// accepted just before the stop.
+const FIRST_REQUEST_GRACE: Duration = Duration::from_millis(500);
+
+/// Serves `listener` until `shutdown` resolves, then drains: stops accepting, lets
+/// requests in flight finish within `graceful_timeout`, and returns. Must run inside
+/// a `LocalSet`.
+pub async fn serve(
+    listener: TcpListener,
+    server: Rc<Server>,
+    limits: ConnLimits,
+    shutdown: impl Future<Output = ()>,
+) {
+    let local = match listener.local_addr() {
+        Ok(addr) => Authority::try_from(addr.to_string())
+            .unwrap_or_else(|_| Authority::from_static("localhost")),
+        Err(_) => Authority::from_static("localhost"),
+    };
+    let builder = Rc::new(http_builder(&limits));
+    let stopping = CancellationToken::new();
+    let connections = TaskTracker::new();
+
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, _peer) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        connections.spawn_local(serve_connection(
+            stream,
+            server.clone(),
+            builder.clone(),
+            local.clone(),
+            limits.timeout_keep_alive,
+            stopping.clone(),
+        ));
+    }
+
+    drop(listener);
+    let open = connections.len();
+    tracing::info!(
+        connections = open,
+        in_flight = server.in_flight(),
+        "stopping: draining requests in flight"
+    );
+    stopping.cancel();
+    connections.close();
+    if tokio::time::timeout(limits.graceful_timeout, connections.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            in_flight = server.in_flight(),
+            "graceful timeout passed; closing what is left"
+        );
+    }
+}
+
+/// The HTTP/1.1 and HTTP/2 settings every connection is served with (the fuzz target
+/// `front_door` serves its input with them too). Its connections must run inside a
+/// `LocalSet`: they are spawned with `spawn_local`.
+pub fn http_builder(limits: &ConnLimits) -> auto::Builder<LocalExec> {
+    let mut builder = auto::Builder::new(LocalExec);
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.timeout_header_read)
+        .max_buf_size(limits.max_header_size)
+        .max_headers(limits.max_headers)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_size).unwrap_or(u32::MAX))
+        .max_concurrent_streams(256);
+    builder
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    server: Rc<Server>,
+    builder: Rc<auto::Builder<LocalExec>>,
+    local: Authority,
+    keep_alive: Duration,
+    stopping: CancellationToken,
+) {
+    let activity = Rc::new(Activity {
+        last: Cell::new(Instant::now()),
+        requests: Cell::new(0),
+        served: Cell::new(0),
+    });
+    let io = TokioIo::new(Tracked {
+        inner: stream,
+        activity: activity.clone(),
+    });
+    let service = {
+        let activity = activity.clone();
+        service_fn(move |req| {
+            let server = server.clone();
+            let local = local.clone();
+            let open = OpenRequest::enter(&activity);
+            async move {
+                let response = server.handle(req, local).await?;
+                Ok::<_, std::convert::Infallible>(response.map(|b| WithGuard::new(b, open)))
+            }
+        })
+    };
+    let conn = builder.serve_connection(io, service);
+    tokio::pin!(conn);
+    let accepted = Instant::now();
+    let mut closing = false;
+    let mut stop_requested = false;
+    loop {
+        let idle_at = activity.last.get() + keep_alive;
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            () = stopping.cancelled(), if !stop_requested => stop_requested = true,
+            // Draining: a connection accepted just before the stop may not have sent
+            // (or hyper not yet read) its first request; closing it now would fail a
+            // request the client already sent. It gets FIRST_REQUEST_GRACE for that;
+            // anything with a request in flight finishes it first (hyper's graceful
+            // shutdown), idle keep-alive connections close at once.
+            () = tokio::time::sleep(Duration::from_millis(5)), if stop_requested && !closing => {
+                let fresh = activity.served.get() == 0 && activity.requests.get() == 0;
+                if !fresh || accepted.elapsed() >= FIRST_REQUEST_GRACE {
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+            }
+            () = tokio::time::sleep_until(idle_at.into()), if !closing => {
+                if activity.requests.get() == 0 && activity.last.get().elapsed() >= keep_alive {
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+            }
+        }
+    }
+}
+
+/// Runs hyper's background tasks (HTTP/2 streams) on the current loop.
+#[derive(Clone, Copy, Debug)]
+pub struct LocalExec;
+
+impl<F: Future + 'static> hyper::rt::Executor<F> for LocalExec {
+    fn execute(&self, fut: F) {
+        tokio::task::spawn_local(fut);
+    }
+}
+
+/// When a connection last moved bytes, how many of its requests are open, and how
+/// many it has had.
+struct Activity {
+    last: Cell<Instant>,
+    requests: Cell<usize>,
+    served: Cell<u64>,
+}
+
+/// A request whose response body has not finished yet.
+struct OpenRequest(Rc<Activity>);
+
+impl OpenRequest {
+    fn enter(activity: &Rc<Activity>) -> OpenRequest {
+        activity.requests.set(activity.requests.get() + 1);
+        activity.served.set(activity.served.get() + 1);
+        OpenRequest(activity.clone())
+    }
+}
+
+impl Drop for OpenRequest {
+    fn drop(&mut self) {
+        self.0.requests.set(self.0.requests.get() - 1);
+        self.0.last.set(Instant::now());
+    }
+}
+
+/// A stream that notes the time of every read and write that moved bytes.
+struct Tracked {
+    inner: TcpStream,
+    activity: Rc<Activity>,
+}
+
+impl AsyncRead for Tracked {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.last.set(Instant::now());
+        }
+        poll
+    }
+}
+
+impl AsyncWrite for Tracked {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(poll, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.last.set(Instant::now());
+        }
+        poll
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let poll = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(poll, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.last.set(Instant::now());
+        }
+        poll
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}

@@ -1,0 +1,115 @@
+//! The access log and the request metrics: one line and one count per request, written
+//! when the guest's store is gone and the fuel it used is known; and the short
+//! responses the front door makes itself (errors, refusals, bad requests).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header::{CONTENT_TYPE, RETRY_AFTER};
+use http::{HeaderValue, Response, StatusCode};
+
+use crate::metrics::recorder::{Finished, Recorder};
+use crate::model::mode::Mode;
+use crate::runtime::error::{Fault, RequestError};
+use crate::worker::body::{self, ResponseBody};
+use crate::worker::run::Outcome;
+
+/// What the access log line says about a request.
+pub struct AccessLog {
+    pub id: String,
+    pub method: String,
+    pub path: String,
+    pub mode: Option<Mode>,
+    pub start: Instant,
+    pub app: Arc<str>,
+    pub version: u64,
+    pub recorder: Arc<Recorder>,
+}
+
+impl AccessLog {
+    /// Answers a request refused before any guest ran, and logs it.
+    pub fn refuse(self, err: RequestError) -> Response<ResponseBody> {
+        let response = error_response(&err, &self.id);
+        self.finish(response.status(), &Outcome::default(), Some(&err));
+        response
+    }
+
+    /// Logs and returns a response the front door made itself (a bad request).
+    pub fn finish_with(self, mut response: Response<ResponseBody>) -> Response<ResponseBody> {
+        response
+            .headers_mut()
+            .insert("x-request-id", header_value(&self.id));
+        self.finish(response.status(), &Outcome::default(), None);
+        response
+    }
+
+    /// Counts the request and writes the access log line: warn for the guest's and
+    /// client's failures, error for the host's.
+    pub fn finish(&self, status: StatusCode, outcome: &Outcome, error: Option<&RequestError>) {
+        let duration = self.start.elapsed();
+        let fuel = outcome.fuel_used;
+        self.recorder.request(&Finished {
+            app: &self.app,
+            mode: self.mode,
+            status: status.as_u16(),
+            duration,
+            fuel,
+            cause: error.map(RequestError::cause),
+            forced_yields: outcome.forced_yields,
+            guest_time: outcome.guest_time,
+        });
+        let duration_ms = (duration.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0;
+        let mode = self.mode.map_or_else(|| "-".to_string(), |m| m.to_string());
+        let (id, method, path, app, version, status) = (
+            &self.id,
+            &self.method,
+            &self.path,
+            &*self.app,
+            self.version,
+            status.as_u16(),
+        );
+        match error {
+            None => tracing::info!(
+                target: "wasmloop::access", id, method, path, status, app, version, %mode, duration_ms, fuel, "request"
+            ),
+            Some(err) if err.classify().2 == Fault::Host => tracing::error!(
+                target: "wasmloop::access", id, method, path, status, app, version, %mode, duration_ms, fuel,
+                cause = err.cause(), error = %err, "request"
+            ),
+            Some(err) => tracing::warn!(
+                target: "wasmloop::access", id, method, path, status, app, version, %mode, duration_ms, fuel,
+                cause = err.cause(), error = %err, "request"
+            ),
+        }
+    }
+}
+
+pub fn plain(status: StatusCode, cause: &str) -> Response<ResponseBody> {
+    let mut response = Response::new(body::full(format!("{cause}\n")));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// The response for an error: its status, its cause code as the body, Retry-After
+/// when trying again later can help.
+pub fn error_response(err: &RequestError, id: &str) -> Response<ResponseBody> {
+    let (status, cause, _) = err.classify();
+    let mut response = plain(status, cause);
+    if matches!(err, RequestError::Overloaded(_)) {
+        response
+            .headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    response
+        .headers_mut()
+        .insert("x-request-id", header_value(id));
+    response
+}
+
+pub fn header_value(id: &str) -> HeaderValue {
+    HeaderValue::from_str(id).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
