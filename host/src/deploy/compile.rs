@@ -113,6 +113,16 @@ pub fn write_durably(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     result
 }
 
+/// Removes files off the loop, ignoring any that are already gone.
+pub async fn remove_quietly(paths: Vec<PathBuf>) {
+    let _ = tokio::task::spawn_blocking(move || {
+        for path in paths {
+            let _ = std::fs::remove_file(path);
+        }
+    })
+    .await;
+}
+
 /// What the compiler child found out about a component.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Compiled {

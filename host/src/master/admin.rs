@@ -17,7 +17,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-use crate::deploy::api::DeployContext;
+use crate::deploy::context::DeployContext;
 use crate::doctor::{self, Facts};
 use crate::metrics::exposition::{Aggregate, MasterFacts};
 use crate::metrics::{Counters, Snapshot};

@@ -28,7 +28,7 @@ use tokio::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
 use crate::config::{AdminListen, ServeConfig};
-use crate::deploy::api::DeployContext;
+use crate::deploy::context::DeployContext;
 use crate::doctor;
 use crate::master::admin::{self, AdminState, ApiSlot, SharedState, lock};
 use crate::metrics::exposition::MasterFacts;

@@ -1,8 +1,8 @@
 //! Following a shared registry, on every node. A thread keeps one connection that
-//! `LISTEN`s on [`pg_registry::CHANNEL`] and wakes the master on every notification,
-//! after every reconnect and at every `--registry-recheck` (so a notification lost
-//! with a connection is healed); the master then re-reads what is active and
-//! publishes it to its workers if it changed ([`crate::deploy::api::DeployContext::sync`]).
+//! `LISTEN`s on [`pg_registry::CHANNEL`] and sends a wake-up on a channel the master
+//! gave it on every notification, after every reconnect and at every
+//! `--registry-recheck` (so a notification lost with a connection is healed); the
+//! master then re-reads what is active and publishes it to its workers if it changed.
 //!
 //! The same thread watches the database's health and reports every change through a
 //! callback the master gives it (the master shows it on `/healthz` and as

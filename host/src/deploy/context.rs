@@ -1,0 +1,330 @@
+//! What the admin API works with, and how a change reaches the workers: the
+//! registry, the data directory, the admin token, the compile limits, and the sender
+//! the master handed over for route tables. [`DeployContext::publish`] turns what the
+//! registry holds into a table (fetching and compiling what this node lacks) and
+//! waits until every worker serves it; [`DeployContext::sync`] does so when another
+//! node changed a shared registry.
+
+use std::path::PathBuf;
+use std::sync::{Arc, PoisonError};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use futures_util::StreamExt as _;
+use http::StatusCode;
+use subtle::ConstantTimeEq as _;
+use tokio::sync::{mpsc, watch};
+
+use crate::config::ServeConfig;
+use crate::deploy::compile::{self, CompileLimits, DataDir};
+use crate::deploy::reply::{Refused, refuse, unauthorized};
+use crate::model::app::{ActiveApp, Version, sha256_hex};
+use crate::model::mode::ModeChoice;
+use crate::model::tenant::Tenant;
+use crate::protocol::{AppFiles, TableEntry, TableMessage};
+use crate::registry::postgres::PostgresRegistry;
+use crate::registry::{Registry, RegistryError, SqliteRegistry};
+use crate::runtime::engine;
+
+/// How long a deploy's answer waits for every worker to serve it.
+const APPLY_WAIT: Duration = Duration::from_secs(5);
+
+/// What the API needs: the registry, the data directory, the admin token, and the
+/// master to publish tables through.
+pub struct DeployContext {
+    pub(crate) registry: Arc<dyn Registry>,
+    pub(crate) data: DataDir,
+    admin_token: String,
+    pub(crate) engine_key: String,
+    pub(crate) max_upload: u64,
+    pub(crate) compile: CompileLimits,
+    tables: mpsc::UnboundedSender<TableMessage>,
+    applied: watch::Receiver<u64>,
+    generation: std::sync::atomic::AtomicU64,
+    /// One change at a time: two deploys must not publish tables out of order.
+    pub(crate) publishing: tokio::sync::Mutex<()>,
+    /// What the last published table held, to tell whether a re-read changed it.
+    published: std::sync::Mutex<Option<Vec<ActiveApp>>>,
+}
+
+impl DeployContext {
+    /// Opens the data directory and its registry, and settles the admin token. A
+    /// shared registry that is down is waited for (it says so in the log). Blocks.
+    pub fn open(
+        config: &ServeConfig,
+        tables: mpsc::UnboundedSender<TableMessage>,
+        applied: watch::Receiver<u64>,
+    ) -> anyhow::Result<DeployContext> {
+        let data = DataDir::new(config.data_dir.clone());
+        data.prepare()?;
+        let registry: Arc<dyn Registry> = match &config.registry {
+            None => Arc::new(SqliteRegistry::open(&config.data_dir)?),
+            Some(url) => Arc::new(PostgresRegistry::open_waiting(url, || {
+                SqliteRegistry::open(&config.data_dir)
+            })?),
+        };
+        let admin_token = admin_token(config)?;
+        let engine_key = engine::compatibility_key(&engine::build_for_compile()?);
+        Ok(DeployContext {
+            registry,
+            data,
+            admin_token,
+            engine_key,
+            max_upload: config.max_upload,
+            compile: CompileLimits {
+                timeout: config.compile_timeout,
+                max_memory: config.compile_max_memory,
+                guest_fuel: config.fuel,
+                guest_max_memory: config.max_memory,
+            },
+            tables,
+            applied,
+            generation: std::sync::atomic::AtomicU64::new(1),
+            publishing: tokio::sync::Mutex::new(()),
+            published: std::sync::Mutex::new(None),
+        })
+    }
+
+    /// Whether other nodes change the registry too.
+    pub fn shared(&self) -> bool {
+        self.registry.shared()
+    }
+
+    /// Reads what is active and makes sure this node has each app's component and a
+    /// compiled artifact: a component another node deployed is fetched from the
+    /// shared registry (and its hash checked), an artifact missing for this node's
+    /// engine is compiled in a bounded child, as a deploy would. An app whose
+    /// component a shared registry could not hand over fails the whole load (the
+    /// caller keeps its old table); one that does not compile is left to its worker,
+    /// which reports why it fails to load.
+    pub async fn load(self: &Arc<Self>, generation: u64) -> anyhow::Result<TableMessage> {
+        let me = self.clone();
+        let active = tokio::task::spawn_blocking(move || me.registry.active())
+            .await
+            .context("the registry task failed")?
+            .map_err(anyhow::Error::from)?;
+        // A node that joins with many apps compiles them a core's worth at a time.
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let versions: Vec<_> = active.iter().map(|a| a.version.clone()).collect();
+        let artifacts: Vec<_> = futures_util::stream::iter(versions)
+            .map(|version| {
+                let me = self.clone();
+                async move { me.prepare(&version).await }
+            })
+            .buffered(cores)
+            .collect()
+            .await;
+        let mut apps = Vec::new();
+        for (active, artifact) in active.iter().zip(artifacts) {
+            let artifact = match artifact {
+                Ok(artifact) => artifact,
+                // Publishing a table whose component this node could not fetch would
+                // make its workers drop the app: keep the old table and retry.
+                Err(e)
+                    if self.registry.shared()
+                        && !tokio::fs::try_exists(self.data.component(&active.version.sha256))
+                            .await
+                            .unwrap_or(false) =>
+                {
+                    return Err(e.context(format!(
+                        "app {}/{} version {} is not on this node yet",
+                        active.tenant, active.app, active.version.number
+                    )));
+                }
+                Err(e) => {
+                    tracing::error!(app = %active.app, version = active.version.number, "failed to prepare the app on this node: {e:#}");
+                    None
+                }
+            };
+            apps.push(TableEntry {
+                files: AppFiles {
+                    component: self.data.component(&active.version.sha256),
+                    artifact,
+                },
+                active: active.clone(),
+            });
+        }
+        *self
+            .published
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(active);
+        Ok(TableMessage { generation, apps })
+    }
+
+    /// The artifact of `version` for this node (its path and recorded hash),
+    /// fetching the component and compiling it first when needed.
+    async fn prepare(
+        self: &Arc<Self>,
+        version: &Version,
+    ) -> anyhow::Result<Option<(PathBuf, String)>> {
+        let sha = version.sha256.clone();
+        let component = self.data.component(&sha);
+        let artifact = self.data.artifact(&sha, &self.engine_key);
+        let me = self.clone();
+        let (lookup_sha, lookup_component, lookup_artifact) =
+            (sha.clone(), component.clone(), artifact.clone());
+        let recorded = tokio::task::spawn_blocking(move || -> anyhow::Result<Option<String>> {
+            if !lookup_component.exists() {
+                let bytes = me.registry.component(&lookup_sha)?.with_context(|| {
+                    format!("component {lookup_sha} is neither on this node nor in the registry")
+                })?;
+                anyhow::ensure!(
+                    sha256_hex(&bytes) == lookup_sha,
+                    "the registry's copy of component {lookup_sha} does not match its hash"
+                );
+                compile::write_durably(&lookup_component, &bytes)?;
+            }
+            let recorded = me.registry.artifact(&lookup_sha, &me.engine_key)?;
+            Ok(recorded.filter(|_| lookup_artifact.exists()))
+        })
+        .await??;
+        if let Some(hash) = recorded {
+            return Ok(Some((artifact, hash)));
+        }
+        let mode = ModeChoice::from(version.mode);
+        let tmp = self.data.temp_path("artifact");
+        let started = std::time::Instant::now();
+        let compiled = match compile::compile(&component, &tmp, mode, self.compile).await {
+            Ok(compiled) => compiled,
+            Err(e) => {
+                compile::remove_quietly(vec![tmp]).await;
+                return Err(anyhow::anyhow!("{e}"));
+            }
+        };
+        let me = self.clone();
+        let (artifact_path, artifact_sha) = (artifact.clone(), compiled.artifact_sha256.clone());
+        tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+            std::fs::rename(&tmp, &artifact_path)
+                .context("failed to move the artifact into place")?;
+            me.registry
+                .put_artifact(&sha, &me.engine_key, &artifact_sha)?;
+            Ok(())
+        })
+        .await??;
+        tracing::info!(sha256 = %version.sha256, compile_ms = started.elapsed().as_millis() as u64, "compiled a component for this node");
+        Ok(Some((artifact, compiled.artifact_sha256)))
+    }
+
+    /// Publishes a change the caller just recorded: whether every worker serves it
+    /// within a few seconds. The change is recorded whatever happens here; a table
+    /// that cannot be published is logged, and workers catch up with the next one.
+    /// The caller holds `publishing`.
+    pub(crate) async fn publish_change(self: &Arc<Self>) -> bool {
+        self.publish().await.unwrap_or_else(|e| {
+            tracing::error!("failed to publish the route table: {e:#}");
+            false
+        })
+    }
+
+    /// Publishes the registry's current state and waits until every worker serves it;
+    /// returns whether they all did in time. The caller holds `publishing`.
+    async fn publish(self: &Arc<Self>) -> anyhow::Result<bool> {
+        let generation = self
+            .generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            + 1;
+        let table = self.load(generation).await?;
+        self.tables
+            .send(table)
+            .map_err(|_| anyhow::anyhow!("the master is stopping"))?;
+        let mut applied = self.applied.clone();
+        let done = tokio::time::timeout(APPLY_WAIT, applied.wait_for(|g| *g >= generation)).await;
+        Ok(matches!(done, Ok(Ok(_))))
+    }
+
+    /// Re-reads a shared registry and publishes it if what is active changed since
+    /// the last table (another node deployed, rolled back or deleted).
+    pub async fn sync(self: &Arc<Self>) -> Result<(), RegistryError> {
+        let _one_at_a_time = self.publishing.lock().await;
+        let me = self.clone();
+        let active = tokio::task::spawn_blocking(move || me.registry.active())
+            .await
+            .map_err(|e| RegistryError::Storage(e.into()))??;
+        let unchanged = self
+            .published
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            == Some(&active);
+        if unchanged {
+            return Ok(());
+        }
+        tracing::info!(
+            apps = active.len(),
+            "the shared registry changed; publishing it"
+        );
+        self.publish().await.map_err(RegistryError::Storage)?;
+        Ok(())
+    }
+
+    pub(crate) async fn blocking<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&dyn Registry) -> Result<T, RegistryError> + Send + 'static,
+    ) -> Result<T, Refused> {
+        let registry = self.registry.clone();
+        match tokio::task::spawn_blocking(move || f(registry.as_ref())).await {
+            Ok(result) => Ok(result?),
+            Err(e) => Err(refuse(StatusCode::INTERNAL_SERVER_ERROR, e)),
+        }
+    }
+
+    /// Lets the admin token through, and refuses anything else.
+    pub(crate) fn admin(&self, token: Option<String>) -> Result<(), Refused> {
+        let is_admin =
+            token.is_some_and(|t| bool::from(t.as_bytes().ct_eq(self.admin_token.as_bytes())));
+        if is_admin {
+            Ok(())
+        } else {
+            Err(Refused::new(unauthorized()))
+        }
+    }
+
+    pub(crate) async fn tenant(self: &Arc<Self>, token: Option<String>) -> Result<Tenant, Refused> {
+        let Some(token) = token else {
+            return Err(Refused::new(unauthorized()));
+        };
+        match self.blocking(move |r| r.authenticate(&token)).await? {
+            Some(tenant) => Ok(tenant),
+            None => Err(Refused::new(unauthorized())),
+        }
+    }
+}
+
+/// The admin token: `--admin-token-file`, else `WASMLOOP_ADMIN_TOKEN`, else the one in
+/// `DATA_DIR/admin-token`, generated (mode 0600) on first start.
+#[expect(clippy::disallowed_methods, reason = "start-up, before the loop runs")]
+fn admin_token(config: &ServeConfig) -> anyhow::Result<String> {
+    let from_file = |path: &std::path::Path| -> anyhow::Result<String> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("failed to read the admin token from {}", path.display()))?;
+        let token = text.lines().next().unwrap_or("").trim().to_string();
+        anyhow::ensure!(
+            token.len() >= 16,
+            "the admin token in {} is shorter than 16 characters",
+            path.display()
+        );
+        Ok(token)
+    };
+    if let Some(path) = &config.admin_token_file {
+        return from_file(path);
+    }
+    if let Ok(token) = std::env::var("WASMLOOP_ADMIN_TOKEN") {
+        anyhow::ensure!(
+            token.len() >= 16,
+            "WASMLOOP_ADMIN_TOKEN is shorter than 16 characters"
+        );
+        return Ok(token);
+    }
+    let path = config.data_dir.join("admin-token");
+    if path.exists() {
+        return from_file(&path);
+    }
+    let mut secret = [0u8; 32];
+    getrandom::fill(&mut secret).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+    let token = format!("wla_{}", hex::encode(secret));
+    compile::write_durably(&path, format!("{token}\n").as_bytes())?;
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    tracing::info!(path = %path.display(), "generated the admin token");
+    Ok(token)
+}
