@@ -1,7 +1,10 @@
 //! What running one request on a guest hands back to the server, in two steps: the
 //! response head (or the error that replaced it) as soon as the guest sets it, and the
 //! outcome (fuel used, any error after the head) once the guest's store is dropped.
-//! Both execution paths, loop and pool, speak this; the server owns what happens next.
+//! Both execution paths, loop and pool, speak this, and share here what they do alike:
+//! a request's store, its fuel account, a 0.2 guest's response outparam turned into
+//! the head, and the error that becomes the response when no head was sent. The
+//! server owns what happens next.
 
 pub mod on_loop;
 pub mod on_pool;
@@ -9,11 +12,15 @@ pub mod on_pool;
 use std::time::{Duration, Instant};
 
 use http::Response;
+use http_body_util::BodyExt as _;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
+use wasmtime::Store;
 
 use crate::runtime::error::RequestError;
-use crate::worker::body::ResponseBody;
+use crate::runtime::sandbox::Sandbox;
+use crate::worker::app::App;
+use crate::worker::body::{BoxError, ResponseBody};
 
 /// The guest's response head with its streaming body, or why there is none.
 pub type Head = Result<Response<ResponseBody>, RequestError>;
@@ -79,4 +86,43 @@ pub fn channel() -> (Reply, Pending) {
             done: done_rx,
         },
     )
+}
+
+/// A fresh store for one request of `app`, or the outcome that says why there is none.
+pub fn new_store(app: &App, ctx: &RunContext) -> Result<Store<Sandbox>, Outcome> {
+    Sandbox::store(&app.engine, &app.limits, &app.name, &ctx.id)
+        .map_err(|e| Outcome::failed(RequestError::Host(e.into())))
+}
+
+/// The fuel a request's store burned of its app's budget.
+pub fn fuel_used(app: &App, store: &Store<Sandbox>) -> u64 {
+    app.limits
+        .fuel
+        .saturating_sub(store.get_fuel().unwrap_or(0))
+}
+
+/// What a wasi:http 0.2 guest sets on its response outparam.
+pub type OutparamResult = Result<
+    http::Response<wasmtime_wasi_http::p2::body::HyperOutgoingBody>,
+    wasmtime_wasi_http::p2::bindings::http::types::ErrorCode,
+>;
+
+/// A 0.2 guest's response outparam as the head.
+pub fn outparam_head(set: OutparamResult) -> Head {
+    match set {
+        Ok(response) => Ok(response.map(|b| b.map_err(BoxError::from).boxed_unsync())),
+        Err(code) => Err(RequestError::GuestError(format!("handler set {code:?}"))),
+    }
+}
+
+/// When the run ended without sending a head, its error (or, if it had none, the
+/// guest's failure to respond) becomes the response, and is no longer the outcome's:
+/// it is reported once, as the head's.
+pub fn answer_unanswered(head: Option<oneshot::Sender<Head>>, outcome: &mut Outcome) {
+    if let Some(head) = head {
+        let err = outcome.error.take().unwrap_or_else(|| {
+            RequestError::GuestError("handler returned without setting a response".into())
+        });
+        let _ = head.send(Err(err));
+    }
 }

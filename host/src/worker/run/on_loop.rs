@@ -26,8 +26,11 @@ use crate::runtime::component::HandlerPre;
 use crate::runtime::error::RequestError;
 use crate::runtime::sandbox::Sandbox;
 use crate::worker::app::App;
-use crate::worker::body::{BoxError, ChannelBody, FrameSender, RequestBody};
-use crate::worker::run::{Head, Outcome, Reply, RunContext};
+use crate::worker::body::{ChannelBody, FrameSender, RequestBody};
+use crate::worker::run::{
+    Head, Outcome, OutparamResult, Reply, RunContext, answer_unanswered, fuel_used, new_store,
+    outparam_head,
+};
 
 /// How long a response head waits for the start of its body (see `drive_service`).
 const FIRST_FLUSH: std::time::Duration = std::time::Duration::from_millis(1);
@@ -41,12 +44,7 @@ pub fn spawn(app: Arc<App>, req: Request<RequestBody>, ctx: RunContext, reply: R
         let Reply { head, done } = reply;
         let mut head = Some(head);
         let mut outcome = run(&app, req, &ctx, &mut head).await;
-        if let Some(head) = head
-            && let Some(err) = outcome.error.take()
-        {
-            // The guest never produced a head: the error becomes the response.
-            let _ = head.send(Err(err));
-        }
+        answer_unanswered(head, &mut outcome);
         let _ = done.send(outcome);
     });
 }
@@ -57,11 +55,9 @@ async fn run(
     ctx: &RunContext,
     head: &mut Option<oneshot::Sender<Head>>,
 ) -> Outcome {
-    let mut store = match Sandbox::store(&app.engine, &app.limits, &app.name, &ctx.id) {
+    let mut store = match new_store(app, ctx) {
         Ok(store) => store,
-        Err(e) => {
-            return Outcome::failed(RequestError::Host(e.into()));
-        }
+        Err(failed) => return failed,
     };
     store.epoch_deadline_callback(|mut cx| {
         cx.data_mut().forced_yields += 1;
@@ -93,10 +89,7 @@ async fn run(
         () = ctx.cancel.cancelled() => Err(RequestError::ClientGone),
     };
     Outcome {
-        fuel_used: app
-            .limits
-            .fuel
-            .saturating_sub(store.get_fuel().unwrap_or(0)),
+        fuel_used: fuel_used(app, &store),
         error: result.err(),
         forced_yields: store.data().forced_yields,
         guest_time,
@@ -162,76 +155,92 @@ async fn drive_service(
                 }
             };
             let response = acc.with(|mut a| response.into_http(&mut a, req_io))?;
-            let (parts, mut guest_body) = response.into_parts();
-            let (Some(tx), Some(mut channel)) = (head.take(), body.take()) else {
+            let (parts, guest_body) = response.into_parts();
+            let (Some(tx), Some(channel)) = (head.take(), body.take()) else {
                 return Ok(Ok(()));
             };
-            // A short body usually follows its head within microseconds. Collecting
-            // what comes before the head goes out lets hyper write head, body and
-            // end in one syscall instead of three; a guest that takes longer gets
-            // its head sent after FIRST_FLUSH, and the body streams from there.
-            let first_flush = tokio::time::sleep(FIRST_FLUSH);
-            tokio::pin!(first_flush);
-            let mut preloaded = 0;
-            loop {
-                tokio::select! {
-                    biased;
-                    frame = guest_body.frame() => match frame {
-                        None => {
-                            channel.preload_end();
-                            break;
-                        }
-                        Some(Ok(frame)) => {
-                            preloaded += frame.data_ref().map_or(0, |d| d.len());
-                            channel.preload(frame);
-                            if preloaded >= PRELOAD_LIMIT {
-                                break;
-                            }
-                        }
-                        Some(Err(e)) => {
-                            return Ok(Err(RequestError::GuestError(format!(
-                                "response body failed: {e:?}"
-                            ))));
-                        }
-                    },
-                    () = &mut first_flush => break,
-                }
-            }
-            let complete = http_body::Body::is_end_stream(&channel);
-            if tx
-                .send(Ok(http::Response::from_parts(
-                    parts,
-                    channel.boxed_unsync(),
-                )))
-                .is_err()
-            {
-                return Ok(Ok(())); // the client went away
-            }
-            if complete {
-                return Ok(Ok(()));
-            }
-            while let Some(frame) = guest_body.frame().await {
-                match frame {
-                    Ok(frame) => {
-                        if frames.send(Some(Ok(frame))).await.is_err() {
-                            return Ok(Ok(()));
-                        }
-                    }
-                    Err(e) => {
-                        return Ok(Err(RequestError::GuestError(format!(
-                            "response body failed: {e:?}"
-                        ))));
-                    }
-                }
-            }
-            let _ = frames.send(None).await;
-            Ok(Ok(()))
+            Ok(send_and_pump(parts, guest_body, tx, channel, frames).await)
         })
         .await;
     match result {
         Ok(Ok(inner)) => inner,
         Ok(Err(e)) | Err(e) => Err(guest_error(store)(e)),
     }
+}
+
+/// Sends a 0.3 response's head, with what of its body comes at once, then pumps the
+/// rest of the body into the channel the server writes from.
+async fn send_and_pump<B>(
+    parts: http::response::Parts,
+    mut guest_body: B,
+    tx: oneshot::Sender<Head>,
+    mut channel: ChannelBody,
+    frames: &FrameSender,
+) -> Result<(), RequestError>
+where
+    B: http_body::Body<Data = bytes::Bytes> + Unpin,
+    B::Error: std::fmt::Debug,
+{
+    // A short body usually follows its head within microseconds. Collecting
+    // what comes before the head goes out lets hyper write head, body and
+    // end in one syscall instead of three; a guest that takes longer gets
+    // its head sent after FIRST_FLUSH, and the body streams from there.
+    let first_flush = tokio::time::sleep(FIRST_FLUSH);
+    tokio::pin!(first_flush);
+    let mut preloaded = 0;
+    loop {
+        tokio::select! {
+            biased;
+            frame = guest_body.frame() => match frame {
+                None => {
+                    channel.preload_end();
+                    break;
+                }
+                Some(Ok(frame)) => {
+                    preloaded += frame.data_ref().map_or(0, |d| d.len());
+                    channel.preload(frame);
+                    if preloaded >= PRELOAD_LIMIT {
+                        break;
+                    }
+                }
+                Some(Err(e)) => {
+                    return Err(RequestError::GuestError(format!(
+                        "response body failed: {e:?}"
+                    )));
+                }
+            },
+            () = &mut first_flush => break,
+        }
+    }
+    let complete = http_body::Body::is_end_stream(&channel);
+    if tx
+        .send(Ok(http::Response::from_parts(
+            parts,
+            channel.boxed_unsync(),
+        )))
+        .is_err()
+    {
+        return Ok(()); // the client went away
+    }
+    if complete {
+        return Ok(());
+    }
+    while let Some(frame) = guest_body.frame().await {
+        match frame {
+            Ok(frame) => {
+                if frames.send(Some(Ok(frame))).await.is_err() {
+                    return Ok(());
+                }
+            }
+            Err(e) => {
+                return Err(RequestError::GuestError(format!(
+                    "response body failed: {e:?}"
+                )));
+            }
+        }
+    }
+    let _ = frames.send(None).await;
+    Ok(())
 }
 
 /// wasi:http 0.2 with async entry points: `handle` sets the head through the
@@ -288,22 +297,15 @@ async fn drive_proxy(
     Ok(())
 }
 
-type OutparamResult = Result<
-    http::Response<wasmtime_wasi_http::p2::body::HyperOutgoingBody>,
-    wasmtime_wasi_http::p2::bindings::http::types::ErrorCode,
->;
-
 /// Passes what a 0.2 guest set on its response outparam on as the head.
 fn forward_head(
     head: &mut Option<oneshot::Sender<Head>>,
     set: Result<OutparamResult, oneshot::error::RecvError>,
 ) {
-    let head_result = match set {
-        Ok(Ok(response)) => Ok(response.map(|b| b.map_err(BoxError::from).boxed_unsync())),
-        Ok(Err(code)) => Err(RequestError::GuestError(format!("handler set {code:?}"))),
-        Err(_) => return, // dropped unset: the call's result says why
+    let Ok(set) = set else {
+        return; // dropped unset: the call's result says why
     };
     if let Some(head) = head.take() {
-        let _ = head.send(head_result);
+        let _ = head.send(outparam_head(set));
     }
 }

@@ -18,7 +18,6 @@ use std::time::Instant;
 use anyhow::Context as _;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use http::Request;
-use http_body_util::BodyExt as _;
 use tokio::sync::oneshot;
 use wasmtime::UpdateDeadline;
 use wasmtime_wasi_http::WasiHttpView as _;
@@ -27,10 +26,12 @@ use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use crate::metrics::recorder::Recorder;
 use crate::runtime::component::HandlerPre;
 use crate::runtime::error::RequestError;
-use crate::runtime::sandbox::{Sandbox, StopWaiting};
+use crate::runtime::sandbox::StopWaiting;
 use crate::worker::app::App;
-use crate::worker::body::{BoxError, RequestBody};
-use crate::worker::run::{Head, Outcome, Reply, RunContext};
+use crate::worker::body::RequestBody;
+use crate::worker::run::{
+    Head, Outcome, Reply, RunContext, answer_unanswered, fuel_used, new_store, outparam_head,
+};
 
 /// One request waiting for, or running on, a pool thread.
 pub struct Job {
@@ -200,20 +201,9 @@ fn run(job: Job) {
     // The outparam callback and this thread both may answer; whoever comes first does.
     let head = Arc::new(Mutex::new(Some(head)));
     let outcome = call(&app, req, &ctx, head.clone());
+    let mut outcome = outcome;
     let unanswered = head.lock().unwrap_or_else(PoisonError::into_inner).take();
-    let outcome = match (unanswered, outcome) {
-        (Some(head), outcome) => {
-            let err = outcome.error.unwrap_or_else(|| {
-                RequestError::GuestError("handler returned without setting a response".into())
-            });
-            let _ = head.send(Err(err));
-            Outcome {
-                error: None,
-                ..outcome
-            }
-        }
-        (None, outcome) => outcome,
-    };
+    answer_unanswered(unanswered, &mut outcome);
     let _ = done.send(outcome);
 }
 
@@ -227,11 +217,9 @@ fn call(
         let error = RequestError::Host(anyhow::anyhow!("an async handler was sent to the pool"));
         return Outcome::failed(error);
     };
-    let mut store = match Sandbox::store(&app.engine, &app.limits, &app.name, &ctx.id) {
+    let mut store = match new_store(app, ctx) {
         Ok(store) => store,
-        Err(e) => {
-            return Outcome::failed(RequestError::Host(e.into()));
-        }
+        Err(failed) => return failed,
     };
     let deadline = ctx.deadline;
     let cancel = ctx.cancel.clone();
@@ -255,23 +243,16 @@ fn call(
         let req = http.http().new_incoming_request(Scheme::Http, req)?;
         let out = http
             .http()
-            .new_response_outparam_from_callback(move |result| {
-                let result = match result {
-                    Ok(response) => Ok(response.map(|b| b.map_err(BoxError::from).boxed_unsync())),
-                    Err(code) => Err(RequestError::GuestError(format!("handler set {code:?}"))),
-                };
+            .new_response_outparam_from_callback(move |set| {
                 if let Some(head) = head.lock().unwrap_or_else(PoisonError::into_inner).take() {
-                    let _ = head.send(result);
+                    let _ = head.send(outparam_head(set));
                 }
             })?;
         proxy
             .wasi_http_incoming_handler()
             .call_handle(&mut store, req, out)
     })();
-    let fuel_used = app
-        .limits
-        .fuel
-        .saturating_sub(store.get_fuel().unwrap_or(0));
+    let fuel_used = fuel_used(app, &store);
     let error = result.err().map(|e| {
         RequestError::from_guest(e, store.data().memory_refused(), ctx.cancel.is_cancelled())
     });
