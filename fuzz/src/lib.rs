@@ -46,6 +46,7 @@ pub fn small_limits() -> Limits {
         fuel: 10_000_000,
         max_memory: 16 << 20,
         allow_outbound: Vec::new().into(),
+        addresses: Default::default(),
         vars: Default::default(),
     }
 }
@@ -56,6 +57,7 @@ fn defaults() -> Defaults {
         max_memory: 16 << 20,
         timeout: Duration::from_secs(1),
         allow_outbound: Vec::new(),
+        addresses: Default::default(),
         vars: Vec::new(),
         mode: ModeChoice::Auto,
         limit_concurrency: 64,

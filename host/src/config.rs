@@ -154,6 +154,14 @@ pub struct ServeConfig {
     #[arg(long, env = "WASMLOOP_ALLOW_OUTBOUND", value_delimiter = ',')]
     pub allow_outbound: Vec<String>,
 
+    /// Address ranges (CIDR, comma-separated) guests may reach although they are not
+    /// public: loopback, private, link-local, unique-local. Whatever the hosts in
+    /// --allow-outbound resolve to, a connection to such an address (or to one of this
+    /// server's own listeners, always) is refused unless its range is listed here.
+    /// Example: `10.0.0.0/8` for upstreams on a private network. Default: none.
+    #[arg(long, env = "WASMLOOP_ALLOW_OUTBOUND_NET", value_delimiter = ',')]
+    pub allow_outbound_net: Vec<ipnet::IpNet>,
+
     /// A configuration variable for the handler, `KEY=VALUE`; repeat the flag for
     /// more. Guests read them through the standard wasi:config interface. (The
     /// environment variable holds one pair; use the flag for several.)

@@ -3,6 +3,8 @@
 //! `table <json>` line each; the worker writes [`Report`]s to its stdout, one line
 //! each. Neither side knows the other's code: only this module.
 
+use std::net::SocketAddr;
+
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 
@@ -83,6 +85,29 @@ pub fn table_line(table: &TableMessage) -> anyhow::Result<String> {
         "table {}\n",
         serde_json::to_string(table).context("failed to encode the route table")?
     ))
+}
+
+/// The environment variable that tells a worker this server's listeners as the
+/// master bound them (a worker only knows its own socket, and `--admin-listen` may
+/// say port 0): `ADDR,ADDR`.
+pub const OWN_LISTENERS_ENV: &str = "WASMLOOP_OWN_LISTENERS";
+
+/// The value of [`OWN_LISTENERS_ENV`] for `listeners`.
+pub fn own_listeners_value(listeners: impl IntoIterator<Item = SocketAddr>) -> String {
+    listeners
+        .into_iter()
+        .map(|a| a.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The listeners a worker was told about; none when the variable is missing.
+pub fn own_listeners() -> Vec<SocketAddr> {
+    std::env::var(OWN_LISTENERS_ENV)
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|a| a.trim().parse().ok())
+        .collect()
 }
 
 /// Reads a line written by [`table_line`].

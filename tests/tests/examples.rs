@@ -78,6 +78,7 @@ async fn fetch_proxy_forwards_to_the_configured_upstream_only_when_allowed() {
     let server = Server::new(guests::FETCH_PROXY)
         .arg(&format!("--var=UPSTREAM=http://{addr}"))
         .arg(&format!("--allow-outbound={addr}"))
+        .arg("--allow-outbound-net=127.0.0.0/8")
         .start()
         .await;
     let reply = server.get("/some/path?x=1").await;

@@ -1,5 +1,8 @@
 //! Outbound HTTP from guests goes only to the hosts the operator listed with
 //! `--allow-outbound`; anything else fails inside the guest, and no connection is made.
+//! The upstream here listens on loopback, which the outbound floor refuses unless the
+//! operator opens it (`--allow-outbound-net`; tests/tests/hostile_tenants.rs covers
+//! the floor).
 
 use wasmloop_tests::{Server, Upstream, guests};
 
@@ -16,6 +19,7 @@ async fn a_listed_host_is_reached_from_both_styles() {
     for guest in guests {
         let server = Server::new(guest)
             .arg(&format!("--allow-outbound=example.com,{addr}"))
+            .arg("--allow-outbound-net=127.0.0.0/8")
             .start()
             .await;
         let reply = server.get(&format!("/fetch?to={addr}")).await;

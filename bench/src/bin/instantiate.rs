@@ -30,6 +30,7 @@ fn main() -> anyhow::Result<()> {
         fuel: 1_000_000_000,
         max_memory: 128 << 20,
         allow_outbound: Vec::new().into(),
+        addresses: Default::default(),
         vars: Default::default(),
     };
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -8,7 +8,8 @@
 //! ```sh
 //! cargo build --manifest-path examples/Cargo.toml --target wasm32-wasip2 --release -p fetch-proxy
 //! cargo run --release -p wasmloop -- serve examples/target/wasm32-wasip2/release/fetch_proxy.wasm \
-//!     --var UPSTREAM=http://127.0.0.1:9000 --allow-outbound 127.0.0.1:9000
+//!     --var UPSTREAM=http://127.0.0.1:9000 --allow-outbound 127.0.0.1:9000 \
+//!     --allow-outbound-net 127.0.0.0/8
 //! curl http://127.0.0.1:8080/some/path
 //! ```
 

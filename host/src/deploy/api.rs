@@ -29,6 +29,7 @@ use crate::model::app::{AppSettings, Version, sha256_hex};
 use crate::model::route::check_route;
 use crate::model::tenant::{Tenant, TenantLimits, check_name};
 use crate::registry::{NewVersion, RegistryError};
+use crate::runtime::outbound;
 
 fn bearer(req: &Request<Incoming>) -> Option<String> {
     let value = req.headers().get(AUTHORIZATION)?.to_str().ok()?;
@@ -216,7 +217,7 @@ async fn deploy(
     let tenant = ctx.tenant(token).await?;
     check_name("app", &app)?;
     let (bytes, settings) = read_upload(req, ctx.max_upload).await?;
-    check_settings(&settings)?;
+    check_settings(&settings, &ctx.outbound_ceiling)?;
     crate::runtime::component::check_is_component(&bytes)
         .map_err(|e| DeployError::Invalid(format!("{e:#}")))?;
     let started = std::time::Instant::now();
@@ -238,8 +239,9 @@ async fn deploy(
     ))
 }
 
-/// A deploy's settings name at least one route, and each is valid.
-fn check_settings(settings: &AppSettings) -> Result<(), Refused> {
+/// A deploy's settings name at least one route, each of them valid, and ask for no
+/// outbound host beyond what the operator allows.
+fn check_settings(settings: &AppSettings, outbound_ceiling: &[String]) -> Result<(), Refused> {
     for route in &settings.routes {
         check_route(route)?;
     }
@@ -247,6 +249,18 @@ fn check_settings(settings: &AppSettings) -> Result<(), Refused> {
         return Err(refuse(
             StatusCode::BAD_REQUEST,
             "give the app at least one route (route=/prefix or route=host/prefix)",
+        ));
+    }
+    if let Some(entry) = settings
+        .allow_outbound
+        .iter()
+        .find(|entry| !outbound::covers(outbound_ceiling, entry))
+    {
+        return Err(refuse(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!(
+                "allow_outbound {entry:?} is outside what this server allows its apps (its --allow-outbound); an app's list may only narrow it"
+            ),
         ));
     }
     Ok(())

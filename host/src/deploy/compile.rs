@@ -285,6 +285,7 @@ pub fn run_compile(args: &CompileArgs) -> std::process::ExitCode {
         fuel: args.guest_fuel,
         max_memory: usize::try_from(args.guest_max_memory).unwrap_or(usize::MAX),
         allow_outbound: Vec::new().into(),
+        addresses: Default::default(),
         vars: Default::default(),
     };
     if let Err(e) = component::try_instantiate(&engine, &handler, &trial) {

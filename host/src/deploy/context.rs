@@ -37,6 +37,8 @@ pub struct DeployContext {
     admin_token: String,
     pub(crate) engine_key: String,
     pub(crate) max_upload: u64,
+    /// The operator's `--allow-outbound`: the most an app may ask for.
+    pub(crate) outbound_ceiling: Vec<String>,
     pub(crate) compile: CompileLimits,
     tables: mpsc::UnboundedSender<TableMessage>,
     applied: watch::Receiver<u64>,
@@ -71,6 +73,12 @@ impl DeployContext {
             admin_token,
             engine_key,
             max_upload: config.max_upload,
+            outbound_ceiling: config
+                .allow_outbound
+                .iter()
+                .map(|h| h.trim().to_string())
+                .filter(|h| !h.is_empty())
+                .collect(),
             compile: CompileLimits {
                 timeout: config.compile_timeout,
                 max_memory: config.compile_max_memory,

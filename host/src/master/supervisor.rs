@@ -112,6 +112,8 @@ struct Master {
     /// The deploy side of the admin API, in registry mode.
     deploys: Option<Arc<DeployContext>>,
     applied_tx: tokio::sync::watch::Sender<u64>,
+    /// This server's listeners as bound, for the workers' outbound floor.
+    own_listeners: String,
 }
 
 impl Master {
@@ -127,7 +129,10 @@ impl Master {
         };
         // The admin listener answers from the start: /livez and /readyz while a node
         // waits for its registry, /v1 once it has it.
-        start_admin_listener(&config, &admin, &api)?;
+        let admin_addr = start_admin_listener(&config, &admin, &api)?;
+        let own_listeners = protocol::own_listeners_value(
+            std::iter::once(listener.local_addr()?).chain(admin_addr),
+        );
         if config.registry.is_some() {
             lock(&admin).not_ready = Some("waiting for the registry".into());
         }
@@ -160,6 +165,7 @@ impl Master {
             table,
             deploys,
             applied_tx,
+            own_listeners,
         })
     }
 
@@ -459,6 +465,7 @@ impl Master {
             .args(&self.worker_args)
             .env("LISTEN_FDS", "1")
             .env_remove("LISTEN_PID")
+            .env(protocol::OWN_LISTENERS_ENV, &self.own_listeners)
             .stdin(if self.table.is_some() {
                 Stdio::piped()
             } else {
@@ -602,26 +609,25 @@ fn admin_state(config: &ServeConfig) -> AdminState {
     )
 }
 
-/// Binds `--admin-listen` (unless it is `off`) and serves it from now on.
+/// Binds `--admin-listen` (unless it is `off`) and serves it from now on; returns
+/// the address it bound.
 fn start_admin_listener(
     config: &ServeConfig,
     admin: &SharedState,
     api: &ApiSlot,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Option<std::net::SocketAddr>> {
     let AdminListen::At(addr) = config.admin_listen else {
-        return Ok(());
+        return Ok(None);
     };
     let listener = std::net::TcpListener::bind(addr)
         .with_context(|| format!("failed to bind the admin listener to {addr}"))?;
     listener.set_nonblocking(true)?;
     let listener = tokio::net::TcpListener::from_std(listener)
         .context("failed to register the admin listener")?;
-    announce(&format!(
-        "admin listening on http://{}",
-        listener.local_addr()?
-    ));
+    let bound = listener.local_addr()?;
+    announce(&format!("admin listening on http://{bound}"));
     tokio::spawn(admin::serve(listener, admin.clone(), api.clone()));
-    Ok(())
+    Ok(Some(bound))
 }
 
 /// Opens the registry and reads the first table. Opening a shared registry waits

@@ -208,6 +208,14 @@ impl Exposition {
         )?;
         Self::counter(
             e,
+            "wasmloop_outbound_denied",
+            "Outbound requests of guests refused before anything was sent, by app and reason (not_listed, loopback, private, link_local, own_listener, ...).",
+            c.outbound_denied.iter().map(|((app, reason), n)| {
+                (with_app(app, vec![("reason", reason.clone())]), *n as f64)
+            }),
+        )?;
+        Self::counter(
+            e,
             "wasmloop_fuel_consumed",
             "Fuel guests burned, by app (about 1.5e10 units per CPU second).",
             c.fuel

@@ -146,6 +146,9 @@ pub struct Counters {
     pub pool_queue_wait: Histogram,
     /// How late the loop's 10 ms probe timer fired.
     pub loop_lag: Histogram,
+    /// (app, reason) -> outbound requests refused before anything was sent.
+    #[serde(with = "pairs", default)]
+    pub outbound_denied: BTreeMap<(String, String), u64>,
 }
 
 impl Counters {
@@ -173,6 +176,9 @@ impl Counters {
             *a += b
         });
         add_map(&mut self.guest_seconds, &other.guest_seconds, |a, b| {
+            *a += b
+        });
+        add_map(&mut self.outbound_denied, &other.outbound_denied, |a, b| {
             *a += b
         });
         self.pool_busy_seconds += other.pool_busy_seconds;

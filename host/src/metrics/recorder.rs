@@ -1,6 +1,7 @@
 //! The worker's side of metrics: the [`Recorder`] its loop and pool threads count
 //! into, and the count of live guest instances.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
@@ -92,13 +93,30 @@ impl Recorder {
         gauges.loop_lag_max =
             std::mem::take(&mut *self.lag_max.lock().unwrap_or_else(PoisonError::into_inner));
         gauges.instances = live_instances();
-        let counters = self
+        let mut counters = self
             .counters
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        counters.outbound_denied = OUTBOUND_DENIED
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
         Snapshot { counters, gauges }
     }
+}
+
+/// (app, reason) -> outbound requests refused in this process. Counted from inside a
+/// store, which has no recorder; rare, so one lock is no cost.
+static OUTBOUND_DENIED: Mutex<BTreeMap<(String, String), u64>> = Mutex::new(BTreeMap::new());
+
+/// Counts an outbound request of `app` refused for `reason`.
+pub fn outbound_denied(app: &str, reason: &str) {
+    *OUTBOUND_DENIED
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .entry((app.to_string(), reason.to_string()))
+        .or_default() += 1;
 }
 
 /// Guest instances (stores) alive in this process.

@@ -1,11 +1,11 @@
 //! What one request's `Store` holds, and the limits set on it.
 //!
 //! Every request gets a fresh store: WASI with no files, no environment and no sockets,
-//! wasi:http whose outbound requests go only to the hosts the operator allowed, a
+//! wasi:http whose outbound requests go only where [`outbound`] allows, a
 //! memory limiter that remembers when it refused a grow (so the error can be called
 //! `memory_limit` rather than a trap), and the request's fuel. How the store is then
 //! driven (preempted on the loop, or under a trapping deadline on the pool) is left
-//! to `loop_exec` and `pool`.
+//! to `worker/run/`.
 //!
 //! One thing the pool needs from here: the epoch deadline only interrupts WebAssembly
 //! code, and a sync guest blocked in `wasi:io/poll` (a sleep, a wait for an outbound
@@ -16,8 +16,9 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::metrics::recorder::LiveInstance;
+use crate::metrics::recorder::{LiveInstance, outbound_denied};
 use crate::runtime::guest_output::GuestOutput;
+use crate::runtime::outbound::{self, AddressPolicy};
 use tokio_util::sync::CancellationToken;
 use wasmtime::component::{Linker, Resource, ResourceTable};
 use wasmtime::{Engine, ResourceLimiter, Store, StoreContextMut, Trap};
@@ -36,6 +37,8 @@ pub struct Limits {
     pub max_memory: usize,
     /// Hosts (`host` or `host:port`) guests may send requests to.
     pub allow_outbound: Arc<[String]>,
+    /// Addresses they may not reach whatever the hosts resolve to.
+    pub addresses: Arc<AddressPolicy>,
     /// What the guest reads through wasi:config.
     pub vars: Arc<WasiConfigVariables>,
 }
@@ -86,7 +89,7 @@ impl Sandbox {
         let id: Arc<str> = request_id.into();
         let mut wasi = WasiCtx::builder();
         wasi.stdout(GuestOutput::new(id.clone(), app.clone(), "stdout"))
-            .stderr(GuestOutput::new(id, app.clone(), "stderr"))
+            .stderr(GuestOutput::new(id.clone(), app.clone(), "stderr"))
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false);
@@ -100,6 +103,9 @@ impl Sandbox {
             },
             outbound: OutboundPolicy {
                 allow: limits.allow_outbound.clone(),
+                addresses: limits.addresses.clone(),
+                request_id: id.clone(),
+                app: app.clone(),
             },
             vars: limits.vars.clone(),
             forced_yields: 0,
@@ -232,36 +238,31 @@ impl ResourceLimiter for MemoryLimiter {
     }
 }
 
-/// Lets outbound wasi:http requests through only to the hosts the operator listed.
-/// A refused request fails inside the guest with `HTTP-request-denied`; nothing is sent.
+/// Lets outbound wasi:http requests through only to the hosts the app may reach, and
+/// only to addresses the floor allows ([`outbound`]). A refused request fails inside
+/// the guest with `HTTP-request-denied`; nothing is sent. The log line says which
+/// request, app and address, and why.
+#[derive(Clone)]
 struct OutboundPolicy {
     allow: Arc<[String]>,
+    addresses: Arc<AddressPolicy>,
+    request_id: Arc<str>,
+    app: Arc<str>,
 }
 
 impl OutboundPolicy {
-    fn allows(&self, uri: &http::Uri) -> bool {
-        let Some(authority) = uri.authority() else {
-            return false;
-        };
-        let host = authority.host();
-        let port =
-            authority
-                .port_u16()
-                .unwrap_or(if uri.scheme() == Some(&http::uri::Scheme::HTTPS) {
-                    443
-                } else {
-                    80
-                });
-        self.allow.iter().any(|entry| {
-            let (allowed_host, allowed_port) = match entry.rsplit_once(':') {
-                Some((h, p)) if !h.is_empty() => match p.parse::<u16>() {
-                    Ok(p) => (h, Some(p)),
-                    Err(_) => (entry.as_str(), None),
-                },
-                _ => (entry.as_str(), None),
-            };
-            allowed_host.eq_ignore_ascii_case(host) && allowed_port.is_none_or(|p| p == port)
-        })
+    fn deny(&self, uri: &http::Uri, reason: &'static str, addr: Option<std::net::SocketAddr>) {
+        outbound_denied(&self.app, reason);
+        let addr = addr.map(|a| a.to_string()).unwrap_or_default();
+        tracing::warn!(
+            id = %self.request_id, app = %self.app, %uri, %reason, %addr,
+            "outbound request denied: {}",
+            match reason {
+                "not_listed" => "host not in the app's allowed hosts (within --allow-outbound)",
+                "own_listener" => "the address is one of this server's own listeners",
+                _ => "the address is not a public one (open a range with --allow-outbound-net)",
+            }
+        );
     }
 }
 
@@ -283,50 +284,25 @@ impl WasiHttpHooks for OutboundPolicy {
             > + Send,
     > {
         drop(fut);
-        if !self.allows(request.uri()) {
-            tracing::warn!(uri = %request.uri(), "outbound request denied: host not in --allow-outbound");
+        let uri = request.uri().clone();
+        if !outbound::listed(&self.allow, &uri) {
+            self.deny(&uri, "not_listed", None);
             return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
         }
+        let (addresses, denial) = (self.addresses.clone(), self.clone());
         Box::new(async move {
             use http_body_util::BodyExt;
-            let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
-            Ok((
-                response.map(BodyExt::boxed_unsync),
-                Box::new(io) as Box<dyn Future<Output = _> + Send>,
-            ))
+            match outbound::send(request, options, addresses).await {
+                Ok((response, io)) => Ok((
+                    response.map(BodyExt::boxed_unsync),
+                    Box::new(io) as Box<dyn Future<Output = _> + Send>,
+                )),
+                Err(Ok(denied)) => {
+                    denial.deny(&uri, denied.reason, Some(denied.addr));
+                    Err(wasmtime_wasi_http::Error::HttpRequestDenied)
+                }
+                Err(Err(e)) => Err(e),
+            }
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn policy(entries: &[&str]) -> OutboundPolicy {
-        OutboundPolicy {
-            allow: entries.iter().map(|e| e.to_string()).collect(),
-        }
-    }
-
-    #[test]
-    fn outbound_is_denied_unless_listed() {
-        let uri: http::Uri = "http://api.example.com/x".parse().unwrap();
-        assert!(!policy(&[]).allows(&uri));
-        assert!(policy(&["api.example.com"]).allows(&uri));
-        assert!(policy(&["API.example.com"]).allows(&uri));
-        assert!(!policy(&["example.com"]).allows(&uri));
-    }
-
-    #[test]
-    fn a_listed_port_must_match() {
-        // Policy strings only: nothing binds or connects here (tests/tests/outbound.rs
-        // checks an IP literal against a real upstream).
-        let uri: http::Uri = "http://upstream.test:8081/".parse().unwrap();
-        assert!(policy(&["upstream.test:8081"]).allows(&uri));
-        assert!(!policy(&["upstream.test:9000"]).allows(&uri));
-        assert!(policy(&["upstream.test"]).allows(&uri));
-        let https: http::Uri = "https://api.example.com/".parse().unwrap();
-        assert!(policy(&["api.example.com:443"]).allows(&https));
-        assert!(!policy(&["api.example.com:80"]).allows(&https));
     }
 }

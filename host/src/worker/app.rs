@@ -20,6 +20,7 @@ use crate::model::mode::{Mode, ModeChoice};
 use crate::model::tenant::TenantLimits;
 use crate::protocol::AppFiles;
 use crate::runtime::component::{self, Handler};
+use crate::runtime::outbound::{self, AddressPolicy};
 use crate::runtime::sandbox::Limits;
 use crate::worker::admission::{Slots, TenantSlots};
 
@@ -50,6 +51,8 @@ pub struct Defaults {
     pub max_memory: u64,
     pub timeout: Duration,
     pub allow_outbound: Vec<String>,
+    /// The addresses no guest of this worker may reach (the outbound floor).
+    pub addresses: Arc<AddressPolicy>,
     pub vars: Vec<(String, String)>,
     pub mode: ModeChoice,
     /// Per worker: requests in flight (`--limit-concurrency`) and pool threads.
@@ -60,8 +63,9 @@ pub struct Defaults {
 }
 
 impl Defaults {
-    pub fn from_config(config: &ServeConfig) -> Defaults {
+    pub fn from_config(config: &ServeConfig, addresses: AddressPolicy) -> Defaults {
         Defaults {
+            addresses: Arc::new(addresses),
             fuel: config.fuel,
             max_memory: config.max_memory,
             timeout: config.timeout,
@@ -124,6 +128,7 @@ impl App {
             fuel: defaults.fuel,
             max_memory: usize::try_from(defaults.max_memory).unwrap_or(usize::MAX),
             allow_outbound: defaults.allow_outbound.clone().into(),
+            addresses: defaults.addresses.clone(),
             vars: Arc::new(defaults.vars.iter().cloned().collect()),
         };
         component::try_instantiate(engine, &handler, &limits)
@@ -188,7 +193,10 @@ impl App {
                 defaults.max_memory,
             ))
             .unwrap_or(usize::MAX),
-            allow_outbound: settings.allow_outbound.clone().into(),
+            // The operator's list is the ceiling: an app's list only narrows it.
+            allow_outbound: outbound::narrow(&settings.allow_outbound, &defaults.allow_outbound)
+                .into(),
+            addresses: defaults.addresses.clone(),
             vars: Arc::new(vars.into_iter().collect()),
         };
         let timeout_ms = capped(

@@ -28,10 +28,12 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::ServeConfig;
+use crate::config::{AdminListen, ServeConfig};
 use crate::metrics::recorder::Recorder;
 use crate::model::mode::Mode;
+use crate::protocol;
 use crate::runtime::engine::{self, EngineSizing, EpochTicker};
+use crate::runtime::outbound::AddressPolicy;
 use crate::telemetry;
 use crate::worker::accept::ConnLimits;
 use crate::worker::app::{App, Defaults};
@@ -58,7 +60,8 @@ pub fn run_process(config: ServeConfig) -> anyhow::Result<()> {
         pool_slots: u32::try_from(config.threads).unwrap_or(u32::MAX),
         max_memory: usize::try_from(config.max_memory).context("--max-memory does not fit")?,
     })?;
-    let served = Served::load(&config, &engine)?;
+    let addresses = address_policy(&config, listener.local_addr()?);
+    let served = Served::load(&config, &engine, addresses)?;
     let recorder = Arc::new(Recorder::default());
     let pool = match served.needs_pool {
         true => Some(start_pool(&config, recorder.clone())?),
@@ -99,8 +102,12 @@ struct Served {
 impl Served {
     /// Loads the component, or reads and loads the master's first table (which the
     /// master writes before anything else). Blocks: called before the loop runs.
-    fn load(config: &ServeConfig, engine: &wasmtime::Engine) -> anyhow::Result<Served> {
-        let defaults = Defaults::from_config(config);
+    fn load(
+        config: &ServeConfig,
+        engine: &wasmtime::Engine,
+        addresses: AddressPolicy,
+    ) -> anyhow::Result<Served> {
+        let defaults = Defaults::from_config(config, addresses);
         let mut tenants = TenantMap::new();
         let (table, needs_pool) = match &config.component {
             Some(path) => {
@@ -121,6 +128,39 @@ impl Served {
             defaults,
             needs_pool,
         })
+    }
+}
+
+/// The outbound floor of this worker: the ranges the operator opened, and this
+/// server's own listeners, which no guest may reach (with the machine's addresses, for
+/// a listener on every interface).
+fn address_policy(config: &ServeConfig, listener: std::net::SocketAddr) -> AddressPolicy {
+    let mut own = protocol::own_listeners();
+    own.push(listener);
+    if let AdminListen::At(admin) = config.admin_listen
+        && admin.port() != 0
+    {
+        own.push(admin);
+    }
+    let local = nix::ifaddrs::getifaddrs()
+        .map(|addrs| {
+            addrs
+                .filter_map(|a| a.address)
+                .filter_map(|a| {
+                    a.as_sockaddr_in()
+                        .map(|v4| std::net::IpAddr::V4(v4.ip()))
+                        .or_else(|| a.as_sockaddr_in6().map(|v6| std::net::IpAddr::V6(v6.ip())))
+                })
+                .collect()
+        })
+        .unwrap_or_else(|e| {
+            tracing::warn!("cannot list this machine's addresses: {e}");
+            Vec::new()
+        });
+    AddressPolicy {
+        opened: config.allow_outbound_net.clone(),
+        own,
+        local,
     }
 }
 
