@@ -1,10 +1,11 @@
 //! Routes and a request in: the route table picks the same app as a plain reference
 //! implementation of the rules in routes.rs (host routes before any-host routes, then
-//! the longest prefix on whole segments, the first inserted among equals).
+//! the longest prefix on whole segments, the first inserted among equals). Hosts are
+//! compared in their normal form (model::route::request_host, tested on its own).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use wasmloop::model::route::{Route, check_route};
+use wasmloop::model::route::{Route, check_route, request_host};
 use wasmloop::worker::routes::RouteTable;
 
 fuzz_target!(|input: (Vec<(Option<String>, String)>, String, String)| {
@@ -45,7 +46,7 @@ fn reference(routes: &[(Route, usize)], host: &str, path: &str) -> Option<usize>
         let mut best: Option<(usize, usize)> = None;
         for (route, app) in routes {
             let host_ok = match &route.host {
-                Some(h) => for_host && h.eq_ignore_ascii_case(host),
+                Some(h) => for_host && *h == request_host(host),
                 None => !for_host,
             };
             if host_ok

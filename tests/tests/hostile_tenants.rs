@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use http::Method;
+use wasmloop_tests::pg::Postgres;
 use wasmloop_tests::{Running, Server, Upstream, guests, temp_dir};
 
 /// Asks the guest to fetch `http://TO/upstream`: `(status, body)`.
@@ -210,4 +211,207 @@ async fn an_apps_outbound_list_may_only_narrow_the_operators() {
     // The victim is served as before.
     assert_eq!(server.get("/echo").await.status, 200);
     assert_eq!(upstream.connections(), 1);
+}
+
+/// GET `path` with a Host header.
+async fn get_host(server: &Running, host: &str, path: &str) -> wasmloop_tests::Reply {
+    let req = http::Request::get(format!("http://{}{path}", server.addr))
+        .header("host", host)
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    server.client().request(req).await
+}
+
+/// Routes an attacker may not claim next to a victim serving `shop.test/`,
+/// `b%C3%BCcher.test/` (bücher.test) and `/config` for any host: inside, around, on
+/// the victim's host in other spellings, or shadowing its any-host route on a host.
+const CAPTURES: &[&str] = &[
+    "shop.test/users",
+    "shop.test/config/x",
+    "SHOP.test/users",
+    "shop.test./users",
+    "shop.test",
+    "xn--bcher-kva.test/x",
+    "B%C3%9CCHER.test/x",
+    "/config/VERSION",
+    "/config",
+    "/",
+    "victim.test/",
+    "victim.test/config",
+    "elsewhere.test/config/deep",
+];
+
+/// What the victim's requests must keep reaching, by Host and path, whatever the
+/// attacker tried: `(host, path)` pairs answered `victim`.
+const VICTIM_TRAFFIC: &[(&str, &str)] = &[
+    ("shop.test", "/config/VERSION"),
+    ("SHOP.TEST", "/config/VERSION"),
+    ("shop.test.", "/config/VERSION"),
+    ("shop.test:8080", "/config/VERSION"),
+    ("xn--bcher-kva.test", "/config/VERSION"),
+    ("victim.test", "/config/VERSION"),
+    ("anything.test", "/config/VERSION"),
+];
+
+async fn assert_victim_served(server: &Running) {
+    for (host, path) in VICTIM_TRAFFIC {
+        let reply = get_host(server, host, path).await;
+        assert_eq!(
+            (reply.status.as_u16(), reply.text().as_str()),
+            (200, "victim"),
+            "Host: {host} {path}"
+        );
+    }
+}
+
+async fn deploy_victim(server: &Running) -> String {
+    let victim = server.create_tenant("acme", "{}").await;
+    let reply = server
+        .deploy(
+            &victim,
+            "storefront",
+            guests::SDK_SYNC,
+            "route=shop.test/&route=b%C3%BCcher.test/&route=/config&var=VERSION=victim",
+        )
+        .await;
+    assert_eq!(reply.status, 201, "{}", reply.text());
+    victim
+}
+
+#[tokio::test]
+async fn no_deploy_takes_another_tenants_traffic() {
+    let dir = temp_dir("tenants-routes");
+    let server = Server::registry(&dir).start().await;
+    captures_are_refused(&server).await;
+}
+
+#[tokio::test]
+async fn no_deploy_takes_another_tenants_traffic_on_a_shared_registry() {
+    let Some(pg) = Postgres::start() else { return };
+    let server = Server::registry(&temp_dir("tenants-routes-pg"))
+        .arg(&format!("--registry={}", pg.database("routes")))
+        .start()
+        .await;
+    captures_are_refused(&server).await;
+}
+
+/// Two tenants deploying overlapping routes at the same moment through two nodes of
+/// one registry: exactly one of each pair is accepted, every time.
+#[tokio::test]
+async fn concurrent_overlapping_deploys_through_two_nodes_accept_one() {
+    let Some(pg) = Postgres::start() else { return };
+    let url = pg.database("routes_race");
+    let node = |name: &'static str| {
+        Server::registry(&temp_dir(name))
+            .arg(&format!("--registry={url}"))
+            .start()
+    };
+    let (one, two) = (node("race-a").await, node("race-b").await);
+    let a = one.create_tenant("alpha", "{}").await;
+    let b = one.create_tenant("beta", "{}").await;
+    for round in 0..4 {
+        let (app_a, app_b) = (format!("a{round}"), format!("b{round}"));
+        let outer = format!("route=/race{round}");
+        let inner = format!("route=/race{round}/inner");
+        let (x, y) = tokio::join!(
+            one.deploy(&a, &app_a, guests::SYNC_GUEST, &outer),
+            two.deploy(&b, &app_b, guests::SYNC_GUEST, &inner),
+        );
+        let mut statuses = [x.status.as_u16(), y.status.as_u16()];
+        statuses.sort();
+        assert_eq!(
+            statuses,
+            [201, 409],
+            "round {round}: {} / {}",
+            x.text(),
+            y.text()
+        );
+    }
+}
+
+async fn captures_are_refused(server: &Running) {
+    deploy_victim(server).await;
+    let attacker = server.create_tenant("mallory", "{}").await;
+    assert_victim_served(server).await;
+
+    for route in CAPTURES {
+        let reply = server
+            .deploy(
+                &attacker,
+                "grab",
+                guests::SDK_SYNC,
+                &format!("route={route}&var=VERSION=attacker"),
+            )
+            .await;
+        let text = reply.text();
+        assert_eq!(reply.status, 409, "{route}: {text}");
+        assert!(text.contains("is taken"), "{route}: {text}");
+        for secret in ["acme", "storefront"] {
+            assert!(!text.contains(secret), "{route}: names the victim: {text}");
+        }
+    }
+    // A route with a port could never match: refused, not silently dead.
+    let reply = server
+        .deploy(
+            &attacker,
+            "grab",
+            guests::SDK_SYNC,
+            "route=other.test:8080/x",
+        )
+        .await;
+    assert_eq!(reply.status, 400, "{}", reply.text());
+    assert!(reply.text().contains("port"), "{}", reply.text());
+    let reply = server
+        .deploy(
+            &attacker,
+            "grab",
+            guests::SDK_SYNC,
+            "route=/elsewhere&var=VERSION=attacker",
+        )
+        .await;
+    assert_eq!(reply.status, 201, "{}", reply.text());
+
+    // Nothing the attacker tried was stored; what does not overlap is its own.
+    let versions = server
+        .api(
+            Method::GET,
+            "/v1/apps/grab/versions",
+            Some(&attacker),
+            "",
+            "application/json",
+        )
+        .await;
+    let versions: serde_json::Value = serde_json::from_slice(&versions.body).unwrap();
+    assert_eq!(versions["versions"].as_array().map(Vec::len), Some(1));
+    for route in [
+        "other.test/shop",
+        "/configuration",
+        "shop.test.example/shop",
+    ] {
+        let reply = server
+            .deploy(
+                &attacker,
+                &format!("own{}", route.len()),
+                guests::SDK_SYNC,
+                &format!("route={route}&var=VERSION=attacker"),
+            )
+            .await;
+        assert_eq!(reply.status, 201, "{route}: {}", reply.text());
+    }
+    // Those are served by the attacker's apps (the guest's own 404, not the host's).
+    for (host, path) in [("other.test", "/shop/x"), ("shop.test.example", "/shop")] {
+        let reply = get_host(server, host, path).await;
+        assert!(
+            !reply.text().contains("no_app") && reply.text() != "victim",
+            "Host: {host} {path}: {} {}",
+            reply.status,
+            reply.text()
+        );
+    }
+    // A host route that would shadow the victim's any-host /config is still refused.
+    let reply = server
+        .deploy(&attacker, "late", guests::SDK_SYNC, "route=other.test/")
+        .await;
+    assert_eq!(reply.status, 409, "{}", reply.text());
+    assert_victim_served(server).await;
 }

@@ -26,7 +26,7 @@ use crate::deploy::context::DeployContext;
 use crate::deploy::reply::{Answer, Refused, Reply, no_content, refuse, reply};
 use crate::deploy::upload::read_upload;
 use crate::model::app::{AppSettings, Version, sha256_hex};
-use crate::model::route::check_route;
+use crate::model::route::normalize_route;
 use crate::model::tenant::{Tenant, TenantLimits, check_name};
 use crate::registry::{NewVersion, RegistryError};
 use crate::runtime::outbound;
@@ -216,7 +216,12 @@ async fn deploy(
 ) -> Answer {
     let tenant = ctx.tenant(token).await?;
     check_name("app", &app)?;
-    let (bytes, settings) = read_upload(req, ctx.max_upload).await?;
+    let (bytes, mut settings) = read_upload(req, ctx.max_upload).await?;
+    settings.routes = settings
+        .routes
+        .iter()
+        .map(normalize_route)
+        .collect::<Result<_, _>>()?;
     check_settings(&settings, &ctx.outbound_ceiling)?;
     crate::runtime::component::check_is_component(&bytes)
         .map_err(|e| DeployError::Invalid(format!("{e:#}")))?;
@@ -239,12 +244,9 @@ async fn deploy(
     ))
 }
 
-/// A deploy's settings name at least one route, each of them valid, and ask for no
-/// outbound host beyond what the operator allows.
+/// A deploy's settings name at least one route (each already normalised and valid),
+/// and ask for no outbound host beyond what the operator allows.
 fn check_settings(settings: &AppSettings, outbound_ceiling: &[String]) -> Result<(), Refused> {
-    for route in &settings.routes {
-        check_route(route)?;
-    }
     if settings.routes.is_empty() {
         return Err(refuse(
             StatusCode::BAD_REQUEST,

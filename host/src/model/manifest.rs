@@ -28,7 +28,7 @@ use serde::Deserialize;
 
 use crate::model::app::AppSettings;
 use crate::model::mode::ModeChoice;
-use crate::model::route::{check_route, parse_route};
+use crate::model::route::{normalize_route, parse_route};
 use crate::model::tenant::check_name;
 use crate::model::text::parse_size;
 
@@ -119,9 +119,10 @@ impl ManifestApp {
         } else {
             self.routes.iter().map(|r| parse_route(r)).collect()
         };
-        for route in &routes {
-            check_route(route)?;
-        }
+        let routes = routes
+            .iter()
+            .map(normalize_route)
+            .collect::<Result<Vec<_>, _>>()?;
         let mode = match &self.mode {
             None => None,
             Some(text) => match text.parse::<ModeChoice>() {

@@ -1,5 +1,11 @@
 //! Routes: where requests reach an app (a host, or any host, and a path prefix), how
-//! one is written (`/prefix`, `host/prefix`) and what makes one valid.
+//! one is written (`/prefix`, `host/prefix`), what makes one valid, how host names are
+//! normalised (once, the same way for routes and for requests), and when two routes
+//! overlap.
+//!
+//! The ownership rule ([`takes_from`]): no route may take a request another tenant's
+//! route serves now, nor serve a path on a host another tenant's route names. So no
+//! deploy changes where a request now served by another tenant goes.
 
 use serde::{Deserialize, Serialize};
 
@@ -36,6 +42,83 @@ pub fn parse_route(value: &str) -> Route {
     }
 }
 
+/// The host of a route in the one form routes are stored and matched in: lower case
+/// ASCII (an internationalised name becomes its `xn--` form), without a trailing dot.
+/// A port is refused: requests are matched on the host alone, so a route with one
+/// could never be reached.
+pub fn normalize_host(host: &str) -> Result<String, Invalid> {
+    let trimmed = host.trim();
+    if trimmed.contains(':') || trimmed.contains('[') {
+        return Err(Invalid(format!(
+            "route host {host:?} has a port or is an IPv6 address: routes match the Host header's name alone, give the host without a port"
+        )));
+    }
+    let bare = trimmed.strip_suffix('.').unwrap_or(trimmed);
+    let ascii = idna::domain_to_ascii(bare)
+        .map_err(|_| Invalid(format!("route host {host:?} is not a valid host name")))?;
+    if !is_normal_host(&ascii) {
+        return Err(Invalid(format!("route host {host:?} is not a host name")));
+    }
+    Ok(ascii)
+}
+
+/// The host a request names (its URI authority or Host header), normalised as route
+/// hosts are: without port or trailing dot, in lower case.
+pub fn request_host(authority: &str) -> String {
+    let authority = authority.rsplit('@').next().unwrap_or(authority);
+    let host = match authority.strip_prefix('[') {
+        // An IPv6 literal: no route can name one, but keep it whole.
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => authority.split(':').next().unwrap_or(""),
+    };
+    host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase()
+}
+
+/// `route` with its host normalised ([`normalize_host`]) and checked.
+pub fn normalize_route(route: &Route) -> Result<Route, Invalid> {
+    let route = Route {
+        host: route.host.as_deref().map(normalize_host).transpose()?,
+        prefix: route.prefix.clone(),
+    };
+    check_route(&route)?;
+    Ok(route)
+}
+
+/// Whether claiming `new` would take requests that `held` (another tenant's route)
+/// serves now, or let `new` serve paths on `held`'s host. Host routes beat routes for
+/// any host, then the longest prefix wins, so:
+///
+/// - on the same host (or both for any host), the prefixes may not nest;
+/// - a host route may not nest with an any-host route it would shadow on that host;
+/// - an any-host route may not contain a host route: the host's other paths under it
+///   would fall through to it. (One inside a host route takes nothing: the host
+///   route answers all of it.)
+pub fn takes_from(new: &Route, held: &Route) -> bool {
+    let nested = contains(&new.prefix, &held.prefix) || contains(&held.prefix, &new.prefix);
+    match (&new.host, &held.host) {
+        (Some(x), Some(y)) => x.eq_ignore_ascii_case(y) && nested,
+        (None, None) | (Some(_), None) => nested,
+        (None, Some(_)) => new.prefix != held.prefix && contains(&new.prefix, &held.prefix),
+    }
+}
+
+/// Whether path prefix `outer` covers `inner`: equal, `/`, or `inner` under it.
+fn contains(outer: &str, inner: &str) -> bool {
+    outer == "/"
+        || inner
+            .strip_prefix(outer)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+/// A host name in normal form: lower-case ASCII labels, none empty, no port.
+fn is_normal_host(host: &str) -> bool {
+    host.len() <= 253
+        && !host.split('.').any(str::is_empty)
+        && host
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+}
+
 /// A route's prefix is a clean absolute path; its host a plain host name.
 pub fn check_route(route: &Route) -> Result<(), Invalid> {
     let prefix = &route.prefix;
@@ -51,15 +134,12 @@ pub fn check_route(route: &Route) -> Result<(), Invalid> {
             "route prefix {prefix:?} must be `/` or an absolute path without a trailing slash, dot segments or special characters"
         )));
     }
-    if let Some(host) = &route.host {
-        let ok = !host.is_empty()
-            && host.len() <= 253
-            && host
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == ':');
-        if !ok {
-            return Err(Invalid(format!("route host {host:?} is not a host name")));
-        }
+    if let Some(host) = &route.host
+        && !is_normal_host(host)
+    {
+        return Err(Invalid(format!(
+            "route host {host:?} is not a host name in normal form (lower case, no port, no trailing dot)"
+        )));
     }
     Ok(())
 }
@@ -84,6 +164,77 @@ mod tests {
             })
             .is_ok()
         );
+    }
+
+    #[test]
+    fn hosts_have_one_normal_form_for_routes_and_requests() {
+        for (given, normal) in [
+            ("Shop.Test", "shop.test"),
+            ("shop.test.", "shop.test"),
+            ("SHOP.TEST.", "shop.test"),
+            ("bücher.example", "xn--bcher-kva.example"),
+            ("XN--BCHER-KVA.example", "xn--bcher-kva.example"),
+        ] {
+            assert_eq!(normalize_host(given).as_deref(), Ok(normal), "{given}");
+            assert_eq!(request_host(normal), normal);
+        }
+        for bad in ["shop.test:8080", "[::1]", "", ".", "a..b", "exa mple.com"] {
+            assert!(normalize_host(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(request_host("Shop.Test.:8080"), "shop.test");
+        assert_eq!(request_host("shop.test"), "shop.test");
+        assert_eq!(request_host("[::1]:80"), "::1");
+        assert_eq!(request_host("user@Shop.test:80"), "shop.test");
+        assert!(
+            check_route(&Route {
+                host: Some("Shop.test".into()),
+                prefix: "/".into()
+            })
+            .is_err()
+        );
+        assert!(
+            check_route(&Route {
+                host: Some("shop.test:80".into()),
+                prefix: "/".into()
+            })
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn a_new_route_takes_from_a_held_one_only_where_it_would_serve_its_requests() {
+        let r = |text: &str| parse_route(text);
+        // (new, held): refused.
+        for (new, held) in [
+            ("shop.test/users", "shop.test/"),
+            ("shop.test/", "shop.test/users"),
+            ("shop.test/users/1", "shop.test/users"),
+            ("shop.test/api", "shop.test/api"),
+            ("/api/users", "/api"),
+            ("/api", "/api/users"),
+            ("/", "/anything"),
+            ("victim.test/", "/api"),
+            ("victim.test/api/users", "/api"),
+            ("victim.test/api", "/api/users"),
+            ("/api", "shop.test/api/users"),
+            ("/", "shop.test/users"),
+        ] {
+            assert!(takes_from(&r(new), &r(held)), "{new} over {held}");
+        }
+        // Allowed: different hosts or prefixes, or an any-host route a host route
+        // answers for on that host anyway.
+        for (new, held) in [
+            ("shop.test/api", "shop.test/apiary"),
+            ("shop.test/", "other.test/"),
+            ("/api", "/apiary"),
+            ("/a/b", "/a/c"),
+            ("victim.test/api", "/web"),
+            ("/elsewhere", "shop.test/"),
+            ("/api", "shop.test/api"),
+            ("/api/users", "shop.test/api"),
+        ] {
+            assert!(!takes_from(&r(new), &r(held)), "{new} over {held}");
+        }
     }
 
     #[test]

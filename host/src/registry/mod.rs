@@ -24,7 +24,7 @@ use subtle::ConstantTimeEq as _;
 use crate::model::Invalid;
 use crate::model::app::{ActiveApp, AppInfo, AppSettings, Version};
 use crate::model::mode::Mode;
-use crate::model::route::{Route, check_route};
+use crate::model::route::{Route, check_route, takes_from};
 use crate::model::tenant::{Tenant, TenantLimits, check_name};
 
 /// Why a registry call was refused.
@@ -178,6 +178,45 @@ pub(crate) fn host_key(host: &Option<String>) -> String {
         .map_or_else(|| "*".to_string(), str::to_ascii_lowercase)
 }
 
+/// A route some app holds, and whether another tenant than the claimer's holds it.
+pub(crate) struct HeldRoute {
+    pub route: Route,
+    pub other_tenant: bool,
+}
+
+/// A route as the registry stores it (`*` for any host), back as a [`Route`].
+pub(crate) fn route_from_key(host: String, prefix: String) -> Route {
+    Route {
+        host: (host != "*").then_some(host),
+        prefix,
+    }
+}
+
+/// The ownership rule ([`takes_from`]): a claim may not take from any route of another
+/// tenant, nor take a route another app of the same tenant holds.
+/// The refusal names the route that is taken and not who holds it.
+pub(crate) fn check_claim(claimed: &[Route], held: &[HeldRoute]) -> Result<()> {
+    let show = |r: &Route| format!("{}{}", r.host.as_deref().unwrap_or(""), r.prefix);
+    for route in claimed {
+        for other in held {
+            if other.other_tenant && takes_from(route, &other.route) {
+                return Err(RegistryError::Conflict(format!(
+                    "the route {} is taken: it would serve requests that {}, another tenant's route, serves or may serve (see docs/operations.md, \"Routes are owned\")",
+                    show(route),
+                    show(&other.route)
+                )));
+            }
+            if !other.other_tenant && *route == other.route {
+                return Err(RegistryError::Conflict(format!(
+                    "the route {} already belongs to another app",
+                    show(route)
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// A token's tenant id and secret, when it has the shape of a token.
 pub(crate) fn parse_token(token: &str) -> Option<(i64, &str)> {
     token
@@ -253,24 +292,25 @@ impl SqliteRegistry {
     /// conflict (and the caller's transaction is rolled back).
     fn claim_routes(tx: &rusqlite::Transaction<'_>, app_id: i64, routes: &[Route]) -> Result<()> {
         tx.execute("DELETE FROM routes WHERE app_id = ?1", params![app_id])?;
+        let held = {
+            let mut query = tx.prepare(
+                "SELECT r.host, r.prefix, a.tenant_id != (SELECT tenant_id FROM apps WHERE id = ?1)
+                 FROM routes r JOIN apps a ON a.id = r.app_id",
+            )?;
+            query
+                .query_map(params![app_id], |row| {
+                    Ok(HeldRoute {
+                        route: route_from_key(row.get(0)?, row.get(1)?),
+                        other_tenant: row.get(2)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?
+        };
+        check_claim(routes, &held)?;
         for route in routes {
-            let host = host_key(&route.host);
-            let holder: Option<i64> = tx
-                .query_row(
-                    "SELECT app_id FROM routes WHERE host = ?1 AND prefix = ?2",
-                    params![host, route.prefix],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            if holder.is_some() {
-                return Err(RegistryError::Conflict(format!(
-                    "the route {host}{} already belongs to another app",
-                    route.prefix
-                )));
-            }
             tx.execute(
                 "INSERT INTO routes (host, prefix, app_id) VALUES (?1, ?2, ?3)",
-                params![host, route.prefix, app_id],
+                params![host_key(&route.host), route.prefix, app_id],
             )?;
         }
         Ok(())

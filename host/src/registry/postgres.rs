@@ -27,8 +27,8 @@ use crate::model::app::{ActiveApp, AppInfo, Version};
 use crate::model::route::{Route, check_route};
 use crate::model::tenant::{Tenant, TenantLimits, check_name};
 use crate::registry::{
-    NewVersion, Registry, RegistryError, Result, SqliteRegistry, host_key, new_token, now,
-    parse_token, read_mode,
+    HeldRoute, NewVersion, Registry, RegistryError, Result, SqliteRegistry, check_claim, host_key,
+    new_token, now, parse_token, read_mode, route_from_key,
 };
 
 /// The channel every change is announced on.
@@ -36,6 +36,9 @@ pub const CHANNEL: &str = "wasmloop_changes";
 
 /// How long opening a connection may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Serializes route claims across nodes (`pg_advisory_xact_lock`); any fixed number.
+const ROUTES_LOCK: i64 = 0x7761_736d_726f_7574;
 
 /// Serializes migrations across nodes (`pg_advisory_xact_lock`); any fixed number.
 const MIGRATION_LOCK: i64 = 0x7761_736d_6c6f_6f70;
@@ -275,8 +278,25 @@ impl PostgresRegistry {
     }
 
     /// Replaces `app_id`'s routes; a route another app holds is a conflict.
+    /// Replaces `app_id`'s routes with `routes` under the ownership rule. Claims are
+    /// serialised across nodes by a transaction-scoped advisory lock: two nodes
+    /// deploying overlapping routes at once cannot both see the other's as absent.
     fn claim_routes(tx: &mut impl GenericClient, app_id: i64, routes: &[Route]) -> Result<()> {
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&ROUTES_LOCK])?;
         tx.execute("DELETE FROM routes WHERE app_id = $1", &[&app_id])?;
+        let held: Vec<HeldRoute> = tx
+            .query(
+                "SELECT r.host, r.prefix, a.tenant_id != (SELECT tenant_id FROM apps WHERE id = $1)
+                 FROM routes r JOIN apps a ON a.id = r.app_id",
+                &[&app_id],
+            )?
+            .iter()
+            .map(|row| HeldRoute {
+                route: route_from_key(row.get(0), row.get(1)),
+                other_tenant: row.get(2),
+            })
+            .collect();
+        check_claim(routes, &held)?;
         for route in routes {
             let host = host_key(&route.host);
             let inserted = tx.execute(

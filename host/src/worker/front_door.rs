@@ -223,8 +223,9 @@ impl Server {
         }
         let host = req
             .uri()
-            .host()
-            .or_else(|| req.headers().get(HOST)?.to_str().ok()?.split(':').next())
+            .authority()
+            .map(|a| a.as_str())
+            .or_else(|| req.headers().get(HOST)?.to_str().ok())
             .unwrap_or("");
         let app = self.table().find(host, req.uri().path()).cloned();
         let log = AccessLog {

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use wasmtime::Engine;
 
-use crate::model::route::Route;
+use crate::model::route::{Route, request_host};
 use crate::model::tenant::TenantLimits;
 use crate::protocol::TableMessage;
 use crate::worker::admission::TenantSlots;
@@ -47,7 +47,7 @@ impl RouteTable {
             match &route.host {
                 Some(host) => self
                     .by_host
-                    .entry(host.to_ascii_lowercase())
+                    .entry(request_host(host))
                     .or_default()
                     .push(entry),
                 None => self.any_host.push(entry),
@@ -65,9 +65,10 @@ impl RouteTable {
         }
     }
 
-    /// The app for a request to `host` (without port, any case) and `path`.
+    /// The app for a request to `host` (its authority or Host header, any case, with or
+    /// without port and trailing dot) and `path`.
     pub fn find(&self, host: &str, path: &str) -> Option<&Arc<App>> {
-        let host = host.to_ascii_lowercase();
+        let host = request_host(host);
         self.by_host
             .get(&host)
             .and_then(|routes| longest(routes, path))
