@@ -415,3 +415,111 @@ async fn captures_are_refused(server: &Running) {
     assert_eq!(reply.status, 409, "{}", reply.text());
     assert_victim_served(server).await;
 }
+
+/// The mode bits of `path`.
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+#[tokio::test]
+async fn the_data_directory_is_private_from_the_first_byte() {
+    let dir = temp_dir("tenants-modes");
+    // An older server's directory, world-readable: tightened at start.
+    std::fs::create_dir_all(&dir).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let server = Server::registry(&dir).start().await;
+    let token = server.create_tenant("acme", "{}").await;
+    let reply = server
+        .deploy(
+            &token,
+            "app",
+            guests::SYNC_GUEST,
+            "route=/&var=SECRET=hunter2",
+        )
+        .await;
+    assert_eq!(reply.status, 201, "{}", reply.text());
+    assert_eq!(mode(&dir), 0o700, "the data directory");
+    for sub in ["components", "artifacts", "tmp"] {
+        assert_eq!(mode(&dir.join(sub)), 0o700, "{sub}/");
+    }
+    let mut files = vec![dir.join("registry.sqlite3")];
+    for sub in ["components", "artifacts"] {
+        for entry in std::fs::read_dir(dir.join(sub)).unwrap() {
+            files.push(entry.unwrap().path());
+        }
+    }
+    assert!(files.len() >= 3, "{files:?}");
+    for file in &files {
+        assert_eq!(mode(file), 0o600, "{}", file.display());
+    }
+    drop(server);
+
+    // A generated admin token is private too, and one others can read is refused.
+    let dir = temp_dir("tenants-token");
+    let token_file = dir.join("admin-token-copy");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(&token_file, "a-token-that-is-long-enough\n").unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let (status, output) = Server::registry(&dir)
+        .arg(&format!("--admin-token-file={}", token_file.display()))
+        .start_expecting_failure();
+    assert!(!status.success());
+    assert!(
+        output.contains("can be read by other users") && output.contains("chmod 600"),
+        "{output}"
+    );
+    assert!(!output.contains("a-token-that"), "{output}");
+}
+
+#[tokio::test]
+async fn the_registry_password_shows_nowhere() {
+    let Some(pg) = Postgres::start() else { return };
+    let url = pg.database("secrets");
+    let with_password = url.replace("wasmloop@", "wasmloop:Pa55-in-url@");
+    // The server takes URLs; the key=value forms are covered by redact's unit test.
+    let in_query = format!("{url}?password=Pa55-in-query");
+    for (url, secret) in [(with_password, "Pa55-in-url"), (in_query, "Pa55-in-query")] {
+        let server = Server::registry(&temp_dir("tenants-secrets"))
+            .arg(&format!("--registry={url}"))
+            .arg("--registry-recheck=1s")
+            .arg("--workers=2")
+            .start()
+            .await;
+        let workers = server.wait_for_workers(2, Duration::from_secs(10));
+        for pid in workers {
+            for what in ["cmdline", "environ"] {
+                let text = std::fs::read(format!("/proc/{pid}/{what}")).unwrap_or_default();
+                let text = String::from_utf8_lossy(&text);
+                assert!(!text.contains(secret), "worker {pid}'s {what}: {text}");
+                assert!(!text.contains("wasmloop:"), "worker {pid}'s {what}: {text}");
+            }
+        }
+        // The database goes away: the node says so everywhere, without the password.
+        pg.down();
+        let mut health = String::new();
+        for _ in 0..100 {
+            health = server.admin_get("/healthz").await.text();
+            if health.contains("registry unreachable") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(health.contains("registry unreachable"), "{health}");
+        assert!(!health.contains(secret), "{health}");
+        assert!(health.contains("***"), "{health}");
+        pg.up();
+        let log = server.log();
+        assert!(!log.contains(secret), "{log}");
+    }
+}

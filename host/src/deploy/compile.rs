@@ -63,11 +63,31 @@ impl DataDir {
         self.root.join("tmp")
     }
 
-    /// Creates the directories; clears what an interrupted upload left in `tmp/`.
+    /// Creates the directories (for this user only: tenants' components, variables
+    /// and the admin token live here) and tightens an existing one; clears what an
+    /// interrupted upload left in `tmp/`.
     pub fn prepare(&self) -> anyhow::Result<()> {
-        for dir in ["components", "artifacts", "tmp"] {
-            std::fs::create_dir_all(self.root.join(dir))
-                .with_context(|| format!("failed to create {}", self.root.join(dir).display()))?;
+        use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+        for dir in ["", "components", "artifacts", "tmp"] {
+            let path = self.root.join(dir);
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&path)
+                .with_context(|| format!("failed to create {}", path.display()))?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700))
+                .with_context(|| format!("failed to make {} private", path.display()))?;
+        }
+        for file in [
+            "registry.sqlite3",
+            "registry.sqlite3-wal",
+            "registry.sqlite3-shm",
+        ] {
+            let path = self.root.join(file);
+            if path.exists() {
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                    .with_context(|| format!("failed to make {} private", path.display()))?;
+            }
         }
         if let Ok(entries) = std::fs::read_dir(self.tmp()) {
             for entry in entries.flatten() {
@@ -94,7 +114,13 @@ pub fn write_durably(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
         path.file_name().and_then(|n| n.to_str()).unwrap_or("file")
     ));
     let result = (|| -> anyhow::Result<()> {
-        let mut file = std::fs::File::create(&tmp)
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
             .with_context(|| format!("failed to create {}", tmp.display()))?;
         file.write_all(bytes)
             .with_context(|| format!("failed to write {}", tmp.display()))?;
@@ -166,6 +192,8 @@ pub async fn compile(
         .arg(format!("--max-memory={}", limits.max_memory))
         .arg(format!("--guest-fuel={}", limits.guest_fuel))
         .arg(format!("--guest-max-memory={}", limits.guest_max_memory))
+        // The child compiles one file; the registry's credentials are not its business.
+        .env_remove("WASMLOOP_REGISTRY")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

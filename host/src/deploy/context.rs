@@ -303,6 +303,19 @@ impl DeployContext {
 #[expect(clippy::disallowed_methods, reason = "start-up, before the loop runs")]
 fn admin_token(config: &ServeConfig) -> anyhow::Result<String> {
     let from_file = |path: &std::path::Path| -> anyhow::Result<String> {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(path)
+            .with_context(|| format!("failed to read the admin token from {}", path.display()))?
+            .permissions()
+            .mode();
+        // As ssh does with keys: a secret others can read is no longer a secret.
+        anyhow::ensure!(
+            mode & 0o077 == 0,
+            "the admin token file {} can be read by other users (mode {:o}); make it private with `chmod 600 {}`",
+            path.display(),
+            mode & 0o777,
+            path.display()
+        );
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("failed to read the admin token from {}", path.display()))?;
         let token = text.lines().next().unwrap_or("").trim().to_string();
@@ -330,9 +343,8 @@ fn admin_token(config: &ServeConfig) -> anyhow::Result<String> {
     let mut secret = [0u8; 32];
     getrandom::fill(&mut secret).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
     let token = format!("wla_{}", hex::encode(secret));
+    // Created 0600 (write_durably), never readable by anyone else for a moment.
     compile::write_durably(&path, format!("{token}\n").as_bytes())?;
-    use std::os::unix::fs::PermissionsExt as _;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
     tracing::info!(path = %path.display(), "generated the admin token");
     Ok(token)
 }

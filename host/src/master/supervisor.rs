@@ -50,6 +50,9 @@ const TICK: Duration = Duration::from_millis(100);
 /// start-up.
 pub fn run(config: ServeConfig) -> anyhow::Result<()> {
     config.validate()?;
+    // Everything this server and its children create (the registry, components,
+    // artifacts, the admin token) is for its user alone, from the moment it exists.
+    rustix::process::umask(rustix::fs::Mode::from_bits_truncate(0o077));
     let _log = telemetry::init(&config.log_level, config.log_format)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -465,6 +468,7 @@ impl Master {
             .args(&self.worker_args)
             .env("LISTEN_FDS", "1")
             .env_remove("LISTEN_PID")
+            .env_remove("WASMLOOP_REGISTRY")
             .env(protocol::OWN_LISTENERS_ENV, &self.own_listeners)
             .stdin(if self.table.is_some() {
                 Stdio::piped()
@@ -579,14 +583,33 @@ impl Master {
     }
 }
 
-/// The arguments a worker is started with: this process's, `serve` -> `worker`.
+/// The arguments a worker is started with: this process's, `serve` -> `worker`, less
+/// `--registry`: workers never talk to the registry, and its URL (with a password)
+/// must not show on their command lines.
 fn worker_args() -> anyhow::Result<Vec<std::ffi::OsString>> {
     let mut args: Vec<_> = std::env::args_os().skip(1).collect();
     match args.first_mut() {
         Some(arg) if arg == "serve" => *arg = "worker".into(),
         _ => bail!("the master must be started as `wasmloop serve ...`"),
     }
-    Ok(args)
+    Ok(without_registry(args))
+}
+
+/// `args` without `--registry URL` / `--registry=URL`.
+fn without_registry(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let mut kept = Vec::with_capacity(args.len());
+    let mut skip_value = false;
+    for arg in args {
+        if std::mem::take(&mut skip_value) {
+            continue;
+        }
+        match arg.to_str() {
+            Some("--registry") => skip_value = true,
+            Some(a) if a.starts_with("--registry=") => {}
+            _ => kept.push(arg),
+        }
+    }
+    kept
 }
 
 /// What the admin listener shows before any worker reports.
@@ -800,6 +823,22 @@ fn manifest_table(path: &std::path::Path) -> anyhow::Result<TableMessage> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn workers_never_get_the_registry_url() {
+        let args = |list: &[&str]| list.iter().map(std::ffi::OsString::from).collect();
+        assert_eq!(
+            without_registry(args(&[
+                "worker",
+                "--registry",
+                "postgres://u:secret@db/x",
+                "--workers=2",
+                "--registry=postgres://u:secret@db/x",
+                "--registry-recheck=1s",
+            ])),
+            args(&["worker", "--workers=2", "--registry-recheck=1s"]) as Vec<std::ffi::OsString>
+        );
+    }
 
     #[test]
     fn respawns_back_off_exponentially_up_to_ten_seconds() {

@@ -120,30 +120,92 @@ pub struct PostgresRegistry {
     local: SqliteRegistry,
 }
 
-/// `url` with any password replaced by `***`, for logs and errors.
+/// `url` with every password replaced by `***`, for logs, errors and `/healthz`, in
+/// each form PostgreSQL accepts: a URL's user info (`postgres://user:pw@host`), a
+/// URL's query parameters (`?password=pw`, `sslpassword`), and key=value settings
+/// (`password=pw`, `password = 'p w'`, with quotes and escapes). Whatever cannot be
+/// read as one of those is hidden whole.
 pub fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        // key=value form: drop the password's value.
-        return url
-            .split_whitespace()
-            .map(|kv| {
-                if kv.starts_with("password=") {
-                    "password=***"
-                } else {
-                    kv
-                }
+    match url.split_once("://") {
+        Some((scheme, rest)) => redact_url(scheme, rest),
+        None => redact_key_values(url).unwrap_or_else(|| "(connection settings hidden)".into()),
+    }
+}
+
+fn is_secret_key(key: &str) -> bool {
+    key.to_ascii_lowercase().contains("password")
+}
+
+fn redact_url(scheme: &str, rest: &str) -> String {
+    let (before_query, query) = match rest.split_once('?') {
+        Some((before, query)) => (before, Some(query)),
+        None => (rest, None),
+    };
+    let (authority, path) =
+        before_query.split_at(before_query.find('/').unwrap_or(before_query.len()));
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _password)) => format!("{user}:***@{host}"),
+            None => format!("{userinfo}@{host}"),
+        },
+        None => authority.to_string(),
+    };
+    let query = query.map(|query| {
+        query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((key, _)) if is_secret_key(key) => format!("{key}=***"),
+                _ => pair.to_string(),
             })
             .collect::<Vec<_>>()
-            .join(" ");
-    };
-    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _password)) => format!("{scheme}://{user}:***@{host}{path}"),
-            None => url.to_string(),
-        },
-        None => url.to_string(),
+            .join("&")
+    });
+    match query {
+        Some(query) => format!("{scheme}://{authority}{path}?{query}"),
+        None => format!("{scheme}://{authority}{path}"),
     }
+}
+
+/// `key = value` settings separated by white space, a value plain or in single
+/// quotes with `\` escapes; `None` when the text is not in that form.
+fn redact_key_values(text: &str) -> Option<String> {
+    let mut out = Vec::new();
+    let mut rest = text.trim_start();
+    while !rest.is_empty() {
+        let key_end = rest.find(|c: char| c == '=' || c.is_whitespace())?;
+        let key = &rest[..key_end];
+        rest = rest[key_end..].trim_start().strip_prefix('=')?.trim_start();
+        let (value, after) = if let Some(quoted) = rest.strip_prefix('\'') {
+            let mut end = None;
+            let mut escaped = false;
+            for (i, c) in quoted.char_indices() {
+                match c {
+                    _ if escaped => escaped = false,
+                    '\\' => escaped = true,
+                    '\'' => {
+                        end = Some(i);
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+            let end = end?;
+            (&rest[..end + 2], &quoted[end + 1..])
+        } else {
+            let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
+            (&rest[..end], &rest[end..])
+        };
+        if key.is_empty() {
+            return None;
+        }
+        out.push(if is_secret_key(key) {
+            format!("{key}=***")
+        } else {
+            format!("{key}={value}")
+        });
+        rest = after.trim_start();
+    }
+    Some(out.join(" "))
 }
 
 /// Opens a connection to the database `config` names.
@@ -647,6 +709,56 @@ impl Registry for PostgresRegistry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn passwords_are_hidden_in_every_form_postgres_accepts() {
+        for (given, shown) in [
+            (
+                "postgres://u:s3cret@db:5432/x",
+                "postgres://u:***@db:5432/x",
+            ),
+            (
+                "postgresql://u:s3cret@db/x?sslmode=require",
+                "postgresql://u:***@db/x?sslmode=require",
+            ),
+            (
+                "postgres://u@db/x?password=s3cret&sslmode=disable",
+                "postgres://u@db/x?password=***&sslmode=disable",
+            ),
+            (
+                "postgres://db/x?user=u&PassWord=s3cret",
+                "postgres://db/x?user=u&PassWord=***",
+            ),
+            (
+                "postgres://db/x?sslpassword=s3cret",
+                "postgres://db/x?sslpassword=***",
+            ),
+            (
+                "postgres://u:s3cret@[::1]:5432/x",
+                "postgres://u:***@[::1]:5432/x",
+            ),
+            (
+                "host=db user=u password=s3cret dbname=x",
+                "host=db user=u password=*** dbname=x",
+            ),
+            (
+                "host=db password = s3cret dbname=x",
+                "host=db password=*** dbname=x",
+            ),
+            (
+                "host=db password='s3 cr\\'et' dbname=x",
+                "host=db password=*** dbname=x",
+            ),
+            ("host=db  password='s3cret'", "host=db password=***"),
+        ] {
+            let redacted = redact(given);
+            assert_eq!(redacted, shown, "{given}");
+            assert!(!redacted.contains("s3"), "{given}");
+        }
+        // Not readable as either form: hidden whole.
+        assert!(!redact("host=db password='s3cret").contains("s3cret"));
+        assert!(!redact("=s3cret").contains("s3cret"));
+    }
 
     #[test]
     fn passwords_never_reach_messages() {
