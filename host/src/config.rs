@@ -105,6 +105,12 @@ pub struct ServeConfig {
     #[arg(long, env = "WASMLOOP_ADMIN_LISTEN", default_value = "127.0.0.1:9090", value_parser = parse_admin_listen)]
     pub admin_listen: AdminListen,
 
+    /// Connections the admin listener holds open at once; past it, a new one is
+    /// closed at once. It serves one request per connection, with the public
+    /// listener's --timeout-header-read.
+    #[arg(long, env = "WASMLOOP_ADMIN_MAX_CONNECTIONS", default_value_t = 64)]
+    pub admin_max_connections: usize,
+
     /// Worker processes (default: one per CPU core). Each runs one event loop and its
     /// own thread pool; the kernel spreads connections across them.
     #[arg(long, env = "WASMLOOP_WORKERS")]

@@ -455,10 +455,22 @@ impl Upstream {
 }
 
 impl Running {
-    /// GET `path` from the admin listener.
+    /// GET `path` from the admin listener, as the operator (with [`ADMIN_TOKEN`], which
+    /// `/metrics` and `/doctor` ask for; the probes need none).
     pub async fn admin_get(&self, path: &str) -> Reply {
+        self.admin_get_with(path, Some(ADMIN_TOKEN)).await
+    }
+
+    /// GET `path` from the admin listener with `token`, or with none.
+    pub async fn admin_get_with(&self, path: &str, token: Option<&str>) -> Reply {
         let admin = self.admin.expect("the server has an admin listener");
-        HttpClient::new(admin).get(path).await
+        let mut req = Request::get(format!("http://{admin}{path}"));
+        if let Some(token) = token {
+            req = req.header("authorization", format!("Bearer {token}"));
+        }
+        HttpClient::new(admin)
+            .request(req.body(Full::new(Bytes::new())).expect("a valid request"))
+            .await
     }
 
     /// Sends a request to the admin API with `token` (if any).
@@ -607,6 +619,7 @@ impl Running {
         let output = Command::new(binary())
             .args(["doctor", "--admin"])
             .arg(format!("http://{admin}"))
+            .env("WASMLOOP_ADMIN_TOKEN", ADMIN_TOKEN)
             .output()
             .expect("failed to run wasmloop doctor");
         assert!(

@@ -523,3 +523,138 @@ async fn the_registry_password_shows_nowhere() {
         assert!(!log.contains(secret), "{log}");
     }
 }
+
+/// Whether the server closes `stream` within `within` (reads until EOF or an error).
+async fn closed_within(stream: &mut tokio::net::TcpStream, within: Duration) -> bool {
+    use tokio::io::AsyncReadExt as _;
+    let mut buf = [0u8; 1024];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_admin_listener_holds_no_slow_idle_or_flooding_connection() {
+    use tokio::io::AsyncWriteExt as _;
+    let dir = temp_dir("tenants-admin");
+    let server = Server::registry(&dir)
+        .arg("--timeout-header-read=1s")
+        .arg("--admin-max-connections=8")
+        .start()
+        .await;
+    let admin = server.admin.expect("an admin listener");
+
+    // A head that never ends, and a connection that never says anything.
+    let mut slow = tokio::net::TcpStream::connect(admin).await.unwrap();
+    slow.write_all(b"GET /livez HTTP/1.1\r\nHost: adm")
+        .await
+        .unwrap();
+    let mut idle = tokio::net::TcpStream::connect(admin).await.unwrap();
+    assert!(
+        closed_within(&mut slow, Duration::from_secs(4)).await,
+        "a slow head stayed open"
+    );
+    assert!(
+        closed_within(&mut idle, Duration::from_secs(4)).await,
+        "an idle connection stayed open"
+    );
+
+    // After one answer the connection is closed: nothing idles between requests.
+    let mut once = tokio::net::TcpStream::connect(admin).await.unwrap();
+    once.write_all(b"GET /livez HTTP/1.1\r\nHost: admin\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(
+        closed_within(&mut once, Duration::from_secs(2)).await,
+        "kept alive"
+    );
+
+    // A flood: past the cap, connections are closed at once; once the flood's idle
+    // connections time out, probes are answered again.
+    let mut flood = Vec::new();
+    for _ in 0..40 {
+        flood.push(tokio::net::TcpStream::connect(admin).await.unwrap());
+    }
+    let mut shut_at_once = 0;
+    for stream in &mut flood {
+        if closed_within(stream, Duration::from_millis(300)).await {
+            shut_at_once += 1;
+        }
+    }
+    assert!(shut_at_once >= 32, "only {shut_at_once} of 40 were refused");
+    let mut answered = false;
+    for _ in 0..50 {
+        if server.admin_get_with("/livez", None).await.status == 200 {
+            answered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(answered, "the admin listener stayed full after the flood");
+    // The public listener was never affected.
+    assert_eq!(server.get("/").await.status, 404);
+}
+
+#[tokio::test]
+async fn metrics_and_the_doctor_are_not_for_everyone() {
+    let dir = temp_dir("tenants-metrics");
+    let server = Server::registry(&dir).start().await;
+    let a = server.create_tenant("alpha", "{}").await;
+    let b = server.create_tenant("beta", "{}").await;
+    for (token, app, route, path) in [
+        (&a, "one", "/echo", "/echo"),
+        (&b, "two", "/big", "/big?kb=1"),
+    ] {
+        let reply = server
+            .deploy(token, app, guests::SYNC_GUEST, &format!("route={route}"))
+            .await;
+        assert_eq!(reply.status, 201, "{}", reply.text());
+        assert_eq!(server.get(path).await.status, 200);
+    }
+    server
+        .wait_for_metrics(
+            |m| m.0.contains(r#"tenant="alpha""#) && m.0.contains(r#"tenant="beta""#),
+            Duration::from_secs(5),
+        )
+        .await;
+
+    for path in ["/metrics", "/doctor"] {
+        for token in [None, Some("not-a-token"), Some("wlt_1_0000")] {
+            let reply = server.admin_get_with(path, token).await;
+            assert_eq!(reply.status, 401, "{path} with {token:?}: {}", reply.text());
+            assert!(!reply.text().contains("alpha"), "{}", reply.text());
+        }
+    }
+    // A tenant reads its own series, nothing of the other tenant or the node.
+    let mine = server.admin_get_with("/metrics", Some(&a)).await;
+    assert_eq!(mine.status, 200);
+    let text = mine.text();
+    assert!(text.contains(r#"tenant="alpha""#), "{text}");
+    assert!(!text.contains("beta"), "{text}");
+    assert!(!text.contains("wasmloop_workers"), "{text}");
+    assert_eq!(server.admin_get_with("/doctor", Some(&a)).await.status, 403);
+    // The operator reads everything; the probes are open and say nothing secret.
+    assert!(
+        server
+            .admin_get("/metrics")
+            .await
+            .text()
+            .contains(r#"tenant="beta""#)
+    );
+    assert_eq!(server.admin_get("/doctor").await.status, 200);
+    for probe in ["/livez", "/readyz", "/healthz"] {
+        let reply = server.admin_get_with(probe, None).await;
+        assert_eq!(reply.status, 200, "{probe}");
+        assert!(!reply.text().contains("alpha"), "{probe}: {}", reply.text());
+    }
+    // A server without tenants asks for the token too, once the operator set one
+    // (the test harness always does).
+    let single = Server::new(guests::SYNC_GUEST).start().await;
+    assert_eq!(single.admin_get_with("/metrics", None).await.status, 401);
+    assert_eq!(single.admin_get("/metrics").await.status, 200);
+}

@@ -19,6 +19,9 @@ pub struct DoctorArgs {
     /// Print the report as JSON instead of text.
     #[arg(long)]
     pub json: bool,
+    /// The admin token, which `/doctor` asks for.
+    #[arg(long, env = "WASMLOOP_ADMIN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 /// `wasmloop doctor`: fetches `/doctor` from `admin` and prints it.
@@ -34,7 +37,12 @@ pub fn run(args: &DoctorArgs) -> anyhow::Result<()> {
         let client =
             hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
                 .build_http::<Full<Bytes>>();
-        let response = tokio::time::timeout(Duration::from_secs(10), client.get(url.clone()))
+        let mut req = http::Request::get(url.clone());
+        if let Some(token) = &args.token {
+            req = req.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let req = req.body(Full::new(Bytes::new()))?;
+        let response = tokio::time::timeout(Duration::from_secs(10), client.request(req))
             .await
             .with_context(|| format!("{url} did not answer within 10 s"))?
             .with_context(|| {
@@ -42,6 +50,10 @@ pub fn run(args: &DoctorArgs) -> anyhow::Result<()> {
             })?;
         let status = response.status();
         let body = response.into_body().collect().await?.to_bytes();
+        anyhow::ensure!(
+            status != http::StatusCode::UNAUTHORIZED,
+            "{url} asks for the admin token: pass --token or set WASMLOOP_ADMIN_TOKEN"
+        );
         anyhow::ensure!(status.is_success(), "{url} answered {status}");
         anyhow::Ok(body)
     })?;

@@ -31,7 +31,8 @@ use crate::model::tenant::{Tenant, TenantLimits, check_name};
 use crate::registry::{NewVersion, RegistryError};
 use crate::runtime::outbound;
 
-fn bearer(req: &Request<Incoming>) -> Option<String> {
+/// The bearer token of a request, if it sends one.
+pub fn bearer(req: &Request<Incoming>) -> Option<String> {
     let value = req.headers().get(AUTHORIZATION)?.to_str().ok()?;
     let token = value
         .strip_prefix("Bearer ")

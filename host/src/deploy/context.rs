@@ -276,18 +276,21 @@ impl DeployContext {
         }
     }
 
+    /// Whether `token` is the admin token (compared in constant time).
+    pub fn is_admin_token(&self, token: &str) -> bool {
+        bool::from(token.as_bytes().ct_eq(self.admin_token.as_bytes()))
+    }
+
     /// Lets the admin token through, and refuses anything else.
     pub(crate) fn admin(&self, token: Option<String>) -> Result<(), Refused> {
-        let is_admin =
-            token.is_some_and(|t| bool::from(t.as_bytes().ct_eq(self.admin_token.as_bytes())));
-        if is_admin {
+        if token.is_some_and(|t| self.is_admin_token(&t)) {
             Ok(())
         } else {
             Err(Refused::new(unauthorized()))
         }
     }
 
-    pub(crate) async fn tenant(self: &Arc<Self>, token: Option<String>) -> Result<Tenant, Refused> {
+    pub async fn tenant(self: &Arc<Self>, token: Option<String>) -> Result<Tenant, Refused> {
         let Some(token) = token else {
             return Err(Refused::new(unauthorized()));
         };
@@ -298,47 +301,58 @@ impl DeployContext {
     }
 }
 
-/// The admin token: `--admin-token-file`, else `WASMLOOP_ADMIN_TOKEN`, else the one in
-/// `DATA_DIR/admin-token`, generated (mode 0600) on first start.
-#[expect(clippy::disallowed_methods, reason = "start-up, before the loop runs")]
-fn admin_token(config: &ServeConfig) -> anyhow::Result<String> {
-    let from_file = |path: &std::path::Path| -> anyhow::Result<String> {
-        use std::os::unix::fs::PermissionsExt as _;
-        let mode = std::fs::metadata(path)
-            .with_context(|| format!("failed to read the admin token from {}", path.display()))?
-            .permissions()
-            .mode();
-        // As ssh does with keys: a secret others can read is no longer a secret.
-        anyhow::ensure!(
-            mode & 0o077 == 0,
-            "the admin token file {} can be read by other users (mode {:o}); make it private with `chmod 600 {}`",
-            path.display(),
-            mode & 0o777,
-            path.display()
-        );
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("failed to read the admin token from {}", path.display()))?;
-        let token = text.lines().next().unwrap_or("").trim().to_string();
-        anyhow::ensure!(
-            token.len() >= 16,
-            "the admin token in {} is shorter than 16 characters",
-            path.display()
-        );
-        Ok(token)
-    };
+/// The admin token the operator configured: `--admin-token-file`, else
+/// `WASMLOOP_ADMIN_TOKEN`; `None` when neither is set.
+pub fn configured_admin_token(config: &ServeConfig) -> anyhow::Result<Option<String>> {
     if let Some(path) = &config.admin_token_file {
-        return from_file(path);
+        return token_from_file(path).map(Some);
     }
     if let Ok(token) = std::env::var("WASMLOOP_ADMIN_TOKEN") {
         anyhow::ensure!(
             token.len() >= 16,
             "WASMLOOP_ADMIN_TOKEN is shorter than 16 characters"
         );
+        return Ok(Some(token));
+    }
+    Ok(None)
+}
+
+/// The first line of a token file, which only its owner may read.
+#[expect(clippy::disallowed_methods, reason = "start-up, before the loop runs")]
+fn token_from_file(path: &std::path::Path) -> anyhow::Result<String> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(path)
+        .with_context(|| format!("failed to read the admin token from {}", path.display()))?
+        .permissions()
+        .mode();
+    // As ssh does with keys: a secret others can read is no longer a secret.
+    anyhow::ensure!(
+        mode & 0o077 == 0,
+        "the admin token file {} can be read by other users (mode {:o}); make it private with `chmod 600 {}`",
+        path.display(),
+        mode & 0o777,
+        path.display()
+    );
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("failed to read the admin token from {}", path.display()))?;
+    let token = text.lines().next().unwrap_or("").trim().to_string();
+    anyhow::ensure!(
+        token.len() >= 16,
+        "the admin token in {} is shorter than 16 characters",
+        path.display()
+    );
+    Ok(token)
+}
+
+/// The admin token: the configured one, else the one in `DATA_DIR/admin-token`,
+/// generated (mode 0600) on first start.
+fn admin_token(config: &ServeConfig) -> anyhow::Result<String> {
+    if let Some(token) = configured_admin_token(config)? {
         return Ok(token);
     }
     let path = config.data_dir.join("admin-token");
     if path.exists() {
-        return from_file(&path);
+        return token_from_file(&path);
     }
     let mut secret = [0u8; 32];
     getrandom::fill(&mut secret).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;

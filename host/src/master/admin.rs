@@ -1,6 +1,9 @@
 //! The admin listener, served by the master: `/metrics` (Prometheus text for all
-//! workers), `/doctor` (the doctor's report as JSON), `/healthz` (every fault, for
-//! people and monitors), `/livez` and `/readyz` (for orchestrators). It owns the
+//! workers; a tenant's token sees its own apps' series), `/doctor` (the doctor's
+//! report as JSON), both behind a bearer token; `/healthz` (every fault, for people
+//! and monitors), `/livez` and `/readyz` (for orchestrators), open and saying
+//! nothing secret; and the deploy API under `/v1`. It is as hardened as the public
+//! listener ([`AdminGuard`]). It owns the
 //! master's metric view, [`AdminState`]: the latest snapshot of every worker and a
 //! minute of history for the doctor's window.
 
@@ -14,10 +17,12 @@ use http::header::CONTENT_TYPE;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use subtle::ConstantTimeEq as _;
 use tokio::net::TcpListener;
 
 use crate::deploy::context::DeployContext;
+use crate::deploy::reply::Refused;
 use crate::doctor::{self, Facts};
 use crate::metrics::exposition::{Aggregate, MasterFacts};
 use crate::metrics::{Counters, Snapshot};
@@ -157,45 +162,139 @@ impl ApiSlot {
     }
 }
 
+/// What the admin listener protects itself with: the same head-read timeout as the
+/// public listener, one request per connection (nothing idles), a cap on open
+/// connections, and the token that `/metrics` and `/doctor` ask for when the server
+/// has no registry (with one, its admin and tenant tokens count).
+#[derive(Debug, Clone)]
+pub struct AdminGuard {
+    pub header_read_timeout: Duration,
+    pub max_connections: usize,
+    /// `--admin-token-file` / `WASMLOOP_ADMIN_TOKEN`, when the operator set one.
+    pub token: Option<Arc<str>>,
+}
+
 /// Serves the admin endpoints until the task is dropped; the `/v1` API too when the
 /// server serves a registry.
-pub async fn serve(listener: TcpListener, state: SharedState, api: ApiSlot) {
+pub async fn serve(listener: TcpListener, state: SharedState, api: ApiSlot, guard: AdminGuard) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(guard.max_connections));
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
-        let (state, api) = (state.clone(), api.clone());
+        // Over the cap, a connection is closed at once: a flood of idle sockets
+        // cannot keep probes and deploys out for long.
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            drop(stream);
+            continue;
+        };
+        let (state, api, guard) = (state.clone(), api.clone(), guard.clone());
         tokio::spawn(async move {
+            let timeout = guard.header_read_timeout;
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let (state, api) = (state.clone(), api.clone());
-                async move {
-                    if req.uri().path().starts_with("/v1/") {
-                        let reply = match (api.api.get(), api.registry_mode) {
-                            (Some(api), _) => crate::deploy::api::handle(req, api).await,
-                            (None, true) => Some(reply_text(
-                                StatusCode::SERVICE_UNAVAILABLE,
-                                "the server is waiting for its registry; try again shortly\n",
-                            )),
-                            (None, false) => None,
-                        };
-                        return Ok::<_, Infallible>(reply.unwrap_or_else(|| {
-                            reply_text(
-                                StatusCode::NOT_FOUND,
-                                "the admin API serves deploys when the server runs without a component (serve --data-dir DIR)\n",
-                            )
-                        }));
-                    }
-                    Ok::<_, Infallible>(respond(&req, &state))
-                }
+                let (state, api, guard) = (state.clone(), api.clone(), guard.clone());
+                async move { Ok::<_, Infallible>(route(req, &state, &api, &guard).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(timeout)
+                .keep_alive(false)
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
+            drop(slot);
         });
     }
 }
 
-fn respond(req: &Request<Incoming>, state: &SharedState) -> Response<Full<Bytes>> {
+async fn route(
+    req: Request<Incoming>,
+    state: &SharedState,
+    api: &ApiSlot,
+    guard: &AdminGuard,
+) -> Response<Full<Bytes>> {
+    let path = req.uri().path();
+    if path.starts_with("/v1/") {
+        let reply = match (api.api.get(), api.registry_mode) {
+            (Some(api), _) => crate::deploy::api::handle(req, api).await,
+            (None, true) => Some(reply_text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the server is waiting for its registry; try again shortly\n",
+            )),
+            (None, false) => None,
+        };
+        return reply.unwrap_or_else(|| {
+            reply_text(
+                StatusCode::NOT_FOUND,
+                "the admin API serves deploys when the server runs without a component (serve --data-dir DIR)\n",
+            )
+        });
+    }
+    let reader = match path {
+        "/metrics" | "/doctor" => match reader(&req, api, guard).await {
+            Ok(reader) => reader,
+            Err(refusal) => return refusal,
+        },
+        _ => Reader::Operator,
+    };
+    respond(&req, state, &reader)
+}
+
+/// Who reads `/metrics` or `/doctor`.
+enum Reader {
+    /// The operator (or anyone, on a server without tenants and without a token).
+    Operator,
+    /// A tenant, who sees its own apps' series only.
+    Tenant(String),
+}
+
+/// Checks the bearer token of a `/metrics` or `/doctor` request.
+async fn reader(
+    req: &Request<Incoming>,
+    api: &ApiSlot,
+    guard: &AdminGuard,
+) -> Result<Reader, Response<Full<Bytes>>> {
+    let token = crate::deploy::api::bearer(req);
+    let configured = |t: &str| {
+        guard
+            .token
+            .as_deref()
+            .is_some_and(|c| bool::from(c.as_bytes().ct_eq(t.as_bytes())))
+    };
+    if token.as_deref().is_some_and(configured) {
+        return Ok(Reader::Operator);
+    }
+    match (api.api.get(), api.registry_mode) {
+        (Some(ctx), _) => {
+            if token.as_deref().is_some_and(|t| ctx.is_admin_token(t)) {
+                return Ok(Reader::Operator);
+            }
+            match ctx.tenant(token).await {
+                Ok(tenant) => Ok(Reader::Tenant(tenant.name)),
+                Err(Refused(reply)) => Err(*reply),
+            }
+        }
+        (None, true) => Err(reply_text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the server is waiting for its registry; try again shortly\n",
+        )),
+        (None, false) if guard.token.is_none() => Ok(Reader::Operator),
+        (None, false) => Err(unauthorized()),
+    }
+}
+
+fn unauthorized() -> Response<Full<Bytes>> {
+    let mut response = reply_text(
+        StatusCode::UNAUTHORIZED,
+        "send the admin token (or, for /metrics, a tenant's): `Authorization: Bearer TOKEN`\n",
+    );
+    response.headers_mut().insert(
+        http::header::WWW_AUTHENTICATE,
+        http::HeaderValue::from_static("Bearer"),
+    );
+    response
+}
+
+fn respond(req: &Request<Incoming>, state: &SharedState, reader: &Reader) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return reply(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -204,13 +303,23 @@ fn respond(req: &Request<Incoming>, state: &SharedState) -> Response<Full<Bytes>
         );
     }
     let state = lock(state);
-    match req.uri().path() {
-        "/metrics" => reply(
+    match (req.uri().path(), reader) {
+        ("/metrics", Reader::Operator) => reply(
             StatusCode::OK,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
             state.aggregate.encode(&state.master),
         ),
-        "/doctor" => match serde_json::to_string_pretty(&state.doctor()) {
+        ("/metrics", Reader::Tenant(tenant)) => reply(
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            state.aggregate.encode_tenant(tenant),
+        ),
+        // The doctor speaks of the whole node: the operator's.
+        ("/doctor", Reader::Tenant(_)) => reply_text(
+            StatusCode::FORBIDDEN,
+            "/doctor describes the whole server: it needs the admin token\n",
+        ),
+        ("/doctor", Reader::Operator) => match serde_json::to_string_pretty(&state.doctor()) {
             Ok(json) => reply(StatusCode::OK, "application/json", json),
             Err(e) => reply(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -219,9 +328,9 @@ fn respond(req: &Request<Incoming>, state: &SharedState) -> Response<Full<Bytes>
             ),
         },
         // For orchestrators: alive as long as the master answers at all.
-        "/livez" => reply_text(StatusCode::OK, "ok\n"),
+        ("/livez", _) => reply_text(StatusCode::OK, "ok\n"),
         // For load balancers: registry loaded and workers serving.
-        "/readyz" => match &state.not_ready {
+        ("/readyz", _) => match &state.not_ready {
             None => reply_text(StatusCode::OK, "ready\n"),
             Some(why) => reply(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -230,7 +339,7 @@ fn respond(req: &Request<Incoming>, state: &SharedState) -> Response<Full<Bytes>
             ),
         },
         // For people and monitors: every fault, or ok.
-        "/healthz" => {
+        ("/healthz", _) => {
             let mut faults = Vec::new();
             if let Some(why) = &state.not_ready {
                 faults.push(format!("not ready: {why}"));

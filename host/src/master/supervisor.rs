@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex};
 use crate::config::{AdminListen, ServeConfig};
 use crate::deploy::context::DeployContext;
 use crate::doctor;
-use crate::master::admin::{self, AdminState, ApiSlot, SharedState, lock};
+use crate::master::admin::{self, AdminGuard, AdminState, ApiSlot, SharedState, lock};
 use crate::metrics::exposition::MasterFacts;
 use crate::model::app::{ActiveApp, Version};
 use crate::model::mode::Mode;
@@ -649,7 +649,12 @@ fn start_admin_listener(
         .context("failed to register the admin listener")?;
     let bound = listener.local_addr()?;
     announce(&format!("admin listening on http://{bound}"));
-    tokio::spawn(admin::serve(listener, admin.clone(), api.clone()));
+    let guard = AdminGuard {
+        header_read_timeout: config.timeout_header_read,
+        max_connections: config.admin_max_connections.max(1),
+        token: crate::deploy::context::configured_admin_token(config)?.map(Arc::from),
+    };
+    tokio::spawn(admin::serve(listener, admin.clone(), api.clone(), guard));
     Ok(Some(bound))
 }
 

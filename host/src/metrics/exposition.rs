@@ -65,8 +65,7 @@ impl Aggregate {
 
     /// The Prometheus text exposition (OpenMetrics) of the merged view.
     pub fn encode(&self, master: &MasterFacts) -> String {
-        let mut registry = prometheus_client::registry::Registry::default();
-        registry.register_collector(Box::new(Exposition {
+        Exposition {
             merged: self.merged(),
             per_worker: self
                 .live
@@ -74,11 +73,66 @@ impl Aggregate {
                 .map(|(pid, s)| (*pid, s.counters.loop_lag.clone(), s.gauges.loop_lag_max))
                 .collect(),
             master: master.clone(),
-        }));
-        let mut text = String::new();
-        // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut text, &registry);
-        text
+            tenant_view: false,
+        }
+        .text()
+    }
+
+    /// What `tenant` may see: the series of its own apps (named `tenant/app`), and
+    /// nothing of other tenants, the workers or the master.
+    pub fn encode_tenant(&self, tenant: &str) -> String {
+        let prefix = format!("{tenant}/");
+        let mine = |app: &String| app.starts_with(&prefix);
+        let c = self.merged().counters;
+        let counters = Counters {
+            requests: c
+                .requests
+                .into_iter()
+                .filter(|((a, ..), _)| mine(a))
+                .collect(),
+            failures: c
+                .failures
+                .into_iter()
+                .filter(|((a, _), _)| mine(a))
+                .collect(),
+            rejected: c
+                .rejected
+                .into_iter()
+                .filter(|((a, _), _)| mine(a))
+                .collect(),
+            latency: c
+                .latency
+                .into_iter()
+                .filter(|((a, _), _)| mine(a))
+                .collect(),
+            fuel: c.fuel.into_iter().filter(|(a, _)| mine(a)).collect(),
+            forced_yields: c
+                .forced_yields
+                .into_iter()
+                .filter(|(a, _)| mine(a))
+                .collect(),
+            guest_seconds: c
+                .guest_seconds
+                .into_iter()
+                .filter(|((a, _), _)| mine(a))
+                .collect(),
+            outbound_denied: c
+                .outbound_denied
+                .into_iter()
+                .filter(|((a, _), _)| mine(a))
+                .collect(),
+            ..Counters::default()
+        };
+        Exposition {
+            merged: Snapshot {
+                counters,
+                gauges: Gauges::default(),
+            },
+            per_worker: Vec::new(),
+            master: MasterFacts::default(),
+            tenant_view: true,
+        }
+        .text()
     }
 }
 
@@ -88,6 +142,19 @@ struct Exposition {
     merged: Snapshot,
     per_worker: Vec<(u32, Histogram, f64)>,
     master: MasterFacts,
+    /// Only the per-app series (a tenant's scrape).
+    tenant_view: bool,
+}
+
+impl Exposition {
+    fn text(self) -> String {
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register_collector(Box::new(self));
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &registry);
+        text
+    }
 }
 
 type Labels = Vec<(&'static str, String)>;
@@ -159,6 +226,9 @@ fn one(value: f64) -> Vec<(Labels, f64)> {
 impl Collector for Exposition {
     fn encode(&self, mut e: DescriptorEncoder) -> std::fmt::Result {
         self.encode_requests(&mut e)?;
+        if self.tenant_view {
+            return Ok(());
+        }
         self.encode_capacity(&mut e)?;
         self.encode_master(&mut e)
     }
