@@ -33,6 +33,13 @@ pub enum Command {
         #[command(flatten)]
         connection: crate::cli::Connection,
     },
+    /// Bind hosts to tenants (with the admin token).
+    Host {
+        #[command(subcommand)]
+        command: crate::cli::HostCommand,
+        #[command(flatten)]
+        connection: crate::cli::Connection,
+    },
     /// Deploy a new version of an app (a .wasm file, or every app of a manifest).
     Deploy {
         #[command(flatten)]

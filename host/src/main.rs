@@ -22,6 +22,10 @@ fn main() -> ExitCode {
             command,
             connection,
         } => cli::tenant(&connection, &command),
+        Command::Host {
+            command,
+            connection,
+        } => cli::host(&connection, &command),
         Command::Deploy { args, connection } => cli::deploy(&connection, &args),
         Command::Apps { connection } => cli::apps(&connection),
         Command::Versions { app, connection } => cli::versions(&connection, &app),

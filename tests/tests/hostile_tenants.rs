@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use http::Method;
 use wasmloop_tests::pg::Postgres;
-use wasmloop_tests::{Running, Server, Upstream, guests, temp_dir};
+use wasmloop_tests::{ADMIN_TOKEN, Running, Server, Upstream, guests, temp_dir};
 
 /// Asks the guest to fetch `http://TO/upstream`: `(status, body)`.
 async fn fetch(server: &Running, to: &str) -> (u16, String) {
@@ -657,4 +657,154 @@ async fn metrics_and_the_doctor_are_not_for_everyone() {
     let single = Server::new(guests::SYNC_GUEST).start().await;
     assert_eq!(single.admin_get_with("/metrics", None).await.status, 401);
     assert_eq!(single.admin_get("/metrics").await.status, 200);
+}
+
+async fn bind(server: &Running, pattern: &str, tenant: &str, token: &str) -> wasmloop_tests::Reply {
+    server
+        .api(
+            Method::PUT,
+            &format!("/v1/hosts/{pattern}"),
+            Some(token),
+            format!(r#"{{"tenant": "{tenant}"}}"#),
+            "application/json",
+        )
+        .await
+}
+
+async fn bound_hosts_take_routes_from_their_tenant_only(server: &Running) {
+    let acme = server.create_tenant("acme", "{}").await;
+    let mallory = server.create_tenant("mallory", "{}").await;
+    let deploy = |token: &str, app: &str, route: &str| {
+        let (token, app, query) = (token.to_string(), app.to_string(), format!("route={route}"));
+        async move {
+            server
+                .deploy(&token, &app, guests::SYNC_GUEST, &query)
+                .await
+        }
+    };
+    // Only the operator binds.
+    assert_eq!(
+        bind(server, "shop.test", "mallory", &mallory).await.status,
+        401
+    );
+    for pattern in ["Shop.Test.", "*.acme.test"] {
+        let reply = bind(server, pattern, "acme", ADMIN_TOKEN).await;
+        assert_eq!(reply.status, 200, "{pattern}: {}", reply.text());
+    }
+    for route in [
+        "shop.test/free",
+        "SHOP.TEST./x",
+        "api.acme.test/",
+        "x.y.acme.test/deep",
+    ] {
+        let reply = deploy(&mallory, "grab", route).await;
+        assert_eq!(reply.status, 409, "{route}: {}", reply.text());
+        assert!(reply.text().contains("bound"), "{route}: {}", reply.text());
+        assert!(!reply.text().contains("acme\""), "{}", reply.text());
+    }
+    // The apex is not a subdomain; the owner deploys on its hosts.
+    assert_eq!(deploy(&mallory, "apex", "acme.test/").await.status, 201);
+    for (app, route) in [("shop", "shop.test/"), ("api", "api.acme.test/")] {
+        let reply = deploy(&acme, app, route).await;
+        assert_eq!(reply.status, 201, "{route}: {}", reply.text());
+    }
+    // A host another tenant serves cannot be bound away from it, nor can a pattern
+    // meeting another tenant's binding.
+    assert_eq!(
+        deploy(&mallory, "theirs", "mallory.test/").await.status,
+        201
+    );
+    assert_eq!(
+        bind(server, "mallory.test", "acme", ADMIN_TOKEN)
+            .await
+            .status,
+        409
+    );
+    assert_eq!(
+        bind(server, "x.acme.test", "mallory", ADMIN_TOKEN)
+            .await
+            .status,
+        409
+    );
+    for bad in ["*.test", "a.*.test", "shop.test:443"] {
+        let reply = bind(server, bad, "acme", ADMIN_TOKEN).await;
+        assert!(
+            matches!(reply.status.as_u16(), 400 | 409),
+            "{bad}: {}",
+            reply.text()
+        );
+    }
+    let list = server
+        .api(
+            Method::GET,
+            "/v1/hosts",
+            Some(ADMIN_TOKEN),
+            "",
+            "application/json",
+        )
+        .await;
+    let text = list.text();
+    assert!(
+        text.contains(r#""pattern":"shop.test""#) && text.contains("*.acme.test"),
+        "{text}"
+    );
+    // Unbound, a host follows the ownership rule again.
+    let reply = server
+        .api(
+            Method::DELETE,
+            "/v1/hosts/*.acme.test",
+            Some(ADMIN_TOKEN),
+            "",
+            "application/json",
+        )
+        .await;
+    assert_eq!(reply.status, 204, "{}", reply.text());
+    assert_eq!(
+        deploy(&mallory, "free", "free.acme.test/").await.status,
+        201
+    );
+    assert_eq!(
+        deploy(&mallory, "api2", "api.acme.test/x").await.status,
+        409
+    );
+    // Acme's traffic is its own throughout.
+    for (host, app) in [("shop.test", "acme/shop"), ("api.acme.test", "acme/api")] {
+        let req = http::Request::get(format!("http://{}/", server.addr))
+            .header("host", host)
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap();
+        let reply = server.client().request(req).await;
+        assert_eq!(reply.status, 200, "{host}");
+        assert!(
+            server.has_log(&["wasmloop::access", &format!("app=\"{app}\""), "status=200"]),
+            "{}",
+            server.log()
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_operator_binds_hosts_to_tenants() {
+    let server = Server::registry(&temp_dir("tenants-bind")).start().await;
+    bound_hosts_take_routes_from_their_tenant_only(&server).await;
+    // The CLI binds and lists too.
+    let output = server.cli(ADMIN_TOKEN, &["host", "bind", "cli.test", "acme"]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let output = server.cli(ADMIN_TOKEN, &["host", "list"]);
+    let listed = String::from_utf8_lossy(&output.stdout);
+    assert!(listed.contains("cli.test\tacme"), "{listed}");
+}
+
+#[tokio::test]
+async fn an_operator_binds_hosts_to_tenants_on_a_shared_registry() {
+    let Some(pg) = Postgres::start() else { return };
+    let server = Server::registry(&temp_dir("tenants-bind-pg"))
+        .arg(&format!("--registry={}", pg.database("bindings")))
+        .start()
+        .await;
+    bound_hosts_take_routes_from_their_tenant_only(&server).await;
 }

@@ -146,6 +146,51 @@ pub enum TenantCommand {
     Delete { name: String },
 }
 
+/// `wasmloop host ...`: hosts bound to tenants (with the admin token).
+#[derive(Debug, clap::Subcommand)]
+pub enum HostCommand {
+    /// Bind a host (`shop.example.com`) or every subdomain of one (`*.example.com`)
+    /// to a tenant: only that tenant's routes may name it.
+    Bind { pattern: String, tenant: String },
+    /// Remove a binding.
+    Unbind { pattern: String },
+    /// List the bindings.
+    List,
+}
+
+pub fn host(conn: &Connection, command: &HostCommand) -> anyhow::Result<()> {
+    match command {
+        HostCommand::Bind { pattern, tenant } => {
+            let body = json!({ "tenant": tenant });
+            let value = conn.expect(
+                Method::PUT,
+                &format!("/v1/hosts/{pattern}"),
+                Some((Bytes::from(body.to_string()), "application/json")),
+            )?;
+            println!(
+                "Bound {} to tenant {}.",
+                value["pattern"].as_str().unwrap_or(pattern),
+                value["tenant"].as_str().unwrap_or(tenant)
+            );
+        }
+        HostCommand::Unbind { pattern } => {
+            conn.expect(Method::DELETE, &format!("/v1/hosts/{pattern}"), None)?;
+            println!("Unbound {pattern}.");
+        }
+        HostCommand::List => {
+            let value = conn.expect(Method::GET, "/v1/hosts", None)?;
+            for binding in value["hosts"].as_array().into_iter().flatten() {
+                println!(
+                    "{}\t{}",
+                    binding["pattern"].as_str().unwrap_or_default(),
+                    binding["tenant"].as_str().unwrap_or_default()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Arguments of `wasmloop deploy`.
 #[derive(Debug, clap::Args)]
 pub struct DeployArgs {

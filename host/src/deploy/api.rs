@@ -67,6 +67,9 @@ pub async fn handle(req: Request<Incoming>, ctx: &Arc<DeployContext>) -> Option<
             activate(req, app.to_string(), token, ctx).await
         }
         (Method::DELETE, ["apps", app]) => delete_app(app.to_string(), token, ctx).await,
+        (Method::GET, ["hosts"]) => list_hosts(token, ctx).await,
+        (Method::PUT, ["hosts", pattern]) => bind_host(req, pattern.to_string(), token, ctx).await,
+        (Method::DELETE, ["hosts", pattern]) => unbind_host(pattern.to_string(), token, ctx).await,
         _ => Err(refuse(
             StatusCode::NOT_FOUND,
             format!("no such endpoint: {method} {path}; see GET /v1/openapi.json"),
@@ -196,6 +199,41 @@ async fn delete_app(app: String, token: Option<String>, ctx: &Arc<DeployContext>
     let _one_at_a_time = ctx.publishing.lock().await;
     ctx.blocking(move |r| r.delete_app(&tenant, &app)).await?;
     ctx.publish_change().await;
+    Ok(no_content())
+}
+
+async fn list_hosts(token: Option<String>, ctx: &Arc<DeployContext>) -> Answer {
+    ctx.admin(token)?;
+    let hosts = ctx.blocking(|r| r.host_bindings()).await?;
+    Ok(reply(StatusCode::OK, json!({ "hosts": hosts })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Binding {
+    tenant: String,
+}
+
+/// Binds a host (or `*.domain`) to a tenant: only its routes may name it from then
+/// on. Changes nothing that is served, so nothing is published.
+async fn bind_host(
+    req: Request<Incoming>,
+    pattern: String,
+    token: Option<String>,
+    ctx: &Arc<DeployContext>,
+) -> Answer {
+    ctx.admin(token)?;
+    let binding: Binding = read_json(req).await?;
+    let bound = ctx
+        .blocking(move |r| r.bind_host(&pattern, &binding.tenant))
+        .await?;
+    tracing::info!(pattern = %bound.pattern, tenant = %bound.tenant, "host bound");
+    Ok(reply(StatusCode::OK, json!(bound)))
+}
+
+async fn unbind_host(pattern: String, token: Option<String>, ctx: &Arc<DeployContext>) -> Answer {
+    ctx.admin(token)?;
+    ctx.blocking(move |r| r.unbind_host(&pattern)).await?;
     Ok(no_content())
 }
 

@@ -1,9 +1,11 @@
 //! What every part of wasmloop shares, and nothing else: tenants, routes, apps and
-//! their versions, the run [`mode::Mode`], the small text forms (sizes, `KEY=VALUE`)
+//! their versions, hosts bound to tenants, the run [`mode::Mode`], the small text
+//! forms (sizes, `KEY=VALUE`)
 //! and the `wasmloop.toml` manifest. Plain data and the rules that make it valid; no
 //! I/O, no Wasmtime, and no import of any other module of the crate.
 
 pub mod app;
+pub mod host;
 pub mod manifest;
 pub mod mode;
 pub mod route;

@@ -23,6 +23,9 @@ use subtle::ConstantTimeEq as _;
 
 use crate::model::Invalid;
 use crate::model::app::{ActiveApp, AppInfo, AppSettings, Version};
+use crate::model::host::{
+    HostBinding, covers as host_pattern_covers, normalize_pattern, patterns_meet,
+};
 use crate::model::mode::Mode;
 use crate::model::route::{Route, check_route, takes_from};
 use crate::model::tenant::{Tenant, TenantLimits, check_name};
@@ -102,6 +105,11 @@ pub trait Registry: Send + Sync {
     fn shared(&self) -> bool {
         false
     }
+    /// Binds the hosts `pattern` covers to `tenant`: from then on only its routes may
+    /// name them. Refused when another tenant's binding or route is there already.
+    fn bind_host(&self, pattern: &str, tenant: &str) -> Result<HostBinding>;
+    fn unbind_host(&self, pattern: &str) -> Result<()>;
+    fn host_bindings(&self) -> Result<Vec<HostBinding>>;
 }
 
 /// The registry in `DATA_DIR/registry.sqlite3`.
@@ -109,7 +117,7 @@ pub struct SqliteRegistry {
     db: Mutex<Connection>,
 }
 
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS tenants (
@@ -143,6 +151,10 @@ CREATE TABLE IF NOT EXISTS routes (
     prefix TEXT NOT NULL,
     app_id INTEGER NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
     PRIMARY KEY (host, prefix)
+);
+CREATE TABLE IF NOT EXISTS hosts (
+    pattern TEXT PRIMARY KEY,
+    tenant_id INTEGER NOT NULL REFERENCES tenants(id) ON DELETE CASCADE
 );
 CREATE TABLE IF NOT EXISTS artifacts (
     sha256 TEXT NOT NULL,
@@ -192,12 +204,29 @@ pub(crate) fn route_from_key(host: String, prefix: String) -> Route {
     }
 }
 
-/// The ownership rule ([`takes_from`]): a claim may not take from any route of another
-/// tenant, nor take a route another app of the same tenant holds.
-/// The refusal names the route that is taken and not who holds it.
-pub(crate) fn check_claim(claimed: &[Route], held: &[HeldRoute]) -> Result<()> {
+/// A host binding, and whether it binds the host to another tenant than the claimer's.
+pub(crate) struct Bound {
+    pub pattern: String,
+    pub other_tenant: bool,
+}
+
+/// The ownership rule ([`takes_from`]): a claim may not name a host bound to another
+/// tenant, take from any route of another tenant, nor take a route another app of
+/// the same tenant holds. The refusal names the route that is taken and not who
+/// holds it.
+pub(crate) fn check_claim(claimed: &[Route], held: &[HeldRoute], bound: &[Bound]) -> Result<()> {
     let show = |r: &Route| format!("{}{}", r.host.as_deref().unwrap_or(""), r.prefix);
     for route in claimed {
+        if let Some(host) = &route.host
+            && bound
+                .iter()
+                .any(|b| b.other_tenant && host_pattern_covers(&b.pattern, host))
+        {
+            return Err(RegistryError::Conflict(format!(
+                "the route {} is taken: the operator bound the host {host} to another tenant",
+                show(route)
+            )));
+        }
         for other in held {
             if other.other_tenant && takes_from(route, &other.route) {
                 return Err(RegistryError::Conflict(format!(
@@ -213,6 +242,39 @@ pub(crate) fn check_claim(claimed: &[Route], held: &[HeldRoute]) -> Result<()> {
                 )));
             }
         }
+    }
+    Ok(())
+}
+
+/// Whether binding `pattern` to the tenant `tenant_id` is free: no other tenant's
+/// binding covers a host in common, and no other tenant's route names a host it
+/// covers.
+pub(crate) fn check_binding(
+    pattern: &str,
+    tenant_id: i64,
+    bindings: &[(String, i64)],
+    routes: &[(Route, i64)],
+) -> Result<()> {
+    if bindings
+        .iter()
+        .any(|(other, owner)| *owner != tenant_id && patterns_meet(other, pattern))
+    {
+        return Err(RegistryError::Conflict(format!(
+            "{pattern} meets a host pattern bound to another tenant"
+        )));
+    }
+    if let Some((route, _)) = routes.iter().find(|(route, owner)| {
+        *owner != tenant_id
+            && route
+                .host
+                .as_deref()
+                .is_some_and(|host| host_pattern_covers(pattern, host))
+    }) {
+        return Err(RegistryError::Conflict(format!(
+            "another tenant serves {}{}: move or delete that app first",
+            route.host.as_deref().unwrap_or(""),
+            route.prefix
+        )));
     }
     Ok(())
 }
@@ -306,7 +368,20 @@ impl SqliteRegistry {
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()?
         };
-        check_claim(routes, &held)?;
+        let bound = {
+            let mut query = tx.prepare(
+                "SELECT pattern, tenant_id != (SELECT tenant_id FROM apps WHERE id = ?1) FROM hosts",
+            )?;
+            query
+                .query_map(params![app_id], |row| {
+                    Ok(Bound {
+                        pattern: row.get(0)?,
+                        other_tenant: row.get(1)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?
+        };
+        check_claim(routes, &held, &bound)?;
         for route in routes {
             tx.execute(
                 "INSERT INTO routes (host, prefix, app_id) VALUES (?1, ?2, ?3)",
@@ -357,6 +432,65 @@ impl Registry for SqliteRegistry {
                 },
                 token,
             ))
+        })
+    }
+
+    fn bind_host(&self, pattern: &str, tenant: &str) -> Result<HostBinding> {
+        let pattern = normalize_pattern(pattern)?;
+        self.with(|db| {
+            let tx = db.transaction()?;
+            let tenant_id: i64 = tx
+                .query_row("SELECT id FROM tenants WHERE name = ?1", params![tenant], |r| r.get(0))
+                .optional()?
+                .ok_or_else(|| RegistryError::NotFound(format!("tenant {tenant:?}")))?;
+            let bindings = {
+                let mut q = tx.prepare("SELECT pattern, tenant_id FROM hosts")?;
+                q.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<rusqlite::Result<Vec<(String, i64)>>>()?
+            };
+            let routes = {
+                let mut q = tx.prepare(
+                    "SELECT r.host, r.prefix, a.tenant_id FROM routes r JOIN apps a ON a.id = r.app_id",
+                )?;
+                q.query_map([], |r| Ok((route_from_key(r.get(0)?, r.get(1)?), r.get(2)?)))?
+                    .collect::<rusqlite::Result<Vec<(Route, i64)>>>()?
+            };
+            check_binding(&pattern, tenant_id, &bindings, &routes)?;
+            tx.execute(
+                "INSERT INTO hosts (pattern, tenant_id) VALUES (?1, ?2)
+                 ON CONFLICT (pattern) DO UPDATE SET tenant_id = excluded.tenant_id",
+                params![pattern, tenant_id],
+            )?;
+            tx.commit()?;
+            Ok(HostBinding {
+                pattern,
+                tenant: tenant.to_string(),
+            })
+        })
+    }
+
+    fn unbind_host(&self, pattern: &str) -> Result<()> {
+        let pattern = normalize_pattern(pattern)?;
+        self.with(|db| {
+            if db.execute("DELETE FROM hosts WHERE pattern = ?1", params![pattern])? == 0 {
+                return Err(RegistryError::NotFound(format!("host binding {pattern:?}")));
+            }
+            Ok(())
+        })
+    }
+
+    fn host_bindings(&self) -> Result<Vec<HostBinding>> {
+        self.with(|db| {
+            let mut q = db.prepare(
+                "SELECT h.pattern, t.name FROM hosts h JOIN tenants t ON t.id = h.tenant_id ORDER BY h.pattern",
+            )?;
+            let rows = q.query_map([], |r| {
+                Ok(HostBinding {
+                    pattern: r.get(0)?,
+                    tenant: r.get(1)?,
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
     }
 

@@ -24,11 +24,12 @@ use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
 
 use crate::model::app::{ActiveApp, AppInfo, Version};
+use crate::model::host::{HostBinding, normalize_pattern};
 use crate::model::route::{Route, check_route};
 use crate::model::tenant::{Tenant, TenantLimits, check_name};
 use crate::registry::{
-    HeldRoute, NewVersion, Registry, RegistryError, Result, SqliteRegistry, check_claim, host_key,
-    new_token, now, parse_token, read_mode, route_from_key,
+    Bound, HeldRoute, NewVersion, Registry, RegistryError, Result, SqliteRegistry, check_binding,
+    check_claim, host_key, new_token, now, parse_token, read_mode, route_from_key,
 };
 
 /// The channel every change is announced on.
@@ -44,7 +45,8 @@ const ROUTES_LOCK: i64 = 0x7761_736d_726f_7574;
 const MIGRATION_LOCK: i64 = 0x7761_736d_6c6f_6f70;
 
 /// The schema, one entry per version; never edit a released entry, add one.
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
 CREATE TABLE tenants (
     id BIGSERIAL PRIMARY KEY,
     name TEXT NOT NULL UNIQUE,
@@ -82,7 +84,14 @@ CREATE TABLE routes (
     app_id BIGINT NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
     PRIMARY KEY (host, prefix)
 );
-"];
+",
+    "
+CREATE TABLE hosts (
+    pattern TEXT PRIMARY KEY,
+    tenant_id BIGINT NOT NULL REFERENCES tenants(id) ON DELETE CASCADE
+);
+",
+];
 
 impl From<postgres::Error> for RegistryError {
     fn from(e: postgres::Error) -> Self {
@@ -358,7 +367,18 @@ impl PostgresRegistry {
                 other_tenant: row.get(2),
             })
             .collect();
-        check_claim(routes, &held)?;
+        let bound: Vec<Bound> = tx
+            .query(
+                "SELECT pattern, tenant_id != (SELECT tenant_id FROM apps WHERE id = $1) FROM hosts",
+                &[&app_id],
+            )?
+            .iter()
+            .map(|row| Bound {
+                pattern: row.get(0),
+                other_tenant: row.get(1),
+            })
+            .collect();
+        check_claim(routes, &held, &bound)?;
         for route in routes {
             let host = host_key(&route.host);
             let inserted = tx.execute(
@@ -471,6 +491,67 @@ impl Registry for PostgresRegistry {
                 },
                 token,
             ))
+        })
+    }
+
+    fn bind_host(&self, pattern: &str, tenant: &str) -> Result<HostBinding> {
+        let pattern = normalize_pattern(pattern)?;
+        self.change(|tx| {
+            // Bindings and route claims take the same lock: neither sees a stale other.
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&ROUTES_LOCK])?;
+            let tenant_id: i64 = tx
+                .query_opt("SELECT id FROM tenants WHERE name = $1", &[&tenant])?
+                .map(|r| r.get(0))
+                .ok_or_else(|| RegistryError::NotFound(format!("tenant {tenant:?}")))?;
+            let bindings: Vec<(String, i64)> = tx
+                .query("SELECT pattern, tenant_id FROM hosts", &[])?
+                .iter()
+                .map(|r| (r.get(0), r.get(1)))
+                .collect();
+            let routes: Vec<(Route, i64)> = tx
+                .query(
+                    "SELECT r.host, r.prefix, a.tenant_id FROM routes r JOIN apps a ON a.id = r.app_id",
+                    &[],
+                )?
+                .iter()
+                .map(|r| (route_from_key(r.get(0), r.get(1)), r.get(2)))
+                .collect();
+            check_binding(&pattern, tenant_id, &bindings, &routes)?;
+            tx.execute(
+                "INSERT INTO hosts (pattern, tenant_id) VALUES ($1, $2)
+                 ON CONFLICT (pattern) DO UPDATE SET tenant_id = excluded.tenant_id",
+                &[&pattern, &tenant_id],
+            )?;
+            Ok(HostBinding {
+                pattern,
+                tenant: tenant.to_string(),
+            })
+        })
+    }
+
+    fn unbind_host(&self, pattern: &str) -> Result<()> {
+        let pattern = normalize_pattern(pattern)?;
+        self.change(|tx| {
+            if tx.execute("DELETE FROM hosts WHERE pattern = $1", &[&pattern])? == 0 {
+                return Err(RegistryError::NotFound(format!("host binding {pattern:?}")));
+            }
+            Ok(())
+        })
+    }
+
+    fn host_bindings(&self) -> Result<Vec<HostBinding>> {
+        self.with(|db| {
+            let rows = db.query(
+                "SELECT h.pattern, t.name FROM hosts h JOIN tenants t ON t.id = h.tenant_id ORDER BY h.pattern",
+                &[],
+            )?;
+            Ok(rows
+                .iter()
+                .map(|r| HostBinding {
+                    pattern: r.get(0),
+                    tenant: r.get(1),
+                })
+                .collect())
         })
     }
 
