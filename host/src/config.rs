@@ -105,6 +105,15 @@ pub struct ServeConfig {
     #[arg(long, env = "WASMLOOP_ADMIN_LISTEN", default_value = "127.0.0.1:9090", value_parser = parse_admin_listen)]
     pub admin_listen: AdminListen,
 
+    /// A PEM certificate chain: with --ssl-keyfile, both listeners speak TLS only
+    /// (the public one HTTP/2 and HTTP/1.1 by ALPN).
+    #[arg(long, env = "WASMLOOP_SSL_CERTFILE", requires = "ssl_keyfile")]
+    pub ssl_certfile: Option<PathBuf>,
+
+    /// The PEM private key of --ssl-certfile.
+    #[arg(long, env = "WASMLOOP_SSL_KEYFILE", requires = "ssl_certfile")]
+    pub ssl_keyfile: Option<PathBuf>,
+
     /// Connections the admin listener holds open at once; past it, a new one is
     /// closed at once. It serves one request per connection, with the public
     /// listener's --timeout-header-read.
@@ -276,6 +285,11 @@ impl ServeConfig {
             bail!("--tenant-share must be above 0 and at most 1");
         }
         Ok(())
+    }
+
+    /// The certificate and key files, when the listeners speak TLS.
+    pub fn tls_files(&self) -> Option<(&std::path::Path, &std::path::Path)> {
+        Some((self.ssl_certfile.as_deref()?, self.ssl_keyfile.as_deref()?))
     }
 
     /// Worker processes to run: `--workers`, else one per CPU core.

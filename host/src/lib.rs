@@ -23,7 +23,8 @@
 //! PostgreSQL, and following a shared one). Around them: [`model`] (the types every
 //! part shares), [`config`] (flags and their validation), [`metrics`] (counted by
 //! workers, merged by the master), [`doctor`] (naming the bottleneck), [`cli`] (the
-//! client commands, `wasmloop new`, `wasmloop doctor`) and [`telemetry`] (logs).
+//! client commands, `wasmloop new`, `wasmloop doctor`), [`tls`] (the listeners' TLS)
+//! and [`telemetry`] (logs).
 
 pub mod cli;
 pub mod command;
@@ -37,4 +38,5 @@ pub mod protocol;
 pub mod registry;
 pub mod runtime;
 pub mod telemetry;
+pub mod tls;
 pub mod worker;

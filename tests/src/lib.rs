@@ -196,17 +196,24 @@ pub struct Launched {
     log: Arc<Log>,
 }
 
+/// `ADDR` of `http://ADDR` or `https://ADDR`.
+fn after_scheme(url: &str) -> &str {
+    url.strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .unwrap_or(url)
+}
+
 impl Launched {
     /// The admin listener's address, once printed (within 60 s).
     pub fn admin(&self) -> SocketAddr {
         let line = self.log.wait_for(
-            |l| l.starts_with("admin listening on http://"),
+            |l| l.starts_with("admin listening on http"),
             Duration::from_secs(60),
         );
         let Some(line) = line else {
             panic!("no admin listener; the output:\n{}", self.log.text());
         };
-        line["admin listening on http://".len()..]
+        after_scheme(&line["admin listening on ".len()..])
             .parse()
             .expect("the printed admin address parses")
     }
@@ -220,23 +227,20 @@ impl Launched {
     /// Waits (up to 60 s) until the server prints `listening on http://ADDR`.
     pub fn ready(mut self) -> Running {
         let line = self.log.wait_for(
-            |l| l.starts_with("listening on http://"),
+            |l| l.starts_with("listening on http"),
             Duration::from_secs(60),
         );
         let Some(line) = line else {
             panic!("wasmloop did not start; its output:\n{}", self.log.text());
         };
-        let addr: SocketAddr = line["listening on http://".len()..]
+        let addr: SocketAddr = after_scheme(&line["listening on ".len()..])
             .parse()
             .expect("the printed address parses");
         let admin = self
             .log
-            .wait_for(
-                |l| l.starts_with("admin listening on http://"),
-                Duration::ZERO,
-            )
+            .wait_for(|l| l.starts_with("admin listening on http"), Duration::ZERO)
             .map(|l| {
-                l["admin listening on http://".len()..]
+                after_scheme(&l["admin listening on ".len()..])
                     .parse()
                     .expect("the printed admin address parses")
             });

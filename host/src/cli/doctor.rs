@@ -2,6 +2,7 @@
 //! and prints it for a person (or as JSON). The rules themselves are in
 //! [`crate::doctor`]; this is only the client that shows them.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -22,6 +23,9 @@ pub struct DoctorArgs {
     /// The admin token, which `/doctor` asks for.
     #[arg(long, env = "WASMLOOP_ADMIN_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// A PEM file of CA certificates to trust for an https admin listener.
+    #[arg(long, env = "WASMLOOP_CACERT")]
+    pub cacert: Option<PathBuf>,
 }
 
 /// `wasmloop doctor`: fetches `/doctor` from `admin` and prints it.
@@ -34,9 +38,7 @@ pub fn run(args: &DoctorArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let body = runtime.block_on(async {
-        let client =
-            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                .build_http::<Full<Bytes>>();
+        let client = crate::tls::cli_client::<Full<Bytes>>(args.cacert.as_deref())?;
         let mut req = http::Request::get(url.clone());
         if let Some(token) = &args.token {
             req = req.header(http::header::AUTHORIZATION, format!("Bearer {token}"));

@@ -33,6 +33,10 @@ pub struct Connection {
     /// A TOML file with `server` and `token` (default: ~/.config/wasmloop/cli.toml).
     #[arg(long, env = "WASMLOOP_CONFIG", global = true)]
     pub config: Option<PathBuf>,
+    /// A PEM file of CA certificates to trust for an https server (besides the web's
+    /// roots), for one whose certificate a private CA signed.
+    #[arg(long, env = "WASMLOOP_CACERT", global = true)]
+    pub cacert: Option<PathBuf>,
 }
 
 #[derive(Debug, serde::Deserialize, Default)]
@@ -90,8 +94,7 @@ impl Connection {
             .enable_all()
             .build()?;
         runtime.block_on(async {
-            let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                .build_http::<Full<Bytes>>();
+            let client = crate::tls::cli_client::<Full<Bytes>>(self.cacert.as_deref())?;
             let response = tokio::time::timeout(Duration::from_secs(600), client.request(request))
                 .await
                 .context("the server did not answer within 10 minutes")?

@@ -166,12 +166,14 @@ impl ApiSlot {
 /// public listener, one request per connection (nothing idles), a cap on open
 /// connections, and the token that `/metrics` and `/doctor` ask for when the server
 /// has no registry (with one, its admin and tenant tokens count).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct AdminGuard {
     pub header_read_timeout: Duration,
     pub max_connections: usize,
     /// `--admin-token-file` / `WASMLOOP_ADMIN_TOKEN`, when the operator set one.
     pub token: Option<Arc<str>>,
+    /// TLS, when the operator gave a certificate.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 /// Serves the admin endpoints until the task is dropped; the `/v1` API too when the
@@ -190,20 +192,38 @@ pub async fn serve(listener: TcpListener, state: SharedState, api: ApiSlot, guar
         };
         let (state, api, guard) = (state.clone(), api.clone(), guard.clone());
         tokio::spawn(async move {
-            let timeout = guard.header_read_timeout;
-            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let (state, api, guard) = (state.clone(), api.clone(), guard.clone());
-                async move { Ok::<_, Infallible>(route(req, &state, &api, &guard).await) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(timeout)
-                .keep_alive(false)
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            match guard.tls.clone() {
+                None => serve_connection(stream, state, api, guard).await,
+                Some(acceptor) => {
+                    let handshake = guard.header_read_timeout;
+                    if let Ok(Ok(stream)) =
+                        tokio::time::timeout(handshake, acceptor.accept(stream)).await
+                    {
+                        serve_connection(stream, state, api, guard).await;
+                    }
+                }
+            }
             drop(slot);
         });
     }
+}
+
+/// One request on one connection, its head read under the timeout.
+async fn serve_connection<S>(stream: S, state: SharedState, api: ApiSlot, guard: AdminGuard)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let timeout = guard.header_read_timeout;
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let (state, api, guard) = (state.clone(), api.clone(), guard.clone());
+        async move { Ok::<_, Infallible>(route(req, &state, &api, &guard).await) }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(timeout)
+        .keep_alive(false)
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
 }
 
 async fn route(

@@ -292,7 +292,15 @@ impl Master {
             self.publish_gauges();
             // The one line scripts wait for, once every worker serves.
             if let Some(listener) = &self.listener {
-                announce(&format!("listening on http://{}", listener.local_addr()?));
+                let scheme = if self.config.tls_files().is_some() {
+                    "https"
+                } else {
+                    "http"
+                };
+                announce(&format!(
+                    "listening on {scheme}://{}",
+                    listener.local_addr()?
+                ));
             }
         }
         Ok(())
@@ -648,11 +656,20 @@ fn start_admin_listener(
     let listener = tokio::net::TcpListener::from_std(listener)
         .context("failed to register the admin listener")?;
     let bound = listener.local_addr()?;
-    announce(&format!("admin listening on http://{bound}"));
+    let scheme = if config.tls_files().is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    announce(&format!("admin listening on {scheme}://{bound}"));
     let guard = AdminGuard {
         header_read_timeout: config.timeout_header_read,
         max_connections: config.admin_max_connections.max(1),
         token: crate::deploy::context::configured_admin_token(config)?.map(Arc::from),
+        tls: match config.tls_files() {
+            Some((cert, key)) => Some(crate::tls::acceptor(cert, key, crate::tls::ADMIN_ALPN)?),
+            None => None,
+        },
     };
     tokio::spawn(admin::serve(listener, admin.clone(), api.clone(), guard));
     Ok(Some(bound))

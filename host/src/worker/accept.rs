@@ -1,8 +1,8 @@
 //! Accepting connections on the worker's loop: hyper serves HTTP/1.1 and HTTP/2 on the
 //! current thread, every connection's requests go to the front door, and connection
 //! hygiene lives here: the head size and header-read timeouts (hyper's), an idle
-//! timeout for keep-alive connections with no request in flight, and the drain on a
-//! graceful stop.
+//! timeout for keep-alive connections with no request in flight, the drain on a
+//! graceful stop, and TLS when the operator gives a certificate.
 
 use std::cell::Cell;
 use std::io;
@@ -16,7 +16,8 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -49,6 +50,7 @@ pub async fn serve(
     listener: TcpListener,
     server: Rc<Server>,
     limits: ConnLimits,
+    tls: Option<TlsAcceptor>,
     shutdown: impl Future<Output = ()>,
 ) {
     let local = match listener.local_addr() {
@@ -75,14 +77,29 @@ pub async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
-        connections.spawn_local(serve_connection(
-            stream,
-            server.clone(),
-            builder.clone(),
-            local.clone(),
-            limits.timeout_keep_alive,
-            stopping.clone(),
-        ));
+        let connection = Connection {
+            server: server.clone(),
+            builder: builder.clone(),
+            local: local.clone(),
+            keep_alive: limits.timeout_keep_alive,
+            stopping: stopping.clone(),
+        };
+        match &tls {
+            None => {
+                connections.spawn_local(serve_connection(stream, connection));
+            }
+            Some(acceptor) => {
+                let (acceptor, handshake) = (acceptor.clone(), limits.timeout_header_read);
+                connections.spawn_local(async move {
+                    // A handshake that does not finish in time is a slow head.
+                    match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => serve_connection(stream, connection).await,
+                        Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!("TLS handshake timed out"),
+                    }
+                });
+            }
+        }
     }
 
     drop(listener);
@@ -125,14 +142,26 @@ pub fn http_builder(limits: &ConnLimits) -> auto::Builder<LocalExec> {
     builder
 }
 
-async fn serve_connection(
-    stream: TcpStream,
+/// What serving one connection needs from the accept loop.
+struct Connection {
     server: Rc<Server>,
     builder: Rc<auto::Builder<LocalExec>>,
     local: Authority,
     keep_alive: Duration,
     stopping: CancellationToken,
-) {
+}
+
+async fn serve_connection<S>(stream: S, connection: Connection)
+where
+    S: AsyncRead + AsyncWrite + Unpin + 'static,
+{
+    let Connection {
+        server,
+        builder,
+        local,
+        keep_alive,
+        stopping,
+    } = connection;
     let activity = Rc::new(Activity {
         last: Cell::new(Instant::now()),
         requests: Cell::new(0),
@@ -228,12 +257,12 @@ impl Drop for OpenRequest {
 }
 
 /// A stream that notes the time of every read and write that moved bytes.
-struct Tracked {
-    inner: TcpStream,
+struct Tracked<S> {
+    inner: S,
     activity: Rc<Activity>,
 }
 
-impl AsyncRead for Tracked {
+impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -248,7 +277,7 @@ impl AsyncRead for Tracked {
     }
 }
 
-impl AsyncWrite for Tracked {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -34,12 +34,12 @@ use crate::model::mode::Mode;
 use crate::protocol;
 use crate::runtime::engine::{self, EngineSizing, EpochTicker};
 use crate::runtime::outbound::AddressPolicy;
-use crate::telemetry;
 use crate::worker::accept::ConnLimits;
 use crate::worker::app::{App, Defaults};
 use crate::worker::front_door::{FrontDoor, Server};
 use crate::worker::routes::{RouteTable, TenantMap};
 use crate::worker::run::on_pool::Pool;
+use crate::{telemetry, tls};
 
 /// Runs one worker process, as started by the master: loads what to serve, serves
 /// the inherited listener, reports to the master on stdout from the event loop, and
@@ -69,6 +69,11 @@ pub fn run_process(config: ServeConfig) -> anyhow::Result<()> {
     };
     let _ticker = EpochTicker::start(engine.clone(), config.epoch_interval)?;
 
+    let tls = match config.tls_files() {
+        Some((cert, key)) => Some(tls::acceptor(cert, key, tls::PUBLIC_ALPN)?),
+        None => None,
+    };
+
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -77,7 +82,8 @@ pub fn run_process(config: ServeConfig) -> anyhow::Result<()> {
     let pool = local.block_on(&runtime, async {
         let listener =
             TcpListener::from_std(listener).context("failed to register the listener")?;
-        anyhow::Ok(on_the_loop(&config, engine, served, pool, recorder, listener).await)
+        let listening = Listening { listener, tls };
+        anyhow::Ok(on_the_loop(&config, engine, served, pool, recorder, listening).await)
     })?;
     drop(local);
     // Tokio's stdin reader is a blocking thread stuck in `read` until the master
@@ -164,6 +170,12 @@ fn address_policy(config: &ServeConfig, listener: std::net::SocketAddr) -> Addre
     }
 }
 
+/// The inherited listener, and the TLS it speaks if any.
+struct Listening {
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
 /// The pool's threads, niced below the loop when tenants share the worker.
 fn start_pool(config: &ServeConfig, recorder: Arc<Recorder>) -> anyhow::Result<Pool> {
     let nice = config
@@ -180,8 +192,9 @@ async fn on_the_loop(
     served: Served,
     pool: Option<Pool>,
     recorder: Arc<Recorder>,
-    listener: TcpListener,
+    listening: Listening,
 ) -> Option<Pool> {
+    let Listening { listener, tls } = listening;
     let front = FrontDoor {
         max_body: config.max_body,
         limit_concurrency: config.limit_concurrency,
@@ -222,7 +235,14 @@ async fn on_the_loop(
         ))),
     };
     let lag_probe = tokio::task::spawn_local(probe_loop_lag(server.clone()));
-    accept::serve(listener, server.clone(), limits, stop_signal(master_gone)).await;
+    accept::serve(
+        listener,
+        server.clone(),
+        limits,
+        tls,
+        stop_signal(master_gone),
+    )
+    .await;
     reporter.abort();
     lag_probe.abort();
     if let Some(tables) = tables {
