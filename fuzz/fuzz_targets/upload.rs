@@ -6,8 +6,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use wasmloop::model::mode::ModeChoice;
 use wasmloop::deploy::compile::compile_upload;
+use wasmloop::model::mode::ModeChoice;
 
 fuzz_target!(|bytes: &[u8]| {
     let engine = wasmloop_fuzz::compile_engine();

@@ -9,15 +9,15 @@ use http::uri::Authority;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use wasmloop::worker::app::{App, Defaults};
+use wasmloop::metrics::recorder::Recorder;
 use wasmloop::model::mode::ModeChoice;
 use wasmloop::runtime::engine::{self, EngineSizing};
-use wasmloop::worker::front_door::{FrontDoor, Server};
-use wasmloop::metrics::Recorder;
-use wasmloop::worker::run::on_pool::Pool;
-use wasmloop::worker::routes::RouteTable;
 use wasmloop::runtime::sandbox::Limits;
 use wasmloop::worker::accept::{ConnLimits, LocalExec, http_builder};
+use wasmloop::worker::app::{App, Defaults};
+use wasmloop::worker::front_door::{FrontDoor, Server};
+use wasmloop::worker::routes::RouteTable;
+use wasmloop::worker::run::on_pool::Pool;
 
 /// A wasi:http 0.2 handler that returns without answering (the host answers 500):
 /// the smallest component that goes through every step of serving a request.
