@@ -431,19 +431,16 @@ mod tests {
                 "127.0.0.0/8".parse().unwrap(),
                 "10.0.0.0/8".parse().unwrap(),
             ],
-            own: vec![addr("0.0.0.0:8080"), addr("127.0.0.1:9090")],
+            own: vec![addr("0.0.0.0:80"), addr("127.0.0.1:443")],
             local: vec!["203.0.113.7".parse().unwrap()],
         };
-        assert_eq!(policy.refusal(addr("127.0.0.1:3000")), None);
+        assert_eq!(policy.refusal(addr("127.0.0.1:81")), None);
         assert_eq!(policy.refusal(addr("[::ffff:10.0.0.5]:80")), None);
         assert_eq!(policy.refusal(addr("192.168.0.1:80")), Some("private"));
-        assert_eq!(policy.refusal(addr("127.0.0.1:9090")), Some("own_listener"));
-        assert_eq!(policy.refusal(addr("127.0.0.1:8080")), Some("own_listener"));
-        assert_eq!(
-            policy.refusal(addr("203.0.113.7:8080")),
-            Some("own_listener")
-        );
-        assert_eq!(policy.refusal(addr("203.0.113.7:8081")), Some("reserved"));
+        assert_eq!(policy.refusal(addr("127.0.0.1:443")), Some("own_listener"));
+        assert_eq!(policy.refusal(addr("127.0.0.1:80")), Some("own_listener"));
+        assert_eq!(policy.refusal(addr("203.0.113.7:80")), Some("own_listener"));
+        assert_eq!(policy.refusal(addr("203.0.113.7:81")), Some("reserved"));
     }
 
     #[test]
@@ -454,7 +451,7 @@ mod tests {
         assert!(covers(&ceiling, "db.example.com:5432"));
         assert!(!covers(&ceiling, "db.example.com"));
         assert!(!covers(&ceiling, "db.example.com:22"));
-        assert!(!covers(&ceiling, "127.0.0.1:9090"));
+        assert!(!covers(&ceiling, "127.0.0.1:443"));
         assert!(!covers(&[], "api.example.com"));
         assert_eq!(
             narrow(
