@@ -634,6 +634,15 @@ impl Running {
         String::from_utf8_lossy(&output.stdout).into_owned()
     }
 
+    /// GET `path` with a Host header.
+    pub async fn get_host(&self, host: &str, path: &str) -> Reply {
+        let req = Request::get(format!("http://{}{path}", self.addr))
+            .header("host", host)
+            .body(Full::new(Bytes::new()))
+            .expect("a valid request");
+        self.client().request(req).await
+    }
+
     /// A client for this server that can move into a task.
     pub fn client(&self) -> HttpClient {
         self.client.clone()

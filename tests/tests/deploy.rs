@@ -6,19 +6,10 @@ use std::time::{Duration, Instant};
 
 use http::Method;
 use serde_json::Value;
-use wasmloop_tests::{ADMIN_TOKEN, Running, Server, guests, temp_dir};
+use wasmloop_tests::{ADMIN_TOKEN, Server, guests, temp_dir};
 
 fn json(reply: &wasmloop_tests::Reply) -> Value {
     serde_json::from_slice(&reply.body).unwrap_or(Value::Null)
-}
-
-/// GET `path` with a Host header.
-async fn get_host(server: &Running, host: &str, path: &str) -> wasmloop_tests::Reply {
-    let req = http::Request::get(format!("http://{}{path}", server.addr))
-        .header("host", host)
-        .body(http_body_util::Full::new(bytes::Bytes::new()))
-        .unwrap();
-    server.client().request(req).await
 }
 
 #[tokio::test]
@@ -504,13 +495,12 @@ async fn requests_reach_only_the_app_their_host_and_path_select() {
         assert_eq!(reply.status, 201, "{}", reply.text());
     }
     assert_eq!(
-        get_host(&server, "a.example", "/config/SECRET")
-            .await
-            .text(),
+        server.get_host("a.example", "/config/SECRET").await.text(),
         "a-secret"
     );
     assert_eq!(
-        get_host(&server, "B.EXAMPLE:80", "/config/SECRET")
+        server
+            .get_host("B.EXAMPLE:80", "/config/SECRET")
             .await
             .text(),
         "b-secret"
@@ -530,16 +520,14 @@ async fn requests_reach_only_the_app_their_host_and_path_select() {
     assert!(answer.contains("host_mismatch"), "{answer}");
     for path in ["/config/../config/SECRET", "/config/%2e%2e/x"] {
         assert_eq!(
-            get_host(&server, "a.example", path).await.status,
+            server.get_host("a.example", path).await.status,
             400,
             "{path}"
         );
     }
     // No host route matches an unknown host, and A cannot claim B's route.
     assert_eq!(
-        get_host(&server, "c.example", "/config/SECRET")
-            .await
-            .status,
+        server.get_host("c.example", "/config/SECRET").await.status,
         404
     );
     let reply = server
@@ -547,9 +535,7 @@ async fn requests_reach_only_the_app_their_host_and_path_select() {
         .await;
     assert_eq!(reply.status, 409, "{}", reply.text());
     assert_eq!(
-        get_host(&server, "b.example", "/config/SECRET")
-            .await
-            .text(),
+        server.get_host("b.example", "/config/SECRET").await.text(),
         "b-secret"
     );
 }

@@ -213,15 +213,6 @@ async fn an_apps_outbound_list_may_only_narrow_the_operators() {
     assert_eq!(upstream.connections(), 1);
 }
 
-/// GET `path` with a Host header.
-async fn get_host(server: &Running, host: &str, path: &str) -> wasmloop_tests::Reply {
-    let req = http::Request::get(format!("http://{}{path}", server.addr))
-        .header("host", host)
-        .body(http_body_util::Full::new(bytes::Bytes::new()))
-        .unwrap();
-    server.client().request(req).await
-}
-
 /// Routes an attacker may not claim next to a victim serving `shop.test/`,
 /// `b%C3%BCcher.test/` (bücher.test) and `/config` for any host: inside, around, on
 /// the victim's host in other spellings, or shadowing its any-host route on a host.
@@ -255,7 +246,7 @@ const VICTIM_TRAFFIC: &[(&str, &str)] = &[
 
 async fn assert_victim_served(server: &Running) {
     for (host, path) in VICTIM_TRAFFIC {
-        let reply = get_host(server, host, path).await;
+        let reply = server.get_host(host, path).await;
         assert_eq!(
             (reply.status.as_u16(), reply.text().as_str()),
             (200, "victim"),
@@ -400,7 +391,7 @@ async fn captures_are_refused(server: &Running) {
     }
     // Those are served by the attacker's apps (the guest's own 404, not the host's).
     for (host, path) in [("other.test", "/shop/x"), ("shop.test.example", "/shop")] {
-        let reply = get_host(server, host, path).await;
+        let reply = server.get_host(host, path).await;
         assert!(
             !reply.text().contains("no_app") && reply.text() != "victim",
             "Host: {host} {path}: {} {}",

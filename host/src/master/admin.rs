@@ -22,7 +22,7 @@ use subtle::ConstantTimeEq as _;
 use tokio::net::TcpListener;
 
 use crate::deploy::context::DeployContext;
-use crate::deploy::reply::Refused;
+use crate::deploy::reply::{Refused, unauthorized};
 use crate::doctor::{self, Facts};
 use crate::metrics::exposition::{Aggregate, MasterFacts};
 use crate::metrics::{Counters, Snapshot};
@@ -300,18 +300,6 @@ async fn reader(
         (None, false) if guard.token.is_none() => Ok(Reader::Operator),
         (None, false) => Err(unauthorized()),
     }
-}
-
-fn unauthorized() -> Response<Full<Bytes>> {
-    let mut response = reply_text(
-        StatusCode::UNAUTHORIZED,
-        "send the admin token (or, for /metrics, a tenant's): `Authorization: Bearer TOKEN`\n",
-    );
-    response.headers_mut().insert(
-        http::header::WWW_AUTHENTICATE,
-        http::HeaderValue::from_static("Bearer"),
-    );
-    response
 }
 
 fn respond(req: &Request<Incoming>, state: &SharedState, reader: &Reader) -> Response<Full<Bytes>> {
