@@ -3,7 +3,7 @@
 //! [`SqliteRegistry`] keeps it in SQLite inside the data directory (the embedded
 //! default), [`crate::registry::postgres`] in PostgreSQL for several nodes. Every call is
 //! one transaction: a refused call changes nothing. With SQLite, component bytes live
-//! beside the database, by content hash (`deploy.rs`), and the registry only records
+//! beside the database, by content hash (`deploy/compile.rs`), and the registry only records
 //! the hash; a shared registry keeps the bytes too.
 //!
 //! Calls block on file I/O: the master runs them on a blocking thread, never on its

@@ -1,6 +1,7 @@
 //! An app: one version of a loaded handler with the limits its requests run under and
 //! the admission slots it counts against (its own, and its tenant's). The worker's
-//! route table (`routes.rs`) maps requests to apps; `loop_exec` and `pool` run them.
+//! route table (`routes.rs`) maps requests to apps; `run/on_loop.rs` and
+//! `run/on_pool.rs` run them.
 //!
 //! An app comes either from `serve COMPONENT.wasm` ([`App::from_file`]) or from the
 //! registry ([`App::from_registry`], loading the artifact the deploy path compiled).
