@@ -140,7 +140,7 @@ pub fn prepare(
             wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
             p2::add_only_http_to_linker_sync(&mut linker)?;
             wasmtime_wasi_config::add_to_linker(&mut linker, Sandbox::config)?;
-            crate::runtime::sandbox::bound_blocking_polls(&mut linker)?;
+            crate::runtime::sandbox::bound_blocking_calls(&mut linker)?;
             let instance = instantiate_pre(&linker, engine, &component)?;
             HandlerPre::ProxySync(
                 p2::bindings::sync::ProxyPre::new(instance)

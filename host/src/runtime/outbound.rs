@@ -209,6 +209,23 @@ pub type Sent = (
     Pin<Box<dyn Future<Output = Result<(), Error>> + Send>>,
 );
 
+/// How long an outbound request's steps may take when the guest sets no timeout.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// The guest's timeouts for an outbound request, each capped at `left` (what is left
+/// of the request's deadline; at least a millisecond): no step of an outbound request
+/// outlives the request that made it, whatever the guest asks for.
+pub fn cap_timeouts(options: Option<RequestOptions>, left: Duration) -> RequestOptions {
+    let left = left.max(Duration::from_millis(1));
+    let options = options.unwrap_or_default();
+    let cap = |asked: Option<Duration>| Some(asked.unwrap_or(DEFAULT_TIMEOUT).min(left));
+    RequestOptions {
+        connect_timeout: cap(options.connect_timeout),
+        first_byte_timeout: cap(options.first_byte_timeout),
+        between_bytes_timeout: cap(options.between_bytes_timeout),
+    }
+}
+
 /// Resolves the request's host, refuses it (`Err(Ok(Denied))`) unless an address
 /// passes `policy`, connects to that address and sends the request over HTTP/1.1
 /// (TLS for https).
@@ -226,10 +243,7 @@ pub async fn send(
         .trim_start_matches('[')
         .trim_end_matches(']');
     let timeout = |pick: fn(&RequestOptions) -> Option<Duration>| {
-        options
-            .as_ref()
-            .and_then(pick)
-            .unwrap_or(Duration::from_secs(600))
+        options.as_ref().and_then(pick).unwrap_or(DEFAULT_TIMEOUT)
     };
     let connect_timeout = timeout(|o| o.connect_timeout);
     let first_byte_timeout = timeout(|o| o.first_byte_timeout);
@@ -390,6 +404,23 @@ mod tests {
 
     fn addr(text: &str) -> SocketAddr {
         text.parse().unwrap()
+    }
+
+    #[test]
+    fn outbound_timeouts_never_outlive_the_request() {
+        let second = Duration::from_secs(1);
+        let ten_minutes = Some(Duration::from_secs(600));
+        let asked = RequestOptions {
+            connect_timeout: ten_minutes,
+            first_byte_timeout: Some(Duration::from_millis(200)),
+            between_bytes_timeout: None,
+        };
+        let capped = cap_timeouts(Some(asked), second);
+        assert_eq!(capped.connect_timeout, Some(second));
+        assert_eq!(capped.first_byte_timeout, Some(Duration::from_millis(200)));
+        assert_eq!(capped.between_bytes_timeout, Some(second));
+        let none = cap_timeouts(None, Duration::ZERO);
+        assert_eq!(none.connect_timeout, Some(Duration::from_millis(1)));
     }
 
     #[test]

@@ -8,10 +8,11 @@
 //! to `worker/run/`.
 //!
 //! One thing the pool needs from here: the epoch deadline only interrupts WebAssembly
-//! code, and a sync guest blocked in `wasi:io/poll` (a sleep, a wait for an outbound
-//! response) would hold its pool thread long after its request was answered.
-//! [`bound_blocking_polls`] makes those waits end at the request's deadline, or when
-//! its client leaves, with the same trap.
+//! code, and a sync guest blocked in a host call (`wasi:io/poll`, a blocking stream
+//! read or write, a splice) would hold its pool thread long after its request was
+//! answered. [`bound_blocking_calls`] makes every such wait end at the request's
+//! deadline, or when its client leaves, with the same trap; and an outbound request's
+//! own timeouts are capped at what is left of the request's deadline, on both paths.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -26,7 +27,9 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_config::{WasiConfig, WasiConfigVariables};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 use wasmtime_wasi_io::bindings::wasi::io::poll as async_poll;
+use wasmtime_wasi_io::bindings::wasi::io::streams as async_streams;
 use wasmtime_wasi_io::poll::DynPollable;
+use wasmtime_wasi_io::streams::{DynInputStream, DynOutputStream, StreamResult};
 
 /// The limits every request's store runs under.
 #[derive(Clone)]
@@ -53,7 +56,7 @@ pub struct Sandbox {
     vars: Arc<WasiConfigVariables>,
     /// Times the guest was made to yield at an epoch tick.
     pub forced_yields: u64,
-    /// When blocking waits must end (pool stores; see [`bound_blocking_polls`]).
+    /// When blocking waits must end (pool stores; see [`bound_blocking_calls`]).
     pub stop_waiting: Option<StopWaiting>,
     _live: LiveInstance,
 }
@@ -106,6 +109,7 @@ impl Sandbox {
                 addresses: limits.addresses.clone(),
                 request_id: id.clone(),
                 app: app.clone(),
+                deadline: None,
             },
             vars: limits.vars.clone(),
             forced_yields: 0,
@@ -121,6 +125,12 @@ impl Sandbox {
     /// wasi:config for this store: the app's variables.
     pub fn config(&mut self) -> WasiConfig<'_> {
         WasiConfig::from(&*self.vars)
+    }
+
+    /// The request's deadline: outbound requests' timeouts are capped at what is left
+    /// of it.
+    pub fn set_deadline(&mut self, deadline: Instant) {
+        self.outbound.deadline = Some(deadline);
     }
 
     /// Whether the memory limiter refused a grow during this request.
@@ -148,50 +158,132 @@ impl WasiHttpView for Sandbox {
     }
 }
 
-/// The `wasi:io/poll` interface the sync WASI linker defines (0.2.x imports of any
-/// patch release resolve to it).
+/// The `wasi:io` interfaces the sync WASI linker defines (0.2.x imports of any patch
+/// release resolve to them).
 const WASI_IO_POLL: &str = "wasi:io/poll@0.2.12";
+const WASI_IO_STREAMS: &str = "wasi:io/streams@0.2.12";
 
-/// Replaces `wasi:io/poll`'s `poll` and `pollable.block` in a sync linker with the
-/// same waits, ended by the store's [`StopWaiting`] with [`Trap::Interrupt`] (which
-/// the pool reports as `timeout`, or the client gone). Every blocking wait of a sync
-/// guest that the WASI 0.2 APIs build on a pollable ends up here: clock sleeps,
-/// waiting for an outbound response, `subscribe` then `block` on a stream.
-pub fn bound_blocking_polls(linker: &mut Linker<Sandbox>) -> anyhow::Result<()> {
+/// Runs one blocking host call of a sync guest on WASI's runtime, ended by `stop`
+/// with [`Trap::Interrupt`] (which the pool reports as `timeout`, or the client gone).
+fn until_stopped<T>(
+    stop: Option<StopWaiting>,
+    call: impl Future<Output = wasmtime::Result<T>>,
+) -> wasmtime::Result<T> {
+    wasmtime_wasi::runtime::in_tokio(async move {
+        let Some(stop) = stop else {
+            return call.await;
+        };
+        tokio::select! {
+            done = call => done,
+            trap = stop.reached() => Err(trap),
+        }
+    })
+}
+
+/// A blocking stream call's result as the guest sees it: a stream error becomes a
+/// resource in the guest's table (or a trap, for the errors that trap).
+type GuestStreamResult<T> = wasmtime::Result<(Result<T, async_streams::StreamError>,)>;
+
+/// Hands a stream call's result to the guest, converting its error as WASI does.
+fn to_guest<T>(table: &mut ResourceTable, result: StreamResult<T>) -> GuestStreamResult<T> {
+    match result {
+        Ok(value) => Ok((Ok(value),)),
+        Err(e) => Ok((Err(async_streams::Host::convert_stream_error(table, e)?),)),
+    }
+}
+
+/// The store's stop and its table, for one host call.
+fn stop_and_table<'a>(
+    store: &'a mut StoreContextMut<'_, Sandbox>,
+) -> (Option<StopWaiting>, &'a mut ResourceTable) {
+    let sandbox = store.data_mut();
+    (sandbox.stop_waiting.clone(), &mut sandbox.table)
+}
+
+/// Replaces, in a sync linker, every `wasi:io` call that can wait with the same call
+/// ended by the store's [`StopWaiting`]: `poll`, `pollable.block`, and the streams'
+/// `blocking-read`, `blocking-skip`, `blocking-write-and-flush`,
+/// `blocking-write-zeroes-and-flush`, `blocking-flush` and `blocking-splice`. Every
+/// other blocking wait of a sync guest (clock sleeps, an outbound response, a body
+/// chunk) is built on one of these.
+pub fn bound_blocking_calls(linker: &mut Linker<Sandbox>) -> anyhow::Result<()> {
+    use async_streams::{HostInputStream as In, HostOutputStream as Out};
+    type Input = Resource<DynInputStream>;
+    type Output = Resource<DynOutputStream>;
     linker.allow_shadowing(true);
     let mut poll = linker.instance(WASI_IO_POLL)?;
     poll.func_wrap(
         "[method]pollable.block",
         |mut store: StoreContextMut<'_, Sandbox>, (pollable,): (Resource<DynPollable>,)| {
-            let sandbox = store.data_mut();
-            let stop = sandbox.stop_waiting.clone();
-            let table = &mut sandbox.table;
-            wasmtime_wasi::runtime::in_tokio(async move {
-                let Some(stop) = stop else {
-                    return async_poll::HostPollable::block(table, pollable).await;
-                };
-                tokio::select! {
-                    done = async_poll::HostPollable::block(table, pollable) => done,
-                    trap = stop.reached() => Err(trap),
-                }
-            })
+            let (stop, table) = stop_and_table(&mut store);
+            until_stopped(stop, async_poll::HostPollable::block(table, pollable))
         },
     )?;
     poll.func_wrap(
         "poll",
         |mut store: StoreContextMut<'_, Sandbox>, (pollables,): (Vec<Resource<DynPollable>>,)| {
-            let sandbox = store.data_mut();
-            let stop = sandbox.stop_waiting.clone();
-            let table = &mut sandbox.table;
-            wasmtime_wasi::runtime::in_tokio(async move {
-                let Some(stop) = stop else {
-                    return async_poll::Host::poll(table, pollables).await.map(|r| (r,));
-                };
-                tokio::select! {
-                    ready = async_poll::Host::poll(table, pollables) => ready.map(|r| (r,)),
-                    trap = stop.reached() => Err(trap),
-                }
-            })
+            let (stop, table) = stop_and_table(&mut store);
+            until_stopped(stop, async_poll::Host::poll(table, pollables)).map(|r| (r,))
+        },
+    )?;
+    let mut streams = linker.instance(WASI_IO_STREAMS)?;
+    streams.func_wrap(
+        "[method]input-stream.blocking-read",
+        |mut store: StoreContextMut<'_, Sandbox>, (stream, len): (Input, u64)| {
+            let (stop, table) = stop_and_table(&mut store);
+            let read = until_stopped(stop, async {
+                Ok(In::blocking_read(table, stream, len).await)
+            })?;
+            to_guest(table, read)
+        },
+    )?;
+    streams.func_wrap(
+        "[method]input-stream.blocking-skip",
+        |mut store: StoreContextMut<'_, Sandbox>, (stream, len): (Input, u64)| {
+            let (stop, table) = stop_and_table(&mut store);
+            let skipped = until_stopped(stop, async {
+                Ok(In::blocking_skip(table, stream, len).await)
+            })?;
+            to_guest(table, skipped)
+        },
+    )?;
+    streams.func_wrap(
+        "[method]output-stream.blocking-write-and-flush",
+        |mut store: StoreContextMut<'_, Sandbox>, (stream, bytes): (Output, Vec<u8>)| {
+            let (stop, table) = stop_and_table(&mut store);
+            let written = until_stopped(stop, async {
+                Ok(Out::blocking_write_and_flush(table, stream, bytes).await)
+            })?;
+            to_guest(table, written)
+        },
+    )?;
+    streams.func_wrap(
+        "[method]output-stream.blocking-write-zeroes-and-flush",
+        |mut store: StoreContextMut<'_, Sandbox>, (stream, len): (Output, u64)| {
+            let (stop, table) = stop_and_table(&mut store);
+            let written = until_stopped(stop, async {
+                Ok(Out::blocking_write_zeroes_and_flush(table, stream, len).await)
+            })?;
+            to_guest(table, written)
+        },
+    )?;
+    streams.func_wrap(
+        "[method]output-stream.blocking-flush",
+        |mut store: StoreContextMut<'_, Sandbox>, (stream,): (Output,)| {
+            let (stop, table) = stop_and_table(&mut store);
+            let flushed =
+                until_stopped(stop, async { Ok(Out::blocking_flush(table, stream).await) })?;
+            to_guest(table, flushed)
+        },
+    )?;
+    streams.func_wrap(
+        "[method]output-stream.blocking-splice",
+        |mut store: StoreContextMut<'_, Sandbox>, (dest, src, len): (Output, Input, u64)| {
+            let (stop, table) = stop_and_table(&mut store);
+            let spliced = until_stopped(stop, async {
+                Ok(Out::blocking_splice(table, dest, src, len).await)
+            })?;
+            to_guest(table, spliced)
         },
     )?;
     linker.allow_shadowing(false);
@@ -248,6 +340,8 @@ struct OutboundPolicy {
     addresses: Arc<AddressPolicy>,
     request_id: Arc<str>,
     app: Arc<str>,
+    /// The request's deadline, which caps each outbound request's timeouts.
+    deadline: Option<Instant>,
 }
 
 impl OutboundPolicy {
@@ -290,6 +384,13 @@ impl WasiHttpHooks for OutboundPolicy {
             return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
         }
         let (addresses, denial) = (self.addresses.clone(), self.clone());
+        let options = match self.deadline {
+            Some(deadline) => Some(outbound::cap_timeouts(
+                options,
+                deadline.saturating_duration_since(Instant::now()),
+            )),
+            None => options,
+        };
         Box::new(async move {
             use http_body_util::BodyExt;
             match outbound::send(request, options, addresses).await {

@@ -89,9 +89,12 @@ pub fn channel() -> (Reply, Pending) {
 }
 
 /// A fresh store for one request of `app`, or the outcome that says why there is none.
+/// Its outbound requests' timeouts are capped at the request's deadline.
 pub fn new_store(app: &App, ctx: &RunContext) -> Result<Store<Sandbox>, Outcome> {
-    Sandbox::store(&app.engine, &app.limits, &app.name, &ctx.id)
-        .map_err(|e| Outcome::failed(RequestError::Host(e.into())))
+    let mut store = Sandbox::store(&app.engine, &app.limits, &app.name, &ctx.id)
+        .map_err(|e| Outcome::failed(RequestError::Host(e.into())))?;
+    store.data_mut().set_deadline(ctx.deadline);
+    Ok(store)
 }
 
 /// The fuel a request's store burned of its app's budget.

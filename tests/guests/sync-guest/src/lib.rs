@@ -16,6 +16,7 @@
 //! | `/fuel?n=N` | runs N iterations of a fixed loop (fuel calibration) |
 //! | `/config?key=K` | the value of configuration variable K (wasi:config), or 404 |
 //! | `/fetch?to=HOST:PORT` | GETs `http://HOST:PORT/upstream` and answers with its body, or 502 and the error |
+//! | `/fetch?to=HOST:PORT&timeout_s=N` | the same with every timeout of the request set to N s |
 
 use wasip2::clocks::monotonic_clock;
 use wasip2::exports::http::incoming_handler::Guest;
@@ -59,10 +60,11 @@ fn query_str<'a>(path: &'a str, key: &str) -> Option<&'a str> {
         .map(|(_, v)| v)
 }
 
-/// A blocking GET over wasi:http's outgoing handler.
-fn fetch(authority: &str) -> Result<Vec<u8>, String> {
+/// A blocking GET over wasi:http's outgoing handler, with every timeout set to
+/// `timeout_s` seconds if given.
+fn fetch(authority: &str, timeout_s: Option<u64>) -> Result<Vec<u8>, String> {
     use wasip2::http::outgoing_handler;
-    use wasip2::http::types::{OutgoingRequest, Scheme};
+    use wasip2::http::types::{OutgoingRequest, RequestOptions, Scheme};
     let request = OutgoingRequest::new(Fields::new());
     request
         .set_scheme(Some(&Scheme::Http))
@@ -73,7 +75,15 @@ fn fetch(authority: &str) -> Result<Vec<u8>, String> {
     request
         .set_path_with_query(Some("/upstream"))
         .map_err(|()| "bad path")?;
-    let pending = outgoing_handler::handle(request, None).map_err(|e| format!("{e:?}"))?;
+    let options = timeout_s.map(|s| {
+        let options = RequestOptions::new();
+        let ns = s * 1_000_000_000;
+        let _ = options.set_connect_timeout(Some(ns));
+        let _ = options.set_first_byte_timeout(Some(ns));
+        let _ = options.set_between_bytes_timeout(Some(ns));
+        options
+    });
+    let pending = outgoing_handler::handle(request, options).map_err(|e| format!("{e:?}"))?;
     pending.subscribe().block();
     let response = pending
         .get()
@@ -195,7 +205,10 @@ impl Guest for Handler {
                     Err(e) => respond(out, 500, format!("{e:?}\n").as_bytes()),
                 }
             }
-            "/fetch" => match fetch(query_str(&path, "to").unwrap_or("")) {
+            "/fetch" => match fetch(
+                query_str(&path, "to").unwrap_or(""),
+                query(&path, "timeout_s"),
+            ) {
                 Ok(body) => respond(out, 200, &body),
                 Err(e) => respond(out, 502, format!("fetch failed: {e}\n").as_bytes()),
             },
