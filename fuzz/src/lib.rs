@@ -14,6 +14,7 @@ use wasmloop::model::mode::ModeChoice;
 use wasmloop::runtime::engine::{self, EngineSizing};
 use wasmloop::runtime::sandbox::Limits;
 use wasmloop::worker::accept::{ConnLimits, LocalExec, http_builder};
+use wasmloop::worker::admission::Slots;
 use wasmloop::worker::app::{App, Defaults};
 use wasmloop::worker::front_door::{FrontDoor, Server};
 use wasmloop::worker::routes::RouteTable;
@@ -63,6 +64,8 @@ fn defaults() -> Defaults {
         limit_concurrency: 64,
         threads: 2,
         tenant_share: 0.5,
+        memory_budget: 1 << 30,
+        workers: 1,
     }
 }
 
@@ -104,7 +107,11 @@ thread_local! {
         let server = Server::new(
             RouteTable::single(apps()[0].clone()),
             Some(pool),
-            FrontDoor { max_body: 1 << 20, limit_concurrency: 64 },
+            FrontDoor {
+                max_body: 1 << 20,
+                limit_concurrency: 64,
+                memory: Arc::new(Slots::new(1 << 30)),
+            },
             recorder,
         );
         let builder = http_builder(&ConnLimits {

@@ -14,6 +14,7 @@ use anyhow::bail;
 use clap::ValueEnum;
 
 use crate::model::mode::ModeChoice;
+use crate::model::quota::Quotas;
 use crate::model::text::{parse_key_value, parse_size};
 
 /// The admin listener's address, or none.
@@ -85,12 +86,52 @@ pub struct ServeConfig {
     #[arg(long, env = "WASMLOOP_COMPILE_TIMEOUT", default_value = "120s", value_parser = humantime::parse_duration)]
     pub compile_timeout: Duration,
 
+    /// Compile children this node runs at once (default: half the cores, at least
+    /// one). Each tenant compiles one upload at a time.
+    #[arg(long, env = "WASMLOOP_COMPILE_CONCURRENCY")]
+    pub compile_concurrency: Option<usize>,
+
+    /// Deploys that may wait for a turn to compile; more are refused (503).
+    /// Each holds its upload in memory while it waits.
+    #[arg(long, env = "WASMLOOP_COMPILE_QUEUE", default_value_t = 8)]
+    pub compile_queue: usize,
+
+    /// How long a deploy waits for a turn to compile before it is refused (503).
+    #[arg(long, env = "WASMLOOP_COMPILE_QUEUE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub compile_queue_timeout: Duration,
+
+    /// Default quotas of every tenant (the admin overrides them per tenant): apps,
+    /// versions kept per app (older ones pruned, never the active one or the rollback
+    /// target), routes per app, bytes of an app's variables and of its settings, and
+    /// bytes of components stored. Over a quota a change is refused (403).
+    #[arg(long, env = "WASMLOOP_TENANT_MAX_APPS", default_value_t = 100)]
+    pub tenant_max_apps: u64,
+    #[arg(long, env = "WASMLOOP_TENANT_MAX_VERSIONS", default_value_t = 10)]
+    pub tenant_max_versions: u64,
+    #[arg(long, env = "WASMLOOP_TENANT_MAX_ROUTES", default_value_t = 32)]
+    pub tenant_max_routes: u64,
+    #[arg(long, env = "WASMLOOP_TENANT_MAX_VARS_SIZE", default_value = "32K", value_parser = parse_size)]
+    pub tenant_max_vars_size: u64,
+    #[arg(long, env = "WASMLOOP_TENANT_MAX_SETTINGS_SIZE", default_value = "64K", value_parser = parse_size)]
+    pub tenant_max_settings_size: u64,
+    #[arg(long, env = "WASMLOOP_TENANT_MAX_STORED", default_value = "1G", value_parser = parse_size)]
+    pub tenant_max_stored: u64,
+
     /// Address space the compiler process may use; more is refused (422).
     #[arg(long, env = "WASMLOOP_COMPILE_MAX_MEMORY", default_value = "4G", value_parser = parse_size)]
     pub compile_max_memory: u64,
 
-    /// A tenant's share of each worker's --limit-concurrency and --threads when its
-    /// own limits do not say (0 < share <= 1). A tenant never gets every pool thread.
+    /// Guest memory one worker's requests in flight may reach together: each counts
+    /// at its app's max_memory (the most its instance may grow to) plus 1 MiB; past
+    /// it, 503 `overloaded` before any guest runs. Default, when serving deployed
+    /// apps: half the machine's memory (or its cgroup's limit, when lower) divided by
+    /// the workers; when serving one component or a manifest: none.
+    #[arg(long, env = "WASMLOOP_WORKER_MEMORY_BUDGET", value_parser = parse_size)]
+    pub worker_memory_budget: Option<u64>,
+
+    /// A tenant's share of each worker's --limit-concurrency, --threads and memory
+    /// budget when its own limits do not say (0 < share <= 1). A tenant never gets
+    /// every pool thread.
     #[arg(long, env = "WASMLOOP_TENANT_SHARE", default_value_t = 0.5)]
     pub tenant_share: f64,
 
@@ -242,6 +283,18 @@ pub struct ServeConfig {
 }
 
 impl ServeConfig {
+    /// The quotas every tenant has unless the admin overrides them.
+    pub fn default_quotas(&self) -> Quotas {
+        Quotas {
+            max_apps: self.tenant_max_apps,
+            max_versions: self.tenant_max_versions,
+            max_routes: self.tenant_max_routes,
+            max_vars_bytes: self.tenant_max_vars_size,
+            max_settings_bytes: self.tenant_max_settings_size,
+            max_stored_bytes: self.tenant_max_stored,
+        }
+    }
+
     /// Checks the settings against each other; called before anything binds.
     pub fn validate(&self) -> anyhow::Result<()> {
         if self.workers == Some(0) {

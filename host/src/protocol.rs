@@ -26,12 +26,27 @@ pub struct TableMessage {
     pub apps: Vec<TableEntry>,
 }
 
+impl TableMessage {
+    /// The `tenant/app` names of the apps in this table, as metrics label them.
+    pub fn app_names(&self) -> std::collections::BTreeSet<String> {
+        self.apps
+            .iter()
+            .map(|e| format!("{}/{}", e.active.tenant, e.active.app))
+            .collect()
+    }
+}
+
 /// Where a deployed version's files are.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AppFiles {
     pub component: std::path::PathBuf,
     /// The cached artifact and its recorded SHA-256, when there is one.
     pub artifact: Option<(std::path::PathBuf, String)>,
+    /// The operator's own file (an app of `--manifest`): the worker compiles it at
+    /// load, as it does the component of `serve FILE`. A deployed version is never
+    /// compiled by a worker.
+    #[serde(default)]
+    pub local: bool,
 }
 
 /// What a worker tells the master, one line each on its stdout.

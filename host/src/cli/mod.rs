@@ -19,7 +19,8 @@ use crate::model::app::AppSettings;
 use crate::model::manifest::Manifest;
 use crate::model::mode::ModeChoice;
 use crate::model::route::parse_route;
-use crate::model::text::parse_key_value;
+use crate::model::tenant::TenantLimits;
+use crate::model::text::{parse_key_value, parse_size};
 
 /// Where the admin API is and who is asking.
 #[derive(Debug, Clone, clap::Args)]
@@ -79,6 +80,17 @@ impl Connection {
         path: &str,
         body: Option<(Bytes, &str)>,
     ) -> anyhow::Result<(StatusCode, Value)> {
+        self.call_with_retry_after(method, path, body)
+            .map(|(status, value, _)| (status, value))
+    }
+
+    /// [`Connection::call`], with the seconds of the answer's `Retry-After` if any.
+    fn call_with_retry_after(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<(Bytes, &str)>,
+    ) -> anyhow::Result<(StatusCode, Value, Option<u64>)> {
         let (server, token) = self.resolve()?;
         let url = format!("{server}{path}");
         let mut request = Request::builder().method(method).uri(&url);
@@ -100,13 +112,17 @@ impl Connection {
                 .context("the server did not answer within 10 minutes")?
                 .with_context(|| format!("failed to reach {server}; is `wasmloop serve` running with its admin listener there?"))?;
             let status = response.status();
+            let retry_after = response
+                .headers()
+                .get(http::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
             let bytes = response.into_body().collect().await?.to_bytes();
             let value = if bytes.is_empty() {
                 Value::Null
             } else {
                 serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
             };
-            Ok((status, value))
+            Ok((status, value, retry_after))
         })
     }
 
@@ -136,12 +152,15 @@ pub enum TenantCommand {
     /// Create a tenant and print its token (shown once). Needs the admin token.
     Create {
         name: String,
-        /// Requests of this tenant in flight per worker.
-        #[arg(long)]
-        max_in_flight: Option<u64>,
-        /// Pool threads per worker this tenant may hold.
-        #[arg(long)]
-        max_pool_threads: Option<u64>,
+        #[command(flatten)]
+        limits: LimitArgs,
+    },
+    /// Replace a tenant's limits and quotas (unset ones take the server's). Needs the
+    /// admin token.
+    Limits {
+        name: String,
+        #[command(flatten)]
+        limits: LimitArgs,
     },
     /// List tenants. Needs the admin token.
     List,
@@ -222,14 +241,67 @@ pub struct DeployArgs {
     pub manifest: Option<PathBuf>,
 }
 
+/// A tenant's limits and quotas on the command line; sizes take K, M, G suffixes.
+#[derive(Debug, clap::Args)]
+pub struct LimitArgs {
+    /// Requests of this tenant in flight on the server.
+    #[arg(long)]
+    max_in_flight: Option<u64>,
+    /// Pool threads of the server this tenant may hold.
+    #[arg(long)]
+    max_pool_threads: Option<u64>,
+    /// Guest memory this tenant's requests in flight may reach together.
+    #[arg(long, value_parser = parse_size)]
+    memory_budget: Option<u64>,
+    #[arg(long)]
+    max_apps: Option<u64>,
+    /// Versions kept per app (at least the active one and the one before it).
+    #[arg(long)]
+    max_versions: Option<u64>,
+    /// Routes per app.
+    #[arg(long)]
+    max_routes: Option<u64>,
+    /// Bytes of an app's variables.
+    #[arg(long, value_parser = parse_size)]
+    max_vars_bytes: Option<u64>,
+    /// Bytes of an app's settings.
+    #[arg(long, value_parser = parse_size)]
+    max_settings_bytes: Option<u64>,
+    /// Bytes of components the tenant's versions refer to.
+    #[arg(long, value_parser = parse_size)]
+    max_stored_bytes: Option<u64>,
+}
+
+impl LimitArgs {
+    fn limits(&self) -> TenantLimits {
+        TenantLimits {
+            max_in_flight: self.max_in_flight,
+            max_pool_threads: self.max_pool_threads,
+            memory_budget: self.memory_budget,
+            max_apps: self.max_apps,
+            max_versions: self.max_versions,
+            max_routes: self.max_routes,
+            max_vars_bytes: self.max_vars_bytes,
+            max_settings_bytes: self.max_settings_bytes,
+            max_stored_bytes: self.max_stored_bytes,
+            ..TenantLimits::default()
+        }
+    }
+}
+
 pub fn tenant(conn: &Connection, command: &TenantCommand) -> anyhow::Result<()> {
     match command {
-        TenantCommand::Create {
-            name,
-            max_in_flight,
-            max_pool_threads,
-        } => {
-            let body = json!({ "name": name, "limits": { "max_in_flight": max_in_flight, "max_pool_threads": max_pool_threads } });
+        TenantCommand::Limits { name, limits } => {
+            let body = serde_json::to_string(&limits.limits())?;
+            let value = conn.expect(
+                Method::PUT,
+                &format!("/v1/tenants/{name}/limits"),
+                Some((Bytes::from(body), "application/json")),
+            )?;
+            println!("Limits of {name}: {}", value["tenant"]["limits"]);
+        }
+        TenantCommand::Create { name, limits } => {
+            let body = json!({ "name": name, "limits": limits.limits() });
             let value = conn.expect(
                 Method::POST,
                 "/v1/tenants",
@@ -291,6 +363,10 @@ pub fn deploy(conn: &Connection, args: &DeployArgs) -> anyhow::Result<()> {
     upload(conn, &app, file, settings)
 }
 
+/// How many times `wasmloop deploy` sends an upload again when the server's compile
+/// queue turns it away.
+const BUSY_RETRIES: u32 = 30;
+
 #[expect(clippy::disallowed_methods, reason = "a CLI command, not the loop")]
 fn upload(conn: &Connection, app: &str, file: &Path, settings: AppSettings) -> anyhow::Result<()> {
     let bytes =
@@ -309,13 +385,41 @@ fn upload(conn: &Connection, app: &str, file: &Path, settings: AppSettings) -> a
     );
     let started = Instant::now();
     let content_type = format!("multipart/form-data; boundary={boundary}");
-    let value = conn
-        .expect(
-            Method::POST,
-            &format!("/v1/apps/{app}/versions"),
-            Some((Bytes::from(body), &content_type)),
-        )
-        .with_context(|| format!("deploying {} failed", file.display()))?;
+    let body = Bytes::from(body);
+    let path = format!("/v1/apps/{app}/versions");
+    let mut tries = 0;
+    let value = loop {
+        let (status, value, retry_after) =
+            conn.call_with_retry_after(Method::POST, &path, Some((body.clone(), &content_type)))?;
+        match retry_after {
+            // The server's compile queue was full or its wait too long: nothing was
+            // stored, so sending it again is safe.
+            Some(seconds) if status == StatusCode::SERVICE_UNAVAILABLE && tries < BUSY_RETRIES => {
+                tries += 1;
+                if tries == 1 {
+                    eprintln!(
+                        "The server is busy compiling other deploys ({}).",
+                        value["error"].as_str().unwrap_or("503")
+                    );
+                }
+                eprintln!(
+                    "Waiting {seconds} s for a turn to compile, then sending it again (try {tries} of {BUSY_RETRIES})..."
+                );
+                std::thread::sleep(Duration::from_secs(seconds));
+            }
+            _ if status.is_success() => break value,
+            _ => {
+                let message = value["error"]
+                    .as_str()
+                    .map_or_else(|| value.to_string(), str::to_string);
+                bail!(
+                    "deploying {} failed: {} {message}",
+                    file.display(),
+                    status.as_u16()
+                );
+            }
+        }
+    };
     let version = &value["version"];
     println!(
         "Deployed {app} version {} ({} mode) in {:.1} s, compiled in {} ms; routes: {}.{}",

@@ -10,7 +10,6 @@
 //! blocking threads. Every handler returns an [`Answer`]: `?` turns a registry,
 //! deploy or model error into the refusal the client reads.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -21,11 +20,12 @@ use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::deploy::compile::{self, Compiled, DeployError};
+use crate::deploy::compile::{self, Compiled, DeployError, TempFiles};
 use crate::deploy::context::DeployContext;
 use crate::deploy::reply::{Answer, Refused, Reply, no_content, refuse, reply};
 use crate::deploy::upload::read_upload;
 use crate::model::app::{AppSettings, Version, sha256_hex};
+use crate::model::quota::Quotas;
 use crate::model::route::normalize_route;
 use crate::model::tenant::{Tenant, TenantLimits, check_name};
 use crate::registry::{NewVersion, RegistryError};
@@ -58,6 +58,9 @@ pub async fn handle(req: Request<Incoming>, ctx: &Arc<DeployContext>) -> Option<
         (Method::POST, ["tenants"]) => create_tenant(req, token, ctx).await,
         (Method::GET, ["tenants"]) => list_tenants(token, ctx).await,
         (Method::DELETE, ["tenants", name]) => delete_tenant(name.to_string(), token, ctx).await,
+        (Method::PUT, ["tenants", name, "limits"]) => {
+            set_limits(req, name.to_string(), token, ctx).await
+        }
         (Method::GET, ["apps"]) => list_apps(token, ctx).await,
         (Method::GET, ["apps", app, "versions"]) => {
             list_versions(app.to_string(), token, ctx).await
@@ -128,11 +131,30 @@ async fn list_tenants(token: Option<String>, ctx: &Arc<DeployContext>) -> Answer
     Ok(reply(StatusCode::OK, json!({ "tenants": tenants })))
 }
 
+/// Replaces a tenant's limits and quotas. Quotas hold for the next change; limits
+/// reach the workers with the table published here.
+async fn set_limits(
+    req: Request<Incoming>,
+    name: String,
+    token: Option<String>,
+    ctx: &Arc<DeployContext>,
+) -> Answer {
+    ctx.admin(token)?;
+    let limits: TenantLimits = read_json(req).await?;
+    let _one_at_a_time = ctx.publishing.lock().await;
+    let tenant = ctx
+        .blocking(move |r| r.set_tenant_limits(&name, &limits))
+        .await?;
+    ctx.publish_change().await;
+    Ok(reply(StatusCode::OK, json!({ "tenant": tenant })))
+}
+
 async fn delete_tenant(name: String, token: Option<String>, ctx: &Arc<DeployContext>) -> Answer {
     ctx.admin(token)?;
     let _one_at_a_time = ctx.publishing.lock().await;
     ctx.blocking(move |r| r.delete_tenant(&name)).await?;
     ctx.publish_change().await;
+    ctx.collect_garbage().await;
     Ok(no_content())
 }
 
@@ -199,6 +221,7 @@ async fn delete_app(app: String, token: Option<String>, ctx: &Arc<DeployContext>
     let _one_at_a_time = ctx.publishing.lock().await;
     ctx.blocking(move |r| r.delete_app(&tenant, &app)).await?;
     ctx.publish_change().await;
+    ctx.collect_garbage().await;
     Ok(no_content())
 }
 
@@ -262,14 +285,18 @@ async fn deploy(
         .map(normalize_route)
         .collect::<Result<_, _>>()?;
     check_settings(&settings, &ctx.outbound_ceiling)?;
+    let quotas = Quotas::resolve(&tenant.limits, &ctx.quotas);
+    quotas.check_deploy(&settings, bytes.len() as u64)?;
     crate::runtime::component::check_is_component(&bytes)
         .map_err(|e| DeployError::Invalid(format!("{e:#}")))?;
     let started = std::time::Instant::now();
-    let upload = compile_upload(ctx, &bytes, &settings).await?;
+    let upload = compile_upload(ctx, &tenant.name, &bytes, &settings).await?;
     let compile_ms = started.elapsed().as_millis() as u64;
     let _one_at_a_time = ctx.publishing.lock().await;
-    let version = record(ctx, &tenant, &app, upload, bytes, settings).await?;
+    let version = record(ctx, &tenant, &app, upload, bytes, settings, quotas).await?;
     let workers_updated = ctx.publish_change().await;
+    // Versions pruned past the quota may have left components unreferenced.
+    ctx.collect_garbage().await;
     tracing::info!(tenant = %tenant.name, app = %app, version = version.number, compile_ms, "deployed");
     Ok(reply(
         StatusCode::CREATED,
@@ -307,41 +334,43 @@ fn check_settings(settings: &AppSettings, outbound_ceiling: &[String]) -> Result
     Ok(())
 }
 
-/// An upload written to a temporary file and compiled: where both files are, and
+/// An upload written to a temporary file and compiled: where both files are (the
+/// upload at 0, the artifact at 1; removed when dropped unless moved into place), and
 /// what the compiler found.
 struct CompiledUpload {
     sha: String,
-    upload: PathBuf,
-    artifact: PathBuf,
+    files: TempFiles,
     compiled: Compiled,
 }
 
-/// Compiles from a temporary copy; only a component that compiled moves into place
-/// (in [`record`]). A refused upload leaves nothing behind.
+/// Compiles from a temporary copy, in the tenant's turn ([`crate::deploy::queue`]);
+/// only a component that compiled moves into place (in [`record`]). Whatever ends the
+/// deploy before that (a refusal, a timeout, the client leaving) removes both files.
 async fn compile_upload(
     ctx: &Arc<DeployContext>,
+    tenant: &str,
     bytes: &Bytes,
     settings: &AppSettings,
 ) -> Result<CompiledUpload, Refused> {
+    let _turn = ctx.compiles.deploy_turn(tenant).await?;
     let sha = sha256_hex(bytes);
-    let upload = ctx.data.temp_path("upload");
-    let artifact = ctx.data.temp_path("artifact");
-    let (upload_path, to_write) = (upload.clone(), bytes.clone());
+    let files = ctx.data.temp_files(&["upload", "artifact"]);
+    let (upload_path, to_write) = (files.path(0).to_path_buf(), bytes.clone());
     let write =
         tokio::task::spawn_blocking(move || compile::write_durably(&upload_path, &to_write)).await;
     flatten(write).map_err(DeployError::Storage)?;
-    match compile::compile(&upload, &artifact, settings.mode_choice(), ctx.compile).await {
-        Ok(compiled) => Ok(CompiledUpload {
-            sha,
-            upload,
-            artifact,
-            compiled,
-        }),
-        Err(e) => {
-            compile::remove_quietly(vec![upload, artifact]).await;
-            Err(e.into())
-        }
-    }
+    let compiled = compile::compile(
+        files.path(0),
+        files.path(1),
+        settings.mode_choice(),
+        ctx.compile,
+    )
+    .await?;
+    Ok(CompiledUpload {
+        sha,
+        files,
+        compiled,
+    })
 }
 
 /// Moves a compiled upload into place and records it as the app's new version. The
@@ -353,13 +382,14 @@ async fn record(
     upload: CompiledUpload,
     bytes: Bytes,
     settings: AppSettings,
+    quotas: Quotas,
 ) -> Result<Version, Refused> {
     let CompiledUpload {
         sha,
-        upload,
-        artifact: artifact_tmp,
+        files,
         compiled,
     } = upload;
+    let (upload, artifact_tmp) = (files.path(0).to_path_buf(), files.path(1).to_path_buf());
     let (component_path, artifact_path) = (
         ctx.data.component(&sha),
         ctx.data.artifact(&sha, &ctx.engine_key),
@@ -371,6 +401,7 @@ async fn record(
         mode: compiled.mode,
         settings,
         bytes,
+        quotas,
     };
     let (engine_key, artifact_sha) = (ctx.engine_key.clone(), compiled.artifact_sha256.clone());
     let (tenant, app) = (tenant.clone(), app.to_string());
@@ -398,6 +429,7 @@ async fn record(
             })
         })
         .await?;
+    drop(files);
     Ok(version)
 }
 

@@ -36,6 +36,10 @@ pub enum DeployError {
     /// The host's fault (disk full, read-only data directory): 500.
     #[error(transparent)]
     Storage(#[from] anyhow::Error),
+    /// No turn to compile: the queue is full or the wait too long. 503 with
+    /// `Retry-After`.
+    #[error("{message}")]
+    Busy { message: String, retry_after: u64 },
 }
 
 /// The data directory's layout.
@@ -103,16 +107,56 @@ impl DataDir {
         let _ = getrandom::fill(&mut random);
         self.tmp().join(format!("{what}-{}", hex::encode(random)))
     }
+
+    /// Files a deploy keeps in `tmp/`, removed whatever ends it (see [`TempFiles`]).
+    pub fn temp_files(&self, names: &[&str]) -> TempFiles {
+        TempFiles(names.iter().map(|what| self.temp_path(what)).collect())
+    }
+}
+
+/// Temporary files of one deploy (and the partial files [`write_durably`] makes of
+/// them), removed when dropped: on success the files were moved away already, and on
+/// a refusal, a compile timeout, or a client that left (hyper drops the request's
+/// future), they go. A server stop leaves them to the start-up sweep of `tmp/`.
+#[derive(Debug)]
+pub struct TempFiles(Vec<PathBuf>);
+
+impl TempFiles {
+    pub fn path(&self, index: usize) -> &Path {
+        &self.0[index]
+    }
+}
+
+impl Drop for TempFiles {
+    fn drop(&mut self) {
+        let mut paths = std::mem::take(&mut self.0);
+        let partials: Vec<PathBuf> = paths.iter().filter_map(|p| partial_path(p)).collect();
+        paths.extend(partials);
+        // Off the runtime's threads when there is one: removing a 50 MB file blocks.
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(move || remove_all(&paths))),
+            Err(_) => remove_all(&paths),
+        }
+    }
+}
+
+fn remove_all(paths: &[PathBuf]) {
+    for path in paths {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// Where [`write_durably`] writes `path` before renaming it into place.
+fn partial_path(path: &Path) -> Option<PathBuf> {
+    let name = path.file_name()?.to_str()?;
+    Some(path.parent()?.join(format!(".{name}.partial")))
 }
 
 /// Writes `bytes` to `path` all or nothing: a temporary file in the same directory,
 /// synced, renamed into place, and the directory synced.
 pub fn write_durably(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let dir = path.parent().context("a path without a directory")?;
-    let tmp = dir.join(format!(
-        ".{}.partial",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("file")
-    ));
+    let tmp = partial_path(path).context("a path without a file name")?;
     let result = (|| -> anyhow::Result<()> {
         use std::os::unix::fs::OpenOptionsExt as _;
         let mut file = std::fs::OpenOptions::new()
@@ -137,16 +181,6 @@ pub fn write_durably(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
         let _ = std::fs::remove_file(&tmp);
     }
     result
-}
-
-/// Removes files off the loop, ignoring any that are already gone.
-pub async fn remove_quietly(paths: Vec<PathBuf>) {
-    let _ = tokio::task::spawn_blocking(move || {
-        for path in paths {
-            let _ = std::fs::remove_file(path);
-        }
-    })
-    .await;
 }
 
 /// What the compiler child found out about a component.

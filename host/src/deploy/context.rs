@@ -5,6 +5,7 @@
 //! waits until every worker serves it; [`DeployContext::sync`] does so when another
 //! node changed a shared registry.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, PoisonError};
 use std::time::Duration;
@@ -17,14 +18,19 @@ use tokio::sync::{mpsc, watch};
 
 use crate::config::ServeConfig;
 use crate::deploy::compile::{self, CompileLimits, DataDir};
+use crate::deploy::queue::CompileQueue;
 use crate::deploy::reply::{Refused, refuse, unauthorized};
 use crate::model::app::{ActiveApp, Version, sha256_hex};
 use crate::model::mode::ModeChoice;
+use crate::model::quota::Quotas;
 use crate::model::tenant::Tenant;
 use crate::protocol::{AppFiles, TableEntry, TableMessage};
 use crate::registry::postgres::PostgresRegistry;
 use crate::registry::{Registry, RegistryError, SqliteRegistry};
 use crate::runtime::engine;
+
+/// A file's size and modification time, which change when it is rewritten.
+type ArtifactStamp = (u64, Option<std::time::SystemTime>);
 
 /// How long a deploy's answer waits for every worker to serve it.
 const APPLY_WAIT: Duration = Duration::from_secs(5);
@@ -40,11 +46,17 @@ pub struct DeployContext {
     /// The operator's `--allow-outbound`: the most an app may ask for.
     pub(crate) outbound_ceiling: Vec<String>,
     pub(crate) compile: CompileLimits,
+    /// Turns to run a compile child.
+    pub(crate) compiles: CompileQueue,
+    /// Every tenant's quotas unless the admin overrides them.
+    pub(crate) quotas: Quotas,
     tables: mpsc::UnboundedSender<TableMessage>,
     applied: watch::Receiver<u64>,
     generation: std::sync::atomic::AtomicU64,
     /// One change at a time: two deploys must not publish tables out of order.
     pub(crate) publishing: tokio::sync::Mutex<()>,
+    /// Artifacts found intact: path -> (size, modification time) when hashed.
+    verified: std::sync::Mutex<HashMap<PathBuf, ArtifactStamp>>,
     /// What the last published table held, to tell whether a re-read changed it.
     published: std::sync::Mutex<Option<Vec<ActiveApp>>>,
 }
@@ -85,11 +97,20 @@ impl DeployContext {
                 guest_fuel: config.fuel,
                 guest_max_memory: config.max_memory,
             },
+            quotas: config.default_quotas(),
+            compiles: CompileQueue::new(
+                config
+                    .compile_concurrency
+                    .unwrap_or_else(CompileQueue::default_concurrency),
+                config.compile_queue,
+                config.compile_queue_timeout,
+            ),
             tables,
             applied,
             generation: std::sync::atomic::AtomicU64::new(1),
             publishing: tokio::sync::Mutex::new(()),
             published: std::sync::Mutex::new(None),
+            verified: std::sync::Mutex::new(HashMap::new()),
         })
     }
 
@@ -148,6 +169,7 @@ impl DeployContext {
                 files: AppFiles {
                     component: self.data.component(&active.version.sha256),
                     artifact,
+                    local: false,
                 },
                 active: active.clone(),
             });
@@ -183,26 +205,24 @@ impl DeployContext {
                 compile::write_durably(&lookup_component, &bytes)?;
             }
             let recorded = me.registry.artifact(&lookup_sha, &me.engine_key)?;
-            Ok(recorded.filter(|_| lookup_artifact.exists()))
+            Ok(recorded.filter(|hash| me.artifact_intact(&lookup_artifact, hash)))
         })
         .await??;
         if let Some(hash) = recorded {
             return Ok(Some((artifact, hash)));
         }
         let mode = ModeChoice::from(version.mode);
-        let tmp = self.data.temp_path("artifact");
+        let tmp = self.data.temp_files(&["artifact"]);
+        let _turn = self.compiles.node_turn().await?;
         let started = std::time::Instant::now();
-        let compiled = match compile::compile(&component, &tmp, mode, self.compile).await {
-            Ok(compiled) => compiled,
-            Err(e) => {
-                compile::remove_quietly(vec![tmp]).await;
-                return Err(anyhow::anyhow!("{e}"));
-            }
-        };
+        let compiled = compile::compile(&component, tmp.path(0), mode, self.compile)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         let me = self.clone();
         let (artifact_path, artifact_sha) = (artifact.clone(), compiled.artifact_sha256.clone());
+        let tmp_path = tmp.path(0).to_path_buf();
         tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-            std::fs::rename(&tmp, &artifact_path)
+            std::fs::rename(&tmp_path, &artifact_path)
                 .context("failed to move the artifact into place")?;
             me.registry
                 .put_artifact(&sha, &me.engine_key, &artifact_sha)?;
@@ -211,6 +231,82 @@ impl DeployContext {
         .await??;
         tracing::info!(sha256 = %version.sha256, compile_ms = started.elapsed().as_millis() as u64, "compiled a component for this node");
         Ok(Some((artifact, compiled.artifact_sha256)))
+    }
+
+    /// Whether the artifact at `path` is there and has the recorded `hash`. Hashed
+    /// once per file version (its size and modification time), so a publish does
+    /// not read every artifact again; a corrupt one is logged and rebuilt by the
+    /// caller, in a compile child as a deploy would. Blocks.
+    #[expect(clippy::disallowed_methods, reason = "runs on a blocking thread")]
+    fn artifact_intact(&self, path: &std::path::Path, hash: &str) -> bool {
+        let Ok(meta) = std::fs::metadata(path) else {
+            return false;
+        };
+        let stamp = (meta.len(), meta.modified().ok());
+        let mut verified = self.verified.lock().unwrap_or_else(PoisonError::into_inner);
+        if verified.get(path) == Some(&stamp) {
+            return true;
+        }
+        let intact = std::fs::read(path).is_ok_and(|bytes| sha256_hex(&bytes) == hash);
+        if intact {
+            verified.insert(path.to_path_buf(), stamp);
+        } else {
+            verified.remove(path);
+            tracing::warn!(path = %path.display(), "cached artifact is corrupt; rebuilding it in a compile child");
+        }
+        intact
+    }
+
+    /// Removes what no version refers to any more: the registry's records (and a
+    /// shared registry's bytes), then this node's component and artifact files.
+    /// Safe against a deploy of the same bytes at the same moment: the caller holds
+    /// `publishing`, under which a deploy moves its files into place and records
+    /// them, and a deploy in progress keeps its files in `tmp/`, which this leaves
+    /// alone. Failures are logged; what is left is swept the next time.
+    pub(crate) async fn collect_garbage(self: &Arc<Self>) {
+        let me = self.clone();
+        let swept = tokio::task::spawn_blocking(move || me.sweep_files()).await;
+        match swept {
+            Ok(Ok(0)) => {}
+            Ok(Ok(files)) => tracing::info!(
+                files,
+                "removed components and artifacts no version refers to"
+            ),
+            Ok(Err(e)) => tracing::warn!("clean-up of unreferenced components deferred: {e:#}"),
+            Err(e) => tracing::warn!("clean-up of unreferenced components failed: {e}"),
+        }
+    }
+
+    /// [`DeployContext::collect_garbage`]'s blocking part; returns the files removed.
+    fn sweep_files(&self) -> anyhow::Result<usize> {
+        let referenced: std::collections::HashSet<String> =
+            self.registry.collect_garbage()?.into_iter().collect();
+        let mut removed = 0;
+        for (dir, sha_of) in [
+            (
+                "components",
+                (|name: &str| name.strip_suffix(".wasm")) as fn(&str) -> Option<&str>,
+            ),
+            ("artifacts", |name: &str| {
+                name.strip_suffix(".cwasm")?.split('-').next()
+            }),
+        ] {
+            for entry in std::fs::read_dir(self.data.root.join(dir))?.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                // Partial files of a write in progress start with a dot: not ours.
+                let Some(sha) = sha_of(&name).filter(|_| !name.starts_with('.')) else {
+                    continue;
+                };
+                if !referenced.contains(sha) && std::fs::remove_file(entry.path()).is_ok() {
+                    removed += 1;
+                }
+            }
+        }
+        self.verified
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|path, _| path.exists());
+        Ok(removed)
     }
 
     /// Publishes a change the caller just recorded: whether every worker serves it
@@ -262,6 +358,8 @@ impl DeployContext {
             "the shared registry changed; publishing it"
         );
         self.publish().await.map_err(RegistryError::Storage)?;
+        // Another node deleted or pruned: its components may be unreferenced here too.
+        self.collect_garbage().await;
         Ok(())
     }
 

@@ -7,5 +7,6 @@
 pub mod api;
 pub mod compile;
 pub mod context;
+pub mod queue;
 pub mod reply;
 pub mod upload;

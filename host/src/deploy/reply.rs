@@ -10,6 +10,7 @@ use serde_json::json;
 
 use crate::deploy::compile::DeployError;
 use crate::model::Invalid;
+use crate::model::quota::OverQuota;
 use crate::registry::RegistryError;
 
 /// An answer of the admin API.
@@ -38,6 +39,12 @@ impl From<RegistryError> for Refused {
 impl From<DeployError> for Refused {
     fn from(e: DeployError) -> Self {
         Refused::new(deploy_error(e))
+    }
+}
+
+impl From<OverQuota> for Refused {
+    fn from(e: OverQuota) -> Self {
+        Refused::new(over_quota(&e))
     }
 }
 
@@ -71,6 +78,7 @@ pub fn registry_error(e: RegistryError) -> Reply {
         RegistryError::NotFound(what) => error(StatusCode::NOT_FOUND, format!("{what} not found")),
         RegistryError::Conflict(message) => error(StatusCode::CONFLICT, message),
         RegistryError::Invalid(message) => error(StatusCode::BAD_REQUEST, message),
+        RegistryError::OverQuota(e) => over_quota(&e),
         RegistryError::Unavailable(message) => {
             tracing::warn!("registry: {message}");
             error(
@@ -88,11 +96,28 @@ pub fn registry_error(e: RegistryError) -> Reply {
     }
 }
 
+/// 403, as Kubernetes answers a request over a resource quota: the quota's name and
+/// value in the message and as fields.
+pub fn over_quota(e: &OverQuota) -> Reply {
+    reply(
+        StatusCode::FORBIDDEN,
+        json!({ "error": e.to_string(), "quota": e.quota, "limit": e.limit }),
+    )
+}
+
 pub fn deploy_error(e: DeployError) -> Reply {
     let status = match &e {
         DeployError::Invalid(_) => StatusCode::BAD_REQUEST,
         DeployError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
         DeployError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        DeployError::Busy { retry_after, .. } => {
+            let mut response = error(StatusCode::SERVICE_UNAVAILABLE, &e);
+            response.headers_mut().insert(
+                http::header::RETRY_AFTER,
+                http::HeaderValue::from(*retry_after),
+            );
+            return response;
+        }
         DeployError::Storage(e) => {
             // The log gets the whole chain; the tenant the cause, not the server's paths.
             tracing::error!("deploy: {e:#}");

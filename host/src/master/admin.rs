@@ -102,6 +102,14 @@ impl AdminState {
         }
     }
 
+    /// Forgets the series of apps `keep` refuses, in the totals and the history.
+    pub fn retain_apps(&mut self, keep: impl Fn(&str) -> bool) {
+        self.aggregate.retain_apps(&keep);
+        for (_, counters) in &mut self.history {
+            counters.retain_apps(&keep);
+        }
+    }
+
     /// Takes a history sample if one is due; called from the master's tick.
     pub fn sample(&mut self) {
         let now = Instant::now();

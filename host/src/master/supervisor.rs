@@ -310,6 +310,8 @@ impl Master {
     /// every worker started from now on.
     fn on_publish(&mut self, table: &TableMessage) -> anyhow::Result<()> {
         let line = protocol::table_line(table)?;
+        let deployed = table.app_names();
+        lock(&self.admin).retain_apps(|app| crate::metrics::keeps_series(app, &deployed));
         for worker in self.workers.values() {
             if let Some(stdin) = &worker.stdin {
                 let _ = stdin.send(line.clone());
@@ -833,6 +835,7 @@ fn manifest_table(path: &std::path::Path) -> anyhow::Result<TableMessage> {
             files: AppFiles {
                 component: app.component.clone(),
                 artifact: None,
+                local: true,
             },
         });
     }

@@ -37,6 +37,15 @@ impl Aggregate {
         self.live.insert(pid, snapshot);
     }
 
+    /// Forgets the series of apps `keep` refuses, in the exited workers' counters
+    /// (the live workers forget them in their own).
+    pub fn retain_apps(&mut self, keep: impl Fn(&str) -> bool) {
+        self.retired.retain_apps(&keep);
+        for snapshot in self.live.values_mut() {
+            snapshot.counters.retain_apps(&keep);
+        }
+    }
+
     /// A worker exited: its counters stay in the totals, its gauges go.
     pub fn retire(&mut self, pid: u32) {
         if let Some(last) = self.live.remove(&pid) {
@@ -120,6 +129,11 @@ impl Aggregate {
                 .outbound_denied
                 .into_iter()
                 .filter(|((a, _), _)| mine(a))
+                .collect(),
+            app_load_failures: c
+                .app_load_failures
+                .into_iter()
+                .filter(|(a, _)| mine(a))
                 .collect(),
             ..Counters::default()
         };
@@ -283,6 +297,14 @@ impl Exposition {
             c.outbound_denied.iter().map(|((app, reason), n)| {
                 (with_app(app, vec![("reason", reason.clone())]), *n as f64)
             }),
+        )?;
+        Self::counter(
+            e,
+            "wasmloop_app_load_failures",
+            "Times a worker could not load an app because its compiled artifact was missing or corrupt on this node (the app is not served by that worker until the master rebuilds it), by app.",
+            c.app_load_failures
+                .iter()
+                .map(|(app, n)| (with_app(app, Vec::new()), *n as f64)),
         )?;
         Self::counter(
             e,

@@ -149,9 +149,34 @@ pub struct Counters {
     /// (app, reason) -> outbound requests refused before anything was sent.
     #[serde(with = "pairs", default)]
     pub outbound_denied: BTreeMap<(String, String), u64>,
+    /// app -> times a worker could not load it (its compiled artifact missing or
+    /// corrupt on this node) and served it nowhere.
+    #[serde(default)]
+    pub app_load_failures: BTreeMap<String, u64>,
+}
+
+/// Whether the series of `app` stay when only `deployed` are served: a deployed
+/// app's (`tenant/app`) stays while it is deployed; a single file's, and `-` (no
+/// app), always.
+pub fn keeps_series(app: &str, deployed: &std::collections::BTreeSet<String>) -> bool {
+    !app.contains('/') || deployed.contains(app)
 }
 
 impl Counters {
+    /// Drops every series of an app `keep` refuses (a deleted app's): its counts do
+    /// not outlive it, and the label maps do not grow with every app ever deployed.
+    pub fn retain_apps(&mut self, keep: impl Fn(&str) -> bool) {
+        self.requests.retain(|(app, ..), _| keep(app));
+        self.failures.retain(|(app, _), _| keep(app));
+        self.rejected.retain(|(app, _), _| keep(app));
+        self.latency.retain(|(app, _), _| keep(app));
+        self.fuel.retain(|app, _| keep(app));
+        self.forced_yields.retain(|app, _| keep(app));
+        self.guest_seconds.retain(|(app, _), _| keep(app));
+        self.outbound_denied.retain(|(app, _), _| keep(app));
+        self.app_load_failures.retain(|app, _| keep(app));
+    }
+
     fn add(&mut self, other: &Counters) {
         fn add_map<K: Ord + Clone, V: Clone>(
             mine: &mut BTreeMap<K, V>,
@@ -181,6 +206,11 @@ impl Counters {
         add_map(&mut self.outbound_denied, &other.outbound_denied, |a, b| {
             *a += b
         });
+        add_map(
+            &mut self.app_load_failures,
+            &other.app_load_failures,
+            |a, b| *a += b,
+        );
         self.pool_busy_seconds += other.pool_busy_seconds;
         self.pool_queue_wait.add(&other.pool_queue_wait);
         self.loop_lag.add(&other.loop_lag);

@@ -67,6 +67,19 @@ impl Recorder {
         });
     }
 
+    /// Forgets the series of apps `keep` refuses (deleted ones).
+    pub fn retain_apps(&self, keep: impl Fn(&str) -> bool) {
+        self.with(|c| c.retain_apps(&keep));
+        OUTBOUND_DENIED
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|(app, _), _| keep(app));
+        APP_LOAD_FAILURES
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|app, _| keep(app));
+    }
+
     /// Counts a request refused before any guest ran (`pool_full`,
     /// `concurrency_limit`); its response is counted by [`Recorder::request`].
     pub fn rejected(&self, app: &str, reason: &str) {
@@ -102,6 +115,10 @@ impl Recorder {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
+        counters.app_load_failures = APP_LOAD_FAILURES
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
         Snapshot { counters, gauges }
     }
 }
@@ -116,6 +133,19 @@ pub fn outbound_denied(app: &str, reason: &str) {
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .entry((app.to_string(), reason.to_string()))
+        .or_default() += 1;
+}
+
+/// app -> times this worker could not load it. Counted where tables are built, which
+/// has no recorder; rare.
+static APP_LOAD_FAILURES: Mutex<BTreeMap<String, u64>> = Mutex::new(BTreeMap::new());
+
+/// Counts an app this worker could not load.
+pub fn app_load_failed(app: &str) {
+    *APP_LOAD_FAILURES
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .entry(app.to_string())
         .or_default() += 1;
 }
 

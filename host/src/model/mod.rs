@@ -8,6 +8,7 @@ pub mod app;
 pub mod host;
 pub mod manifest;
 pub mod mode;
+pub mod quota;
 pub mod route;
 pub mod tenant;
 pub mod text;

@@ -5,19 +5,43 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::Invalid;
 
-/// Limits a tenant's apps run under, per worker; unset fields take the server's.
+/// Limits a tenant's apps run under and the quotas of what it stores; unset fields
+/// take the server's. The run limits are per server: each worker enforces its share
+/// (the limit divided by `--workers`, rounded up).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TenantLimits {
-    /// Requests of this tenant in flight on one worker; past it, 503.
+    /// Requests of this tenant in flight on the server; past it, 503.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_in_flight: Option<u64>,
-    /// Pool threads of one worker this tenant's requests may hold (running or
+    /// Pool threads of the server this tenant's requests may hold (running or
     /// queued); past it, 503. Never all of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_pool_threads: Option<u64>,
+    /// Bytes of guest memory this tenant's requests in flight may reach together on
+    /// the server (each counted at its app's `max_memory`); past it, 503.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_budget: Option<u64>,
     /// Ceilings for the tenant's apps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fuel: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_memory: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
+    /// Quotas of what the tenant stores ([`crate::model::quota`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_apps: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_versions: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_routes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_vars_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_settings_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_stored_bytes: Option<u64>,
 }
 
 /// A tenant as the API shows it (never its token).

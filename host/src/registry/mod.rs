@@ -27,6 +27,7 @@ use crate::model::host::{
     HostBinding, covers as host_pattern_covers, normalize_pattern, patterns_meet,
 };
 use crate::model::mode::Mode;
+use crate::model::quota::{OverQuota, Quotas};
 use crate::model::route::{Route, check_route, takes_from};
 use crate::model::tenant::{Tenant, TenantLimits, check_name};
 
@@ -44,6 +45,9 @@ pub enum RegistryError {
     Unavailable(String),
     #[error(transparent)]
     Storage(#[from] anyhow::Error),
+    /// Over one of the tenant's quotas.
+    #[error(transparent)]
+    OverQuota(#[from] OverQuota),
 }
 
 impl From<rusqlite::Error> for RegistryError {
@@ -71,6 +75,8 @@ pub struct NewVersion {
     pub settings: AppSettings,
     /// The component itself, for a registry that keeps the bytes.
     pub bytes: bytes::Bytes,
+    /// The tenant's quotas, checked in the writing transaction.
+    pub quotas: Quotas,
 }
 
 /// The registry's operations. Implementations must make each call atomic.
@@ -78,13 +84,17 @@ pub trait Registry: Send + Sync {
     /// Creates a tenant; returns it and its token, which is never shown again.
     fn create_tenant(&self, name: &str, limits: &TenantLimits) -> Result<(Tenant, String)>;
     fn tenants(&self) -> Result<Vec<Tenant>>;
+    /// Replaces a tenant's limits and quotas (the admin's overrides).
+    fn set_tenant_limits(&self, name: &str, limits: &TenantLimits) -> Result<Tenant>;
     /// Deletes a tenant with its apps.
     fn delete_tenant(&self, name: &str) -> Result<()>;
     /// The tenant a token belongs to, compared in constant time.
     fn authenticate(&self, token: &str) -> Result<Option<Tenant>>;
     fn apps(&self, tenant: &Tenant) -> Result<Vec<AppInfo>>;
     fn versions(&self, tenant: &Tenant, app: &str) -> Result<Vec<Version>>;
-    /// Records a new version of `app` (creating the app) and makes it active.
+    /// Records a new version of `app` (creating the app) and makes it active, within
+    /// the tenant's quotas (`version.quotas`); prunes the app's versions past
+    /// `max_versions`, never the active one or the rollback target.
     fn add_version(&self, tenant: &Tenant, app: &str, version: NewVersion) -> Result<Version>;
     /// Makes version `number` of `app` the active one.
     fn activate(&self, tenant: &Tenant, app: &str, number: u64) -> Result<Version>;
@@ -93,6 +103,10 @@ pub trait Registry: Send + Sync {
     fn active(&self) -> Result<Vec<ActiveApp>>;
     /// Hashes of every component a version refers to (to keep), for clean-up.
     fn referenced_components(&self) -> Result<Vec<String>>;
+    /// Forgets what no version refers to any more (artifact records, and a shared
+    /// registry's component bytes); returns the hashes still referenced, which the
+    /// caller keeps on disk.
+    fn collect_garbage(&self) -> Result<Vec<String>>;
     /// The recorded hash of the cached artifact of `sha256` for `engine`.
     fn artifact(&self, sha256: &str, engine: &str) -> Result<Option<String>>;
     fn put_artifact(&self, sha256: &str, engine: &str, artifact_sha256: &str) -> Result<()>;
@@ -391,6 +405,54 @@ impl SqliteRegistry {
         Ok(())
     }
 
+    /// Prunes `app_id`'s versions past the quota (`active` just became active), then
+    /// checks the bytes the tenant's versions refer to.
+    fn prune_and_check_stored(
+        tx: &rusqlite::Transaction<'_>,
+        tenant: &Tenant,
+        app_id: i64,
+        active: i64,
+        quotas: &Quotas,
+    ) -> Result<()> {
+        let numbers = {
+            let mut q = tx.prepare("SELECT number FROM versions WHERE app_id = ?1")?;
+            q.query_map(params![app_id], |r| r.get::<_, i64>(0))?
+                .map(|n| n.map(|n| n as u64))
+                .collect::<rusqlite::Result<Vec<u64>>>()?
+        };
+        for number in quotas.versions_to_prune(numbers, active as u64) {
+            tx.execute(
+                "DELETE FROM versions WHERE app_id = ?1 AND number = ?2",
+                params![app_id, number as i64],
+            )?;
+        }
+        let stored: i64 = tx.query_row(
+            "SELECT COALESCE(SUM(size), 0) FROM (SELECT DISTINCT v.sha256, v.size FROM versions v
+             JOIN apps a ON a.id = v.app_id WHERE a.tenant_id = ?1)",
+            params![tenant.id],
+            |r| r.get(0),
+        )?;
+        quotas.check_stored(stored as u64)?;
+        Ok(())
+    }
+
+    /// Drops the artifact records of every component not in `keep`.
+    pub(crate) fn forget_artifacts_except(&self, keep: &[String]) -> Result<()> {
+        self.with(|db| {
+            let tx = db.transaction()?;
+            let recorded = {
+                let mut q = tx.prepare("SELECT DISTINCT sha256 FROM artifacts")?;
+                q.query_map([], |r| r.get::<_, String>(0))?
+                    .collect::<rusqlite::Result<Vec<_>>>()?
+            };
+            for sha in recorded.iter().filter(|sha| !keep.contains(sha)) {
+                tx.execute("DELETE FROM artifacts WHERE sha256 = ?1", params![sha])?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
     fn tenant_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Tenant> {
         let limits: String = row.get("limits")?;
         Ok(Tenant {
@@ -502,6 +564,24 @@ impl Registry for SqliteRegistry {
         })
     }
 
+    fn set_tenant_limits(&self, name: &str, limits: &TenantLimits) -> Result<Tenant> {
+        let limits_json = serde_json::to_string(limits).map_err(anyhow::Error::from)?;
+        self.with(|db| {
+            let n = db.execute(
+                "UPDATE tenants SET limits = ?1 WHERE name = ?2",
+                params![limits_json, name],
+            )?;
+            if n == 0 {
+                return Err(RegistryError::NotFound(format!("tenant {name:?}")));
+            }
+            Ok(db.query_row(
+                "SELECT * FROM tenants WHERE name = ?1",
+                params![name],
+                Self::tenant_from_row,
+            )?)
+        })
+    }
+
     fn delete_tenant(&self, name: &str) -> Result<()> {
         self.with(|db| {
             let n = db.execute("DELETE FROM tenants WHERE name = ?1", params![name])?;
@@ -605,6 +685,12 @@ impl Registry for SqliteRegistry {
             {
                 Some(id) => id,
                 None => {
+                    let apps: i64 = tx.query_row(
+                        "SELECT COUNT(*) FROM apps WHERE tenant_id = ?1",
+                        params![tenant.id],
+                        |r| r.get(0),
+                    )?;
+                    version.quotas.check_new_app(apps as u64)?;
                     tx.execute(
                         "INSERT INTO apps (tenant_id, name, created_at) VALUES (?1, ?2, ?3)",
                         params![tenant.id, app, now() as i64],
@@ -638,6 +724,7 @@ impl Registry for SqliteRegistry {
                 "UPDATE apps SET active_version = ?1 WHERE id = ?2",
                 params![number, app_id],
             )?;
+            Self::prune_and_check_stored(&tx, tenant, app_id, number, &version.quotas)?;
             tx.commit()?;
             Ok(Version {
                 number: number as u64,
@@ -712,6 +799,12 @@ impl Registry for SqliteRegistry {
         })
     }
 
+    fn collect_garbage(&self) -> Result<Vec<String>> {
+        let referenced = self.referenced_components()?;
+        self.forget_artifacts_except(&referenced)?;
+        Ok(referenced)
+    }
+
     fn artifact(&self, sha256: &str, engine: &str) -> Result<Option<String>> {
         self.with(|db| {
             Ok(db
@@ -761,6 +854,7 @@ mod tests {
             export: "wasi:http/handler@0.3.0".into(),
             mode: Mode::Loop,
             bytes: bytes::Bytes::new(),
+            quotas: Quotas::UNLIMITED,
             settings: AppSettings {
                 routes: routes
                     .iter()

@@ -25,6 +25,7 @@ use subtle::ConstantTimeEq as _;
 
 use crate::model::app::{ActiveApp, AppInfo, Version};
 use crate::model::host::{HostBinding, normalize_pattern};
+use crate::model::quota::Quotas;
 use crate::model::route::{Route, check_route};
 use crate::model::tenant::{Tenant, TenantLimits, check_name};
 use crate::registry::{
@@ -407,9 +408,40 @@ impl PostgresRegistry {
         })
     }
 
+    /// Prunes `app_id`'s versions past the quota (`active` just became active), then
+    /// checks the bytes the tenant's versions refer to.
+    fn prune_and_check_stored(
+        tx: &mut Transaction<'_>,
+        tenant: &Tenant,
+        app_id: i64,
+        active: i64,
+        quotas: &Quotas,
+    ) -> Result<()> {
+        let numbers: Vec<u64> = tx
+            .query("SELECT number FROM versions WHERE app_id = $1", &[&app_id])?
+            .iter()
+            .map(|r| r.get::<_, i64>(0) as u64)
+            .collect();
+        for number in quotas.versions_to_prune(numbers, active as u64) {
+            tx.execute(
+                "DELETE FROM versions WHERE app_id = $1 AND number = $2",
+                &[&app_id, &(number as i64)],
+            )?;
+        }
+        let stored: i64 = tx
+            .query_one(
+                "SELECT COALESCE(SUM(size), 0)::BIGINT FROM (SELECT DISTINCT v.sha256, v.size FROM versions v
+                 JOIN apps a ON a.id = v.app_id WHERE a.tenant_id = $1) AS s",
+                &[&tenant.id],
+            )?
+            .get(0);
+        quotas.check_stored(stored as u64)?;
+        Ok(())
+    }
+
     /// Drops component bytes no version refers to. Best effort: a deploy that
     /// refers to them at the same moment wins (the foreign key refuses the delete).
-    fn collect_garbage(&self) {
+    fn sweep_components(&self) {
         let swept = self.with(|db| {
             Ok(db.execute(
                 "DELETE FROM components c WHERE NOT EXISTS (SELECT 1 FROM versions v WHERE v.sha256 = c.sha256)",
@@ -562,6 +594,19 @@ impl Registry for PostgresRegistry {
         })
     }
 
+    fn set_tenant_limits(&self, name: &str, limits: &TenantLimits) -> Result<Tenant> {
+        let limits_json = serde_json::to_string(limits).map_err(anyhow::Error::from)?;
+        self.change(|tx| {
+            let row = tx
+                .query_opt(
+                    "UPDATE tenants SET limits = $1 WHERE name = $2 RETURNING *",
+                    &[&limits_json, &name],
+                )?
+                .ok_or_else(|| RegistryError::NotFound(format!("tenant {name:?}")))?;
+            Ok(Self::tenant_from_row(&row))
+        })
+    }
+
     fn delete_tenant(&self, name: &str) -> Result<()> {
         self.change(|tx| {
             if tx.execute("DELETE FROM tenants WHERE name = $1", &[&name])? == 0 {
@@ -569,7 +614,7 @@ impl Registry for PostgresRegistry {
             }
             Ok(())
         })?;
-        self.collect_garbage();
+        self.sweep_components();
         Ok(())
     }
 
@@ -651,6 +696,20 @@ impl Registry for PostgresRegistry {
                 "INSERT INTO components (sha256, bytes, created_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
                 &[&version.sha256, &bytes.as_ref(), &created_at],
             )?;
+            let exists = tx
+                .query_opt(
+                    "SELECT 1 FROM apps WHERE tenant_id = $1 AND name = $2",
+                    &[&tenant.id, &app],
+                )?
+                .is_some();
+            if !exists {
+                // Serialised with other deploys of this tenant by the tenant's row lock.
+                tx.execute("SELECT 1 FROM tenants WHERE id = $1 FOR UPDATE", &[&tenant.id])?;
+                let apps: i64 = tx
+                    .query_one("SELECT COUNT(*) FROM apps WHERE tenant_id = $1", &[&tenant.id])?
+                    .get(0);
+                version.quotas.check_new_app(apps as u64)?;
+            }
             tx.execute(
                 "INSERT INTO apps (tenant_id, name, created_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
                 &[&tenant.id, &app, &created_at],
@@ -687,6 +746,7 @@ impl Registry for PostgresRegistry {
                 "UPDATE apps SET active_version = $1 WHERE id = $2",
                 &[&number, &app_id],
             )?;
+            Self::prune_and_check_stored(tx, tenant, app_id, number, &version.quotas)?;
             Ok(Version {
                 number: number as u64,
                 sha256: version.sha256.clone(),
@@ -731,7 +791,7 @@ impl Registry for PostgresRegistry {
             tx.execute("DELETE FROM apps WHERE id = $1", &[&app_id])?;
             Ok(())
         })?;
-        self.collect_garbage();
+        self.sweep_components();
         Ok(())
     }
 
@@ -764,6 +824,13 @@ impl Registry for PostgresRegistry {
             let rows = db.query("SELECT DISTINCT sha256 FROM versions", &[])?;
             Ok(rows.iter().map(|r| r.get(0)).collect())
         })
+    }
+
+    fn collect_garbage(&self) -> Result<Vec<String>> {
+        self.sweep_components();
+        let referenced = self.referenced_components()?;
+        self.local.forget_artifacts_except(&referenced)?;
+        Ok(referenced)
     }
 
     fn component(&self, sha256: &str) -> Result<Option<Vec<u8>>> {

@@ -16,6 +16,7 @@ use anyhow::Context as _;
 use wasmtime::Engine;
 
 use crate::config::ServeConfig;
+use crate::metrics::recorder::app_load_failed;
 use crate::model::app::{ActiveApp, sha256_hex};
 use crate::model::mode::{Mode, ModeChoice};
 use crate::model::tenant::TenantLimits;
@@ -23,7 +24,7 @@ use crate::protocol::AppFiles;
 use crate::runtime::component::{self, Handler};
 use crate::runtime::outbound::{self, AddressPolicy};
 use crate::runtime::sandbox::Limits;
-use crate::worker::admission::{Slots, TenantSlots};
+use crate::worker::admission::{Slots, TenantSlots, default_memory_budget};
 
 /// Everything needed to run one request of an app.
 pub struct App {
@@ -61,6 +62,10 @@ pub struct Defaults {
     pub threads: u64,
     /// A tenant's share of the worker's capacity when its limits do not say.
     pub tenant_share: f64,
+    /// Bytes of guest memory this worker's requests may grow to together.
+    pub memory_budget: u64,
+    /// Workers of the server: a tenant's per-server limits are split among them.
+    pub workers: u64,
 }
 
 impl Defaults {
@@ -81,13 +86,25 @@ impl Defaults {
             limit_concurrency: config.limit_concurrency as u64,
             threads: config.threads as u64,
             tenant_share: config.tenant_share,
+            memory_budget: config.worker_memory_budget.unwrap_or_else(|| {
+                // One operator's own component or manifest has no tenant to keep
+                // from another: no budget unless the operator sets one.
+                if config.component.is_some() || config.manifest.is_some() {
+                    u64::MAX
+                } else {
+                    default_memory_budget(config.worker_count() as u64)
+                }
+            }),
+            workers: config.worker_count() as u64,
         }
     }
 
-    /// The slots a tenant gets on this worker: its limits, else its share of the
-    /// worker's, and never all the pool threads while there is more than one.
+    /// The slots a tenant gets on this worker: its per-server limits split among the
+    /// workers (rounded up), else its share of the worker's, and never all the pool
+    /// threads while there is more than one.
     pub fn tenant_slots(&self, limits: &TenantLimits) -> TenantSlots {
         let share = |total: u64| ((total as f64 * self.tenant_share).floor() as u64).max(1);
+        let per_worker = |limit: Option<u64>| limit.map(|l| l.div_ceil(self.workers.max(1)));
         let pool_cap = if self.threads > 1 {
             self.threads - 1
         } else {
@@ -95,16 +112,19 @@ impl Defaults {
         };
         TenantSlots {
             in_flight: Arc::new(Slots::new(
-                limits
-                    .max_in_flight
+                per_worker(limits.max_in_flight)
                     .unwrap_or_else(|| share(self.limit_concurrency))
                     .min(self.limit_concurrency),
             )),
             pool: Arc::new(Slots::new(
-                limits
-                    .max_pool_threads
+                per_worker(limits.max_pool_threads)
                     .unwrap_or_else(|| share(self.threads))
                     .min(pool_cap),
+            )),
+            memory: Arc::new(Slots::new(
+                per_worker(limits.memory_budget)
+                    .unwrap_or_else(|| share(self.memory_budget))
+                    .min(self.memory_budget),
             )),
         }
     }
@@ -147,9 +167,13 @@ impl App {
         })
     }
 
-    /// Loads a deployed version: its cached artifact when it is intact, else the
-    /// component itself (compiling it). Blocks: call it off the loop.
-    #[expect(clippy::disallowed_methods, reason = "runs on a blocking thread")]
+    /// Loads a deployed version from its compiled artifact, which the master compiled
+    /// in a bounded child and checked (or an app of `--manifest`, the operator's own
+    /// file, by compiling it as `serve FILE` does). A worker never compiles a deployed
+    /// version: an artifact missing,
+    /// corrupt (its hash is not the recorded one) or not loadable fails the load,
+    /// with a log line and `wasmloop_app_load_failures_total`, and the master rebuilds
+    /// it for the next table. Blocks: call it off the loop.
     pub fn from_registry(
         engine: &Engine,
         entry: &ActiveApp,
@@ -160,23 +184,11 @@ impl App {
         let settings = &entry.version.settings;
         let name: Arc<str> = format!("{}/{}", entry.tenant, entry.app).into();
         let choice = settings.mode_choice();
-        let artifact = files.artifact.as_ref().and_then(|(path, expected)| {
-            let bytes = std::fs::read(path).ok()?;
-            if sha256_hex(&bytes) == *expected {
-                Some(bytes)
-            } else {
-                tracing::warn!(app = %name, path = %path.display(), "cached artifact is corrupt; compiling the component instead");
-                None
-            }
-        });
-        let handler = match artifact.map(|bytes| component::deserialize(engine, &bytes)) {
-            Some(Ok(compiled)) => component::prepare(engine, &compiled, choice)?,
-            other => {
-                if let Some(Err(e)) = other {
-                    tracing::warn!(app = %name, "cannot load the cached artifact ({e:#}); compiling the component instead");
-                }
-                component::load(engine, &files.component, choice)?
-            }
+        let handler = if files.local {
+            component::load(engine, &files.component, choice)?
+        } else {
+            let compiled = load_artifact(engine, files).inspect_err(|_| app_load_failed(&name))?;
+            component::prepare(engine, &compiled, choice)?
         };
         let tenant = &entry.tenant_limits;
         let capped = |app: Option<u64>, tenant: Option<u64>, server: u64| {
@@ -228,4 +240,25 @@ impl App {
     pub fn mode(&self) -> Mode {
         self.handler.mode
     }
+}
+
+/// The compiled artifact of a table entry, if it is there and is the one recorded.
+#[expect(clippy::disallowed_methods, reason = "runs on a blocking thread")]
+fn load_artifact(
+    engine: &Engine,
+    files: &AppFiles,
+) -> anyhow::Result<wasmtime::component::Component> {
+    let Some((path, expected)) = &files.artifact else {
+        anyhow::bail!(
+            "this node has no compiled artifact of it (the master failed to compile it; see its log)"
+        );
+    };
+    let bytes = std::fs::read(path)
+        .with_context(|| format!("its compiled artifact {} is unreadable", path.display()))?;
+    anyhow::ensure!(
+        sha256_hex(&bytes) == *expected,
+        "its compiled artifact {} is corrupt (not the recorded hash)",
+        path.display()
+    );
+    component::deserialize(engine, &bytes)
 }

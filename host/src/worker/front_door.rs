@@ -26,7 +26,7 @@ use crate::metrics::{Gauges, Snapshot};
 use crate::model::mode::Mode;
 use crate::runtime::error::RequestError;
 use crate::worker::access_log::{AccessLog, error_response, header_value, plain};
-use crate::worker::admission::{Admission, Refusal};
+use crate::worker::admission::{Admission, Refusal, Slots, Worker};
 use crate::worker::app::App;
 use crate::worker::body::{self, RequestBody, ResponseBody};
 use crate::worker::routes::RouteTable;
@@ -41,6 +41,8 @@ pub struct FrontDoor {
     pub max_body: u64,
     /// Requests in flight on this worker.
     pub limit_concurrency: usize,
+    /// Bytes of guest memory this worker's requests may grow to together.
+    pub memory: Arc<Slots>,
 }
 
 /// A worker's request handling: the route table, the pool, and the worker's
@@ -109,6 +111,11 @@ impl Server {
     }
 
     /// Swaps in a new route table. Requests in flight keep the app they started with.
+    /// Forgets the metric series of apps `keep` refuses (no longer deployed).
+    pub fn retain_apps(&self, keep: impl Fn(&str) -> bool) {
+        self.recorder.retain_apps(keep);
+    }
+
     pub fn set_table(&self, table: RouteTable) {
         *self.table.borrow_mut() = Rc::new(table);
     }
@@ -159,9 +166,14 @@ impl Server {
         if has_dot_segments(req.uri().path()) {
             return Ok(log.finish_with(plain(StatusCode::BAD_REQUEST, "bad_path")));
         }
+        let worker = Worker {
+            in_flight: &self.in_flight,
+            limit_concurrency: self.front.limit_concurrency,
+            memory: &self.front.memory,
+        };
         let mut admission = match Admission::admit(
-            &self.in_flight,
-            self.front.limit_concurrency,
+            worker,
+            app.limits.max_memory as u64,
             app.tenant_slots.as_deref(),
             &app.slots,
         ) {

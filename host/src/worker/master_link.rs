@@ -81,6 +81,7 @@ pub async fn follow_tables(
             tracing::warn!("ignoring a line from the master that is not a route table");
             continue;
         };
+        let deployed = message.app_names();
         let previous = server.table().apps.clone();
         let (engine, defaults) = (engine.clone(), defaults.clone());
         let mut map = tenants.take().unwrap_or_default();
@@ -94,6 +95,7 @@ pub async fn follow_tables(
                 tenants = Some(map);
                 let generation = table.generation;
                 server.set_table(table);
+                server.retain_apps(|app| crate::metrics::keeps_series(app, &deployed));
                 tracing::info!(generation, "route table applied");
                 let _ = applied.send(generation);
             }
