@@ -10,6 +10,7 @@
 //! | `/hang` | awaits a one-hour timer: a request that never completes in practice |
 //! | `/trap` | panics |
 //! | `/alloc` | allocates until memory runs out |
+//! | `/hold?mb=N&ms=M` | fills N MiB of memory, then awaits an M ms timer holding it |
 //! | `/echo` | answers with the request body |
 //! | `/big?kb=N` | streams N KiB of `x` in 16 KiB chunks |
 //! | `/stream?mb=N` | streams N MiB of `x`, each 64 KiB chunk made when it is written |
@@ -136,6 +137,15 @@ impl wasip3::exports::http::handler::Guest for Handler {
                     hoard.push(vec![1u8; 1 << 20]);
                     std::hint::black_box(&hoard);
                 }
+            }
+            "/hold" => {
+                let mb = query(&path, "mb").unwrap_or(1) as usize;
+                let hoard = vec![1u8; mb << 20];
+                monotonic_clock::wait_for(query(&path, "ms").unwrap_or(1000) * 1_000_000).await;
+                text(
+                    200,
+                    format!("held {} MiB\n", std::hint::black_box(&hoard).len() >> 20),
+                )
             }
             "/echo" => {
                 let (_, result_rx) = wit_future::new(|| Ok(()));
