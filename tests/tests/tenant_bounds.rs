@@ -737,3 +737,77 @@ async fn tenant_limits_hold_per_server_and_a_deleted_app_leaves_no_series() {
     let metrics = server.wait_for_metrics(gone, WAIT).await;
     assert!(gone(&metrics), "{}", metrics.0);
 }
+
+/// Component hashes whose bytes a shared registry at `url` keeps.
+fn stored_components(url: &str) -> Vec<String> {
+    let url = url.to_string();
+    std::thread::spawn(move || {
+        let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        let mut shas: Vec<String> = client
+            .query("SELECT sha256 FROM components", &[])
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        shas.sort();
+        shas
+    })
+    .join()
+    .unwrap()
+}
+
+#[tokio::test]
+async fn quotas_and_collection_hold_across_nodes_of_a_shared_registry() {
+    let Some(pg) = wasmloop_tests::pg::Postgres::start() else {
+        return;
+    };
+    let url = pg.database("bounds");
+    let (dir_a, dir_b) = (temp_dir("bounds-node-a"), temp_dir("bounds-node-b"));
+    let node = |dir: &std::path::Path| {
+        Server::registry(dir)
+            .arg(&format!("--registry={url}"))
+            .arg("--registry-recheck=1s")
+            .start()
+    };
+    let a = node(&dir_a).await;
+    let b = node(&dir_b).await;
+    let token = a
+        .create_tenant("acme", r#"{"max_versions": 2, "max_apps": 1}"#)
+        .await;
+    let served_by_b = |body: &'static str| {
+        let b = &b;
+        async move {
+            let end = Instant::now() + WAIT;
+            while b.get_host("shop.test", "/").await.text() != body {
+                assert!(Instant::now() < end, "node b never served {body:?}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let reply = a
+        .deploy(&token, "shop", guests::SYNC_GUEST, "route=shop.test/")
+        .await;
+    assert_eq!(reply.status, 201, "{}", reply.text());
+    served_by_b("hello from sync\n").await;
+    assert_eq!(holds(&dir_b, guests::SYNC_GUEST), (true, true));
+    for guest in [guests::ASYNC_GUEST, guests::HELLO] {
+        let reply = a.deploy(&token, "shop", guest, "route=shop.test/").await;
+        assert_eq!(reply.status, 201, "{}", reply.text());
+    }
+    served_by_b("Hello, world!\n").await;
+    // v1 is pruned: its bytes leave the registry, its files both nodes.
+    let v1 = sha_of(guests::SYNC_GUEST);
+    assert!(!stored_components(&url).contains(&v1));
+    assert_eq!(holds(&dir_a, guests::SYNC_GUEST), (false, false), "node a");
+    let end = Instant::now() + WAIT;
+    while holds(&dir_b, guests::SYNC_GUEST) != (false, false) {
+        assert!(Instant::now() < end, "node b kept v1's files");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A quota holds whichever node is asked.
+    let reply = b
+        .deploy(&token, "second", guests::HELLO, "route=/second")
+        .await;
+    assert_over(&reply, "max_apps", 1);
+    assert_eq!(stored_components(&url).len(), 2);
+}
