@@ -66,6 +66,7 @@ fn defaults() -> Defaults {
         tenant_share: 0.5,
         memory_budget: 1 << 30,
         workers: 1,
+        reuse: Default::default(),
     }
 }
 

@@ -15,6 +15,7 @@ use clap::ValueEnum;
 
 use crate::model::mode::ModeChoice;
 use crate::model::quota::Quotas;
+use crate::model::reuse::{Reuse, ReuseMode, parse_range};
 use crate::model::text::{parse_key_value, parse_size};
 
 /// The admin listener's address, or none.
@@ -188,6 +189,11 @@ pub struct ServeConfig {
     #[arg(long, env = "WASMLOOP_MODE", value_enum, default_value_t = ModeChoice::Auto)]
     pub mode: ModeChoice,
 
+    /// Instance reuse of the component `serve FILE` serves (deployed apps and
+    /// manifest apps state their own).
+    #[command(flatten)]
+    pub reuse: ReuseArgs,
+
     /// OS threads in the pool that runs sync handlers (anyio's default is 40).
     #[arg(long, env = "WASMLOOP_THREADS", default_value_t = 40)]
     pub threads: usize,
@@ -282,6 +288,47 @@ pub struct ServeConfig {
     pub log_format: LogFormat,
 }
 
+/// An instance-reuse contract on the command line (`serve`, `deploy`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ReuseArgs {
+    /// `none`: a fresh sandbox per request; `serial`: an instance serves one request
+    /// at a time and is kept for the next, within the bounds below.
+    #[arg(long = "reuse", default_value = "none", value_parser = parse_reuse_mode)]
+    pub reuse_mode: ReuseMode,
+    /// Requests one instance serves before it is retired: N, or LOW-HIGH for a value
+    /// picked at random per instance.
+    #[arg(long = "reuse-max-requests", default_value = "1000-1500", value_parser = parse_reuse_range)]
+    pub reuse_max_requests: (u64, u64),
+    /// How long an unused instance is kept.
+    #[arg(long = "reuse-idle-timeout", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub reuse_idle_timeout: Duration,
+    /// Linear memory past which an instance is retired after its request.
+    #[arg(long = "reuse-memory-high-water", value_parser = parse_size)]
+    pub reuse_memory_high_water: Option<u64>,
+}
+
+impl ReuseArgs {
+    /// The contract these flags state.
+    pub fn reuse(&self) -> anyhow::Result<Reuse> {
+        let reuse = Reuse {
+            mode: self.reuse_mode,
+            max_requests: self.reuse_max_requests,
+            idle_timeout_ms: self.reuse_idle_timeout.as_millis() as u64,
+            memory_high_water: self.reuse_memory_high_water,
+        };
+        reuse.check()?;
+        Ok(reuse)
+    }
+}
+
+fn parse_reuse_mode(text: &str) -> Result<ReuseMode, String> {
+    text.parse().map_err(|e: crate::model::Invalid| e.0)
+}
+
+fn parse_reuse_range(text: &str) -> Result<(u64, u64), String> {
+    parse_range(text).map_err(|e| e.0)
+}
+
 impl ServeConfig {
     /// The quotas every tenant has unless the admin overrides them.
     pub fn default_quotas(&self) -> Quotas {
@@ -297,6 +344,7 @@ impl ServeConfig {
 
     /// Checks the settings against each other; called before anything binds.
     pub fn validate(&self) -> anyhow::Result<()> {
+        self.reuse.reuse()?;
         if self.workers == Some(0) {
             bail!("--workers must be at least 1");
         }

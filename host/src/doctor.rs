@@ -424,6 +424,7 @@ mod tests {
                 cause: None,
                 forced_yields: 0,
                 guest_time: Duration::from_micros(100),
+                instance: None,
             });
         }
     }
@@ -502,6 +503,7 @@ mod tests {
             cause: None,
             forced_yields: 200,
             guest_time: Duration::from_millis(400),
+            instance: None,
         });
         let now = recorder.snapshot(Gauges::default());
         let report = diagnose(

@@ -15,6 +15,7 @@ use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt as _, Full};
 use serde_json::{Value, json};
 
+use crate::config::ReuseArgs;
 use crate::model::app::AppSettings;
 use crate::model::manifest::Manifest;
 use crate::model::mode::ModeChoice;
@@ -239,6 +240,8 @@ pub struct DeployArgs {
     /// Deploy every app of a wasmloop.toml.
     #[arg(long, conflicts_with = "file")]
     pub manifest: Option<PathBuf>,
+    #[command(flatten)]
+    pub reuse: ReuseArgs,
 }
 
 /// A tenant's limits and quotas on the command line; sizes take K, M, G suffixes.
@@ -357,6 +360,7 @@ pub fn deploy(conn: &Connection, args: &DeployArgs) -> anyhow::Result<()> {
             .collect(),
         allow_outbound: args.allow_outbound.clone(),
         mode: args.mode,
+        reuse: args.reuse.reuse()?,
         ..AppSettings::default()
     };
     settings.vars.extend(args.vars.iter().cloned());

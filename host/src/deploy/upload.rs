@@ -15,7 +15,9 @@ use crate::model::text::{parse_key_value, parse_size};
 
 /// Settings of a deploy as query parameters: `route=/prefix` or `route=host/prefix`
 /// (repeatable), `var=KEY=VALUE` (repeatable), `allow_outbound=HOST[:PORT]`
-/// (repeatable), `mode`, `fuel`, `max_memory`, `timeout_ms`, `max_in_flight`.
+/// (repeatable), `mode`, `fuel`, `max_memory`, `timeout_ms`, `max_in_flight`, and the
+/// reuse contract: `reuse=none|serial`, `reuse_max_requests=N|LOW-HIGH`,
+/// `reuse_idle_timeout_ms`, `reuse_memory_high_water`.
 pub fn settings_from_query(query: &str) -> Result<AppSettings, String> {
     let mut settings = AppSettings::default();
     let pairs: Vec<(String, String)> =
@@ -42,6 +44,9 @@ pub fn settings_from_query(query: &str) -> Result<AppSettings, String> {
             "max_memory" => settings.max_memory = Some(number(&key, &value)?),
             "timeout_ms" => settings.timeout_ms = Some(number(&key, &value)?),
             "max_in_flight" => settings.max_in_flight = Some(number(&key, &value)?),
+            reuse if reuse.starts_with("reuse") => {
+                settings.reuse.set(reuse, &value).map_err(|e| e.0)?;
+            }
             other => return Err(format!("unknown deploy setting {other:?}")),
         }
     }

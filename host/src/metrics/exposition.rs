@@ -135,6 +135,21 @@ impl Aggregate {
                 .into_iter()
                 .filter(|(a, _)| mine(a))
                 .collect(),
+            instances_created: c
+                .instances_created
+                .into_iter()
+                .filter(|(a, _)| mine(a))
+                .collect(),
+            instances_retired: c
+                .instances_retired
+                .into_iter()
+                .filter(|((a, _), _)| mine(a))
+                .collect(),
+            instance_requests: c
+                .instance_requests
+                .into_iter()
+                .filter(|(a, _)| mine(a))
+                .collect(),
             ..Counters::default()
         };
         Exposition {
@@ -208,11 +223,21 @@ impl Exposition {
         help: &str,
         series: impl IntoIterator<Item = (Labels, &'h Histogram)>,
     ) -> std::fmt::Result {
+        Self::histogram_in(encoder, name, help, &crate::metrics::BUCKETS, series)
+    }
+
+    fn histogram_in<'h>(
+        encoder: &mut DescriptorEncoder,
+        name: &str,
+        help: &str,
+        bounds: &[f64],
+        series: impl IntoIterator<Item = (Labels, &'h Histogram)>,
+    ) -> std::fmt::Result {
         let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;
         for (labels, h) in series {
             metric
                 .encode_family(&labels)?
-                .encode_histogram::<NoLabelSet>(h.sum, h.count, &h.buckets(), None)?;
+                .encode_histogram::<NoLabelSet>(h.sum, h.count, &h.buckets_in(bounds), None)?;
         }
         Ok(())
     }
@@ -297,6 +322,31 @@ impl Exposition {
             c.outbound_denied.iter().map(|((app, reason), n)| {
                 (with_app(app, vec![("reason", reason.clone())]), *n as f64)
             }),
+        )?;
+        Self::counter(
+            e,
+            "wasmloop_instances_created",
+            "Instances made for apps that reuse them, by app.",
+            c.instances_created
+                .iter()
+                .map(|(app, n)| (with_app(app, Vec::new()), *n as f64)),
+        )?;
+        Self::counter(
+            e,
+            "wasmloop_instances_retired",
+            "Instances of apps that reuse them, retired, by app and cause (max_requests, idle_timeout, memory_high_water, client_gone, instantiation, or the cause of the request that failed on it: guest_trap, cpu_limit, timeout, memory_limit, ...).",
+            c.instances_retired.iter().map(|((app, cause), n)| {
+                (with_app(app, vec![("cause", cause.clone())]), *n as f64)
+            }),
+        )?;
+        Self::histogram_in(
+            e,
+            "wasmloop_instance_requests",
+            "Requests each retired instance served, by app (apps that reuse instances).",
+            &crate::metrics::REUSE_BUCKETS,
+            c.instance_requests
+                .iter()
+                .map(|(app, h)| (with_app(app, Vec::new()), h)),
         )?;
         Self::counter(
             e,

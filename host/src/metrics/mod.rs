@@ -42,19 +42,32 @@ impl Default for Histogram {
     }
 }
 
+/// Upper bounds of the buckets of requests one instance served.
+pub const REUSE_BUCKETS: [f64; 12] = [
+    1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0,
+];
+
 impl Histogram {
     pub fn observe(&mut self, value: Duration) {
-        let seconds = value.as_secs_f64();
-        let bucket = BUCKETS
+        self.observe_in(&BUCKETS, value.as_secs_f64());
+    }
+
+    /// Counts `value` in the buckets `bounds` (the same bounds every time).
+    pub fn observe_in(&mut self, bounds: &[f64], value: f64) {
+        self.counts.resize(bounds.len() + 1, 0);
+        let bucket = bounds
             .iter()
-            .position(|&bound| seconds <= bound)
-            .unwrap_or(BUCKETS.len());
+            .position(|&bound| value <= bound)
+            .unwrap_or(bounds.len());
         self.counts[bucket] += 1;
-        self.sum += seconds;
+        self.sum += value;
         self.count += 1;
     }
 
     pub fn add(&mut self, other: &Histogram) {
+        if self.counts.len() < other.counts.len() {
+            self.counts.resize(other.counts.len(), 0);
+        }
         for (mine, theirs) in self.counts.iter_mut().zip(&other.counts) {
             *mine += theirs;
         }
@@ -104,10 +117,11 @@ impl Histogram {
             .sum()
     }
 
-    /// `(upper bound, count in this bucket alone)`: prometheus-client's encoder adds
-    /// them up into Prometheus's cumulative `le` buckets.
-    fn buckets(&self) -> Vec<(f64, u64)> {
-        BUCKETS
+    /// `(upper bound, count in this bucket alone)` for the buckets `bounds`:
+    /// prometheus-client's encoder adds them up into Prometheus's cumulative `le`
+    /// buckets.
+    pub(crate) fn buckets_in(&self, bounds: &[f64]) -> Vec<(f64, u64)> {
+        bounds
             .iter()
             .chain(std::iter::once(&f64::INFINITY))
             .zip(&self.counts)
@@ -153,6 +167,15 @@ pub struct Counters {
     /// corrupt on this node) and served it nowhere.
     #[serde(default)]
     pub app_load_failures: BTreeMap<String, u64>,
+    /// app -> instances made, for apps that reuse them.
+    #[serde(default)]
+    pub instances_created: BTreeMap<String, u64>,
+    /// (app, cause) -> instances retired, for apps that reuse them.
+    #[serde(with = "pairs", default)]
+    pub instances_retired: BTreeMap<(String, String), u64>,
+    /// app -> requests each retired instance served ([`REUSE_BUCKETS`]).
+    #[serde(default)]
+    pub instance_requests: BTreeMap<String, Histogram>,
 }
 
 /// Whether the series of `app` stay when only `deployed` are served: a deployed
@@ -175,6 +198,9 @@ impl Counters {
         self.guest_seconds.retain(|(app, _), _| keep(app));
         self.outbound_denied.retain(|(app, _), _| keep(app));
         self.app_load_failures.retain(|app, _| keep(app));
+        self.instances_created.retain(|app, _| keep(app));
+        self.instances_retired.retain(|(app, _), _| keep(app));
+        self.instance_requests.retain(|app, _| keep(app));
     }
 
     fn add(&mut self, other: &Counters) {
@@ -210,6 +236,21 @@ impl Counters {
             &mut self.app_load_failures,
             &other.app_load_failures,
             |a, b| *a += b,
+        );
+        add_map(
+            &mut self.instances_created,
+            &other.instances_created,
+            |a, b| *a += b,
+        );
+        add_map(
+            &mut self.instances_retired,
+            &other.instances_retired,
+            |a, b| *a += b,
+        );
+        add_map(
+            &mut self.instance_requests,
+            &other.instance_requests,
+            Histogram::add,
         );
         self.pool_busy_seconds += other.pool_busy_seconds;
         self.pool_queue_wait.add(&other.pool_queue_wait);
@@ -300,6 +341,7 @@ mod tests {
             cause: None,
             forced_yields: 0,
             guest_time: ms(1),
+            instance: None,
         };
         recorder.request(&done);
         let mut aggregate = Aggregate::default();
@@ -343,6 +385,7 @@ mod tests {
             cause: Some("cpu_limit"),
             forced_yields: 2,
             guest_time: ms(4),
+            instance: None,
         });
         let mut aggregate = Aggregate::default();
         aggregate.update(7, recorder.snapshot(Gauges::default()));

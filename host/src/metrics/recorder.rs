@@ -29,6 +29,9 @@ pub struct Finished<'a> {
     pub cause: Option<&'static str>,
     pub forced_yields: u64,
     pub guest_time: Duration,
+    /// For an app that reuses instances: whether its instance was made for this
+    /// request, and whether (why, after how many requests) it was retired after it.
+    pub instance: Option<(bool, Option<(&'static str, u64)>)>,
 }
 
 impl Recorder {
@@ -61,8 +64,25 @@ impl Recorder {
                 *c.guest_seconds.entry((app.clone(), mode)).or_default() +=
                     done.guest_time.as_secs_f64();
             }
+            if let Some((created, retired)) = done.instance {
+                if created {
+                    *c.instances_created.entry(app.clone()).or_default() += 1;
+                }
+                if let Some((cause, served)) = retired {
+                    retire(c, &app, cause, served);
+                }
+            }
             if let Some(cause) = done.cause {
                 *c.failures.entry((app, cause.to_string())).or_default() += 1;
+            }
+        });
+    }
+
+    /// Counts instances of `app` dropped while idle, each with the requests it served.
+    pub fn instances_idled(&self, app: &str, served: &[u64]) {
+        self.with(|c| {
+            for &n in served {
+                retire(c, app, "idle_timeout", n);
             }
         });
     }
@@ -121,6 +141,17 @@ impl Recorder {
             .clone();
         Snapshot { counters, gauges }
     }
+}
+
+/// Counts a retired instance of `app`.
+fn retire(c: &mut Counters, app: &str, cause: &str, served: u64) {
+    *c.instances_retired
+        .entry((app.to_string(), cause.to_string()))
+        .or_default() += 1;
+    c.instance_requests
+        .entry(app.to_string())
+        .or_default()
+        .observe_in(&crate::metrics::REUSE_BUCKETS, served as f64);
 }
 
 /// (app, reason) -> outbound requests refused in this process. Counted from inside a

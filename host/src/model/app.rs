@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 use crate::model::mode::{Mode, ModeChoice};
+use crate::model::reuse::Reuse;
 use crate::model::route::Route;
 use crate::model::tenant::TenantLimits;
 
@@ -32,6 +33,10 @@ pub struct AppSettings {
     pub timeout_ms: Option<u64>,
     #[serde(default)]
     pub max_in_flight: Option<u64>,
+    /// Whether requests reuse instances, and the bounds on one that does (not stored
+    /// when it is the default, a fresh sandbox per request).
+    #[serde(default, skip_serializing_if = "Reuse::is_default")]
+    pub reuse: Reuse,
 }
 
 impl AppSettings {

@@ -18,6 +18,12 @@
 //! max_memory = "64M"
 //! timeout = "10s"
 //! max_in_flight = 200
+//!
+//! [app.reuse]              # optional: a fresh sandbox per request by default
+//! mode = "serial"
+//! max_requests = "1000-1500"
+//! idle_timeout = "30s"
+//! memory_high_water = "48M"
 //! ```
 
 use std::collections::BTreeMap;
@@ -28,6 +34,7 @@ use serde::Deserialize;
 
 use crate::model::app::AppSettings;
 use crate::model::mode::ModeChoice;
+use crate::model::reuse::Reuse;
 use crate::model::route::{normalize_route, parse_route};
 use crate::model::tenant::check_name;
 use crate::model::text::parse_size;
@@ -55,6 +62,19 @@ pub struct ManifestApp {
     pub mode: Option<String>,
     #[serde(default)]
     pub limits: ManifestLimits,
+    #[serde(default)]
+    pub reuse: Option<ManifestReuse>,
+}
+
+/// `[app.reuse]`: the app's instance-reuse contract.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManifestReuse {
+    pub mode: Option<String>,
+    /// `N` or `"LOW-HIGH"`.
+    pub max_requests: Option<Size>,
+    pub idle_timeout: Option<String>,
+    pub memory_high_water: Option<Size>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -111,6 +131,32 @@ impl Manifest {
     }
 }
 
+impl ManifestReuse {
+    fn to_reuse(&self) -> anyhow::Result<Reuse> {
+        let mut reuse = Reuse::default();
+        if let Some(mode) = &self.mode {
+            reuse.set("reuse", mode)?;
+        }
+        match &self.max_requests {
+            None => {}
+            Some(Size::Bytes(n)) => reuse.set("reuse_max_requests", &n.to_string())?,
+            Some(Size::Text(text)) => reuse.set("reuse_max_requests", text)?,
+        }
+        if let Some(text) = &self.idle_timeout {
+            let ms = humantime::parse_duration(text)
+                .with_context(|| format!("idle_timeout {text:?}"))?
+                .as_millis();
+            reuse.set("reuse_idle_timeout_ms", &ms.to_string())?;
+        }
+        match &self.memory_high_water {
+            None => {}
+            Some(Size::Bytes(n)) => reuse.set("reuse_memory_high_water", &n.to_string())?,
+            Some(Size::Text(text)) => reuse.set("reuse_memory_high_water", text)?,
+        }
+        Ok(reuse)
+    }
+}
+
 impl ManifestApp {
     /// The app's settings as the admin API takes them.
     pub fn settings(&self) -> anyhow::Result<AppSettings> {
@@ -144,7 +190,14 @@ impl ManifestApp {
                     .as_millis() as u64,
             ),
         };
+        let reuse = match &self.reuse {
+            None => Reuse::default(),
+            Some(reuse) => reuse
+                .to_reuse()
+                .with_context(|| format!("app {:?}: [app.reuse]", self.name))?,
+        };
         Ok(AppSettings {
+            reuse,
             routes,
             vars: self.vars.clone(),
             allow_outbound: self.allow_outbound.clone(),

@@ -9,6 +9,7 @@ pub mod host;
 pub mod manifest;
 pub mod mode;
 pub mod quota;
+pub mod reuse;
 pub mod route;
 pub mod tenant;
 pub mod text;

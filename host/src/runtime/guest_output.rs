@@ -52,6 +52,17 @@ impl GuestOutput {
         }
     }
 
+    /// The instance serves another request: what it prints from now on is tagged
+    /// with `request_id`, within a fresh budget (a partial line is logged first).
+    pub fn next_request(&self, request_id: Arc<str>) {
+        let mut lines = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        if !lines.partial.is_empty() {
+            lines.emit();
+        }
+        lines.request_id = request_id;
+        lines.budget = BUDGET;
+    }
+
     fn write_bytes(&self, bytes: &[u8]) {
         // A panic while the lock was held leaves at worst a partial line: keep logging.
         self.inner

@@ -49,6 +49,8 @@ pub struct Limits {
 /// The data of one request's store.
 pub struct Sandbox {
     wasi: WasiCtx,
+    /// The guest's stdout and stderr, retagged when the store serves another request.
+    output: [GuestOutput; 2],
     http: WasiHttpCtx,
     table: ResourceTable,
     memory: MemoryLimiter,
@@ -91,18 +93,24 @@ impl Sandbox {
     ) -> wasmtime::Result<Store<Sandbox>> {
         let id: Arc<str> = request_id.into();
         let mut wasi = WasiCtx::builder();
-        wasi.stdout(GuestOutput::new(id.clone(), app.clone(), "stdout"))
-            .stderr(GuestOutput::new(id.clone(), app.clone(), "stderr"))
+        let output = [
+            GuestOutput::new(id.clone(), app.clone(), "stdout"),
+            GuestOutput::new(id.clone(), app.clone(), "stderr"),
+        ];
+        wasi.stdout(output[0].clone())
+            .stderr(output[1].clone())
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false);
         let sandbox = Sandbox {
             wasi: wasi.build(),
+            output,
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
             memory: MemoryLimiter {
                 max: limits.max_memory,
                 refused: false,
+                reached: 0,
             },
             outbound: OutboundPolicy {
                 allow: limits.allow_outbound.clone(),
@@ -131,6 +139,26 @@ impl Sandbox {
     /// of it.
     pub fn set_deadline(&mut self, deadline: Instant) {
         self.outbound.deadline = Some(deadline);
+    }
+
+    /// Readies a store that served a request for the next one, `request_id` with
+    /// `fuel` until `deadline`: its output tagged anew, its counters cleared. What
+    /// the guest keeps in its memory stays: that is the point of reuse.
+    pub fn next_request(&mut self, request_id: &str, deadline: Instant) {
+        let id: Arc<str> = request_id.into();
+        for stream in &self.output {
+            stream.next_request(id.clone());
+        }
+        self.outbound.request_id = id;
+        self.outbound.deadline = Some(deadline);
+        self.forced_yields = 0;
+        self.memory.refused = false;
+        self.stop_waiting = None;
+    }
+
+    /// The most linear memory the instance has reached, in bytes.
+    pub fn memory_reached(&self) -> usize {
+        self.memory.reached
     }
 
     /// Whether the memory limiter refused a grow during this request.
@@ -290,10 +318,12 @@ pub fn bound_blocking_calls(linker: &mut Linker<Sandbox>) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// Refuses any grow past `max` with an error (which traps the guest), and notes it.
+/// Refuses any grow past `max` with an error (which traps the guest), and notes it;
+/// remembers the most memory granted.
 struct MemoryLimiter {
     max: usize,
     refused: bool,
+    reached: usize,
 }
 
 impl ResourceLimiter for MemoryLimiter {
@@ -310,6 +340,7 @@ impl ResourceLimiter for MemoryLimiter {
                 self.max
             );
         }
+        self.reached = self.reached.max(desired);
         Ok(true)
     }
 

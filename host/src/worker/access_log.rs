@@ -13,6 +13,7 @@ use crate::model::mode::Mode;
 use crate::runtime::error::{Fault, RequestError};
 use crate::worker::body::{self, ResponseBody};
 use crate::worker::run::Outcome;
+use crate::worker::run::instances::Fate;
 
 /// What the access log line says about a request.
 pub struct AccessLog {
@@ -57,6 +58,8 @@ impl AccessLog {
             cause: error.map(RequestError::cause),
             forced_yields: outcome.forced_yields,
             guest_time: outcome.guest_time,
+            instance: (outcome.instance != Fate::default())
+                .then_some((outcome.instance.created, outcome.instance.retired)),
         });
         let duration_ms = (duration.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0;
         let mode = self.mode.map_or_else(|| "-".to_string(), |m| m.to_string());

@@ -19,12 +19,14 @@ use crate::config::ServeConfig;
 use crate::metrics::recorder::app_load_failed;
 use crate::model::app::{ActiveApp, sha256_hex};
 use crate::model::mode::{Mode, ModeChoice};
+use crate::model::reuse::Reuse;
 use crate::model::tenant::TenantLimits;
 use crate::protocol::AppFiles;
 use crate::runtime::component::{self, Handler};
 use crate::runtime::outbound::{self, AddressPolicy};
 use crate::runtime::sandbox::Limits;
 use crate::worker::admission::{Slots, TenantSlots, default_memory_budget};
+use crate::worker::run::instances::Instances;
 
 /// Everything needed to run one request of an app.
 pub struct App {
@@ -44,6 +46,8 @@ pub struct App {
     pub slots: Arc<Slots>,
     /// The tenant's slots, shared by all its apps on this worker.
     pub tenant_slots: Option<Arc<TenantSlots>>,
+    /// Instances kept for the next request, when the app reuses them.
+    pub instances: Instances,
 }
 
 /// The server-wide defaults and ceilings an app's settings are resolved against.
@@ -66,6 +70,8 @@ pub struct Defaults {
     pub memory_budget: u64,
     /// Workers of the server: a tenant's per-server limits are split among them.
     pub workers: u64,
+    /// The reuse contract of the component `serve FILE` serves.
+    pub reuse: Reuse,
 }
 
 impl Defaults {
@@ -96,6 +102,8 @@ impl Defaults {
                 }
             }),
             workers: config.worker_count() as u64,
+            // Checked when the configuration was validated.
+            reuse: config.reuse.reuse().unwrap_or_default(),
         }
     }
 
@@ -164,6 +172,7 @@ impl App {
             timeout: defaults.timeout,
             slots: Arc::new(Slots::new(u64::MAX)),
             tenant_slots: None,
+            instances: Instances::new(defaults.reuse),
         })
     }
 
@@ -227,6 +236,7 @@ impl App {
             timeout: Duration::from_millis(timeout_ms),
             slots: Arc::new(Slots::new(settings.max_in_flight.unwrap_or(u64::MAX))),
             tenant_slots: Some(tenant_slots),
+            instances: Instances::new(settings.reuse),
         })
         .inspect(|app| {
             tracing::info!(

@@ -111,6 +111,16 @@ impl Server {
     }
 
     /// Swaps in a new route table. Requests in flight keep the app they started with.
+    /// Drops the instances kept past their app's idle timeout, and counts them.
+    pub fn reap_idle_instances(&self) {
+        for app in self.table().apps.values() {
+            let served = app.instances.reap();
+            if !served.is_empty() {
+                self.recorder.instances_idled(&app.name, &served);
+            }
+        }
+    }
+
     /// Forgets the metric series of apps `keep` refuses (no longer deployed).
     pub fn retain_apps(&self, keep: impl Fn(&str) -> bool) {
         self.recorder.retain_apps(keep);

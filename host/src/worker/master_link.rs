@@ -42,7 +42,10 @@ pub async fn report_to_master(
         }
         report = tokio::select! {
             _ = beat.tick() => Report::Beat { served: server.served() },
-            _ = metrics.tick() => Report::Metrics(Box::new(server.snapshot())),
+            _ = metrics.tick() => {
+                server.reap_idle_instances();
+                Report::Metrics(Box::new(server.snapshot()))
+            }
             Some(generation) = applied.recv() => Report::Applied(generation),
             () = server.quota_reached(), if !retired => {
                 retired = true;

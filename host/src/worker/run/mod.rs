@@ -6,6 +6,7 @@
 //! the head, and the error that becomes the response when no head was sent. The
 //! server owns what happens next.
 
+pub mod instances;
 pub mod on_loop;
 pub mod on_pool;
 
@@ -21,6 +22,7 @@ use crate::runtime::error::RequestError;
 use crate::runtime::sandbox::Sandbox;
 use crate::worker::app::App;
 use crate::worker::body::{BoxError, ResponseBody};
+use crate::worker::run::instances::{Fate, Instance, Kept};
 
 /// The guest's response head with its streaming body, or why there is none.
 pub type Head = Result<Response<ResponseBody>, RequestError>;
@@ -37,6 +39,8 @@ pub struct Outcome {
     /// Time the guest spent running: inside its polls on the loop, on its thread in
     /// the pool.
     pub guest_time: Duration,
+    /// What became of its instance (counted for apps that reuse instances).
+    pub instance: Fate,
 }
 
 impl Outcome {
@@ -95,6 +99,64 @@ pub fn new_store(app: &App, ctx: &RunContext) -> Result<Store<Sandbox>, Outcome>
         .map_err(|e| Outcome::failed(RequestError::Host(e.into())))?;
     store.data_mut().set_deadline(ctx.deadline);
     Ok(store)
+}
+
+/// The store a request runs in: one of `app`'s kept instances readied for this
+/// request (its fuel refilled), else a fresh store whose instance the run makes.
+pub struct Lease {
+    pub store: Store<Sandbox>,
+    pub instance: Option<Instance>,
+    served: u64,
+    budget: u64,
+}
+
+impl Lease {
+    pub fn new(app: &App, ctx: &RunContext) -> Result<Lease, Outcome> {
+        if let Some(kept) = app.instances.take() {
+            let mut store = kept.store;
+            store.data_mut().next_request(&ctx.id, ctx.deadline);
+            store
+                .set_fuel(app.limits.fuel)
+                .map_err(|e| Outcome::failed(RequestError::Host(e.into())))?;
+            return Ok(Lease {
+                store,
+                instance: Some(kept.instance),
+                served: kept.served,
+                budget: kept.budget,
+            });
+        }
+        Ok(Lease {
+            store: new_store(app, ctx)?,
+            instance: None,
+            served: 0,
+            budget: app.instances.budget(),
+        })
+    }
+
+    /// Whether the run made a fresh instance.
+    pub fn fresh(&self) -> bool {
+        self.served == 0
+    }
+
+    /// Gives the instance back to `app` or retires it, after a run that ended with
+    /// `error`; says which.
+    /// Apps that do not reuse instances report nothing ([`Fate::default`]).
+    pub fn finish(self, app: &App, error: Option<&RequestError>, cancelled: bool) -> Fate {
+        if !app.instances.reuses() {
+            return Fate::default();
+        }
+        let created = self.fresh();
+        let retired = match self.instance {
+            Some(instance) => app.instances.finish(
+                Kept::new(self.store, instance, self.served, self.budget),
+                error,
+                cancelled,
+            ),
+            // It failed to instantiate: nothing was kept, nothing served.
+            None => Some(("instantiation", 0)),
+        };
+        Fate { created, retired }
+    }
 }
 
 /// The fuel a request's store burned of its app's budget.

@@ -27,8 +27,9 @@ use crate::runtime::error::RequestError;
 use crate::runtime::sandbox::Sandbox;
 use crate::worker::app::App;
 use crate::worker::body::{ChannelBody, FrameSender, RequestBody};
+use crate::worker::run::instances::Instance;
 use crate::worker::run::{
-    Head, Outcome, OutparamResult, Reply, RunContext, answer_unanswered, fuel_used, new_store,
+    Head, Lease, Outcome, OutparamResult, Reply, RunContext, answer_unanswered, fuel_used,
     outparam_head,
 };
 
@@ -55,27 +56,32 @@ async fn run(
     ctx: &RunContext,
     head: &mut Option<oneshot::Sender<Head>>,
 ) -> Outcome {
-    let mut store = match new_store(app, ctx) {
-        Ok(store) => store,
+    let mut lease = match Lease::new(app, ctx) {
+        Ok(lease) => lease,
         Err(failed) => return failed,
     };
-    store.epoch_deadline_callback(|mut cx| {
-        cx.data_mut().forced_yields += 1;
-        Ok(UpdateDeadline::YieldCustom(
-            1,
-            Box::pin(tokio::task::yield_now()),
-        ))
-    });
-    store.set_epoch_deadline(1);
+    if lease.fresh() {
+        lease.store.epoch_deadline_callback(|mut cx| {
+            cx.data_mut().forced_yields += 1;
+            Ok(UpdateDeadline::YieldCustom(
+                1,
+                Box::pin(tokio::task::yield_now()),
+            ))
+        });
+    }
+    lease.store.set_epoch_deadline(1);
 
     let (frames, body) = ChannelBody::channel();
     let mut body = Some(body);
+    let Lease {
+        store, instance, ..
+    } = &mut lease;
     let drive = async {
         match &app.handler.pre {
             HandlerPre::Service(pre) => {
-                drive_service(pre, &mut store, req, head, &frames, &mut body).await
+                drive_service(pre, store, instance, req, head, &frames, &mut body).await
             }
-            HandlerPre::ProxyAsync(pre) => drive_proxy(pre, &mut store, req, head).await,
+            HandlerPre::ProxyAsync(pre) => drive_proxy(pre, store, instance, req, head).await,
             HandlerPre::ProxySync(_) => Err(RequestError::Host(anyhow::anyhow!(
                 "a sync handler was sent to the loop"
             ))),
@@ -88,11 +94,18 @@ async fn run(
         // The client went away: nobody will read what the guest makes.
         () = ctx.cancel.cancelled() => Err(RequestError::ClientGone),
     };
+    let (fuel_used, forced_yields) = (
+        fuel_used(app, &lease.store),
+        lease.store.data().forced_yields,
+    );
+    let error = result.err();
+    let instance = lease.finish(app, error.as_ref(), ctx.cancel.is_cancelled());
     Outcome {
-        fuel_used: fuel_used(app, &store),
-        error: result.err(),
-        forced_yields: store.data().forced_yields,
+        fuel_used,
+        error,
+        forced_yields,
         guest_time,
+        instance,
     }
 }
 
@@ -133,15 +146,24 @@ fn guest_error(store: &Store<Sandbox>) -> impl Fn(wasmtime::Error) -> RequestErr
 async fn drive_service(
     pre: &wasmtime_wasi_http::p3::bindings::ServicePre<Sandbox>,
     store: &mut Store<Sandbox>,
+    instance: &mut Option<Instance>,
     req: Request<RequestBody>,
     head: &mut Option<oneshot::Sender<Head>>,
     frames: &FrameSender,
     body: &mut Option<ChannelBody>,
 ) -> Result<(), RequestError> {
-    let service = pre
-        .instantiate_async(&mut *store)
-        .await
-        .map_err(guest_error(store))?;
+    if instance.is_none() {
+        let service = pre
+            .instantiate_async(&mut *store)
+            .await
+            .map_err(guest_error(store))?;
+        *instance = Some(Instance::Service(service));
+    }
+    let Some(Instance::Service(service)) = instance else {
+        return Err(RequestError::Host(anyhow::anyhow!(
+            "a kept instance of another kind"
+        )));
+    };
     let (req, req_io) =
         wasmtime_wasi_http::p3::Request::from_http(store.data_mut().http().hooks, req);
     let result = store
@@ -248,13 +270,22 @@ where
 async fn drive_proxy(
     pre: &wasmtime_wasi_http::p2::bindings::ProxyPre<Sandbox>,
     store: &mut Store<Sandbox>,
+    instance: &mut Option<Instance>,
     req: Request<RequestBody>,
     head: &mut Option<oneshot::Sender<Head>>,
 ) -> Result<(), RequestError> {
-    let proxy = pre
-        .instantiate_async(&mut *store)
-        .await
-        .map_err(guest_error(store))?;
+    if instance.is_none() {
+        let proxy = pre
+            .instantiate_async(&mut *store)
+            .await
+            .map_err(guest_error(store))?;
+        *instance = Some(Instance::Proxy(proxy));
+    }
+    let Some(Instance::Proxy(proxy)) = instance else {
+        return Err(RequestError::Host(anyhow::anyhow!(
+            "a kept instance of another kind"
+        )));
+    };
     let (tx, rx) = oneshot::channel();
     let data = store.data_mut();
     let req = data

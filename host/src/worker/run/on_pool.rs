@@ -29,8 +29,9 @@ use crate::runtime::error::RequestError;
 use crate::runtime::sandbox::StopWaiting;
 use crate::worker::app::App;
 use crate::worker::body::RequestBody;
+use crate::worker::run::instances::Instance;
 use crate::worker::run::{
-    Head, Outcome, Reply, RunContext, answer_unanswered, fuel_used, new_store, outparam_head,
+    Head, Lease, Outcome, Reply, RunContext, answer_unanswered, fuel_used, outparam_head,
 };
 
 /// One request waiting for, or running on, a pool thread.
@@ -217,12 +218,15 @@ fn call(
         let error = RequestError::Host(anyhow::anyhow!("an async handler was sent to the pool"));
         return Outcome::failed(error);
     };
-    let mut store = match new_store(app, ctx) {
-        Ok(store) => store,
+    let mut lease = match Lease::new(app, ctx) {
+        Ok(lease) => lease,
         Err(failed) => return failed,
     };
     let deadline = ctx.deadline;
     let cancel = ctx.cancel.clone();
+    let Lease {
+        store, instance, ..
+    } = &mut lease;
     store.data_mut().stop_waiting = Some(StopWaiting {
         deadline,
         cancel: cancel.clone(),
@@ -238,7 +242,12 @@ fn call(
 
     let started = Instant::now();
     let result = (|| -> wasmtime::Result<()> {
-        let proxy = pre.instantiate(&mut store)?;
+        if instance.is_none() {
+            *instance = Some(Instance::ProxySync(pre.instantiate(&mut *store)?));
+        }
+        let Some(Instance::ProxySync(proxy)) = instance else {
+            wasmtime::bail!("a kept instance of another kind");
+        };
         let http = store.data_mut();
         let req = http.http().new_incoming_request(Scheme::Http, req)?;
         let out = http
@@ -250,16 +259,23 @@ fn call(
             })?;
         proxy
             .wasi_http_incoming_handler()
-            .call_handle(&mut store, req, out)
+            .call_handle(&mut *store, req, out)
     })();
-    let fuel_used = fuel_used(app, &store);
+    let fuel_used = fuel_used(app, &lease.store);
     let error = result.err().map(|e| {
-        RequestError::from_guest(e, store.data().memory_refused(), ctx.cancel.is_cancelled())
+        RequestError::from_guest(
+            e,
+            lease.store.data().memory_refused(),
+            ctx.cancel.is_cancelled(),
+        )
     });
+    let guest_time = started.elapsed();
+    let instance = lease.finish(app, error.as_ref(), ctx.cancel.is_cancelled());
     Outcome {
         fuel_used,
         error,
         forced_yields: 0,
-        guest_time: started.elapsed(),
+        guest_time,
+        instance,
     }
 }

@@ -11,17 +11,27 @@
 //! | `/trap` | panics |
 //! | `/alloc` | allocates until memory runs out |
 //! | `/hold?mb=N&ms=M` | fills N MiB of memory, then awaits an M ms timer holding it |
+//! | `/count` | how many requests this instance has counted, this one included (state kept across requests when the host reuses the instance) |
+//! | `/keep?mb=N` | fills N MiB of memory and keeps it for the instance's life |
 //! | `/echo` | answers with the request body |
 //! | `/big?kb=N` | streams N KiB of `x` in 16 KiB chunks |
 //! | `/stream?mb=N` | streams N MiB of `x`, each 64 KiB chunk made when it is written |
 //! | `/recurse` | recurses without end: a stack overflow |
 //! | `/fetch?to=HOST:PORT` | GETs `http://HOST:PORT/upstream` and answers with its body, or 502 and the error |
 
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use wasip3::clocks::monotonic_clock;
 use wasip3::http::types::{ErrorCode, Fields, Request, Response};
 use wasip3::{wit_bindgen, wit_future, wit_stream};
 
 struct Handler;
+
+/// Requests this instance has served (see `/count`).
+static COUNT: AtomicU64 = AtomicU64::new(0);
+/// Memory `/keep` holds for the instance's life.
+static KEPT: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
 
 wasip3::http::service::export!(Handler);
 
@@ -145,6 +155,22 @@ impl wasip3::exports::http::handler::Guest for Handler {
                 text(
                     200,
                     format!("held {} MiB\n", std::hint::black_box(&hoard).len() >> 20),
+                )
+            }
+            "/count" => text(
+                200,
+                format!("{}\n", COUNT.fetch_add(1, Ordering::Relaxed) + 1),
+            ),
+            "/keep" => {
+                let mb = query(&path, "mb").unwrap_or(1) as usize;
+                let mut kept = KEPT.lock().unwrap();
+                kept.push(vec![1u8; mb << 20]);
+                text(
+                    200,
+                    format!(
+                        "keeping {} MiB\n",
+                        kept.iter().map(Vec::len).sum::<usize>() >> 20
+                    ),
                 )
             }
             "/echo" => {

@@ -17,6 +17,7 @@
 //! | `/config?key=K` | the value of configuration variable K (wasi:config), or 404 |
 //! | `/fetch?to=HOST:PORT` | GETs `http://HOST:PORT/upstream` and answers with its body, or 502 and the error |
 //! | `/fetch?to=HOST:PORT&timeout_s=N` | the same with every timeout of the request set to N s |
+//! | `/count` | how many requests this instance has counted, this one included (state kept across requests when the host reuses the instance) |
 
 use wasip2::clocks::monotonic_clock;
 use wasip2::exports::http::incoming_handler::Guest;
@@ -25,6 +26,9 @@ use wasip2::http::types::{
 };
 
 struct Handler;
+
+/// Requests this instance has served (see `/count`).
+static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// wasi:config, the standard interface for configuration variables.
 mod config {
@@ -169,6 +173,10 @@ impl Guest for Handler {
                     hoard.push(vec![1u8; 1 << 20]);
                     std::hint::black_box(&hoard);
                 }
+            }
+            "/count" => {
+                let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                respond(out, 200, format!("{n}\n").as_bytes());
             }
             "/echo" => {
                 let body = read_body(req);

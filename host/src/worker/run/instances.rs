@@ -1,0 +1,172 @@
+//! Instances kept for the next request of the same app version, when the app's reuse
+//! contract says `serial` ([`crate::model::reuse`]). Each [`crate::worker::app::App`]
+//! (one tenant, one app, one version) has its own [`Instances`], so an instance never
+//! crosses tenants, apps or versions; a deploy or rollback makes a new `App`, and the
+//! old one's kept instances go with it once its last request ends.
+//!
+//! A run takes a kept instance (or makes a fresh one), and afterwards either gives it
+//! back or retires it, saying why ([`Retired`]): a request that failed in any way
+//! (trap, fuel, memory, deadline, client gone: its guest may be mid-task), its
+//! request budget spent, its memory past the high-water mark. Idle ones are dropped
+//! after the idle timeout by [`Instances::reap`], which the worker calls every second.
+
+use std::sync::{Mutex, PoisonError};
+use std::time::Instant;
+
+use wasmtime::Store;
+use wasmtime_wasi_http::{p2, p3};
+
+use crate::model::reuse::{Reuse, ReuseMode};
+use crate::runtime::error::RequestError;
+use crate::runtime::sandbox::Sandbox;
+
+/// An instantiated handler, in the calling convention of its store.
+pub enum Instance {
+    Service(p3::bindings::Service),
+    Proxy(p2::bindings::Proxy),
+    ProxySync(p2::bindings::sync::Proxy),
+}
+
+/// A store with its instance, between requests.
+pub struct Kept {
+    pub store: Store<Sandbox>,
+    pub instance: Instance,
+    /// Requests it served so far.
+    pub served: u64,
+    /// Requests it may serve in all (picked from the contract's range).
+    pub budget: u64,
+    idle_since: Instant,
+}
+
+/// Why an instance was dropped: the `cause` label of
+/// `wasmloop_instances_retired_total`.
+pub type Retired = &'static str;
+
+/// What became of the instance a request ran on, for the metrics.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Fate {
+    /// The instance was made for this request.
+    pub created: bool,
+    /// It was dropped after it, why, and how many requests it served.
+    pub retired: Option<(Retired, u64)>,
+}
+
+/// The kept instances of one app version.
+pub struct Instances {
+    reuse: Reuse,
+    idle: Mutex<Vec<Kept>>,
+}
+
+impl Instances {
+    pub fn new(reuse: Reuse) -> Instances {
+        Instances {
+            reuse,
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Whether requests of this app reuse instances.
+    pub fn reuses(&self) -> bool {
+        self.reuse.mode != ReuseMode::None
+    }
+
+    /// The most recently used idle instance that has not idled too long (the others
+    /// stay for [`Instances::reap`]).
+    pub fn take(&self) -> Option<Kept> {
+        if !self.reuses() {
+            return None;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        let kept = idle.pop()?;
+        if kept.idle_since.elapsed() < self.reuse.idle_timeout() {
+            return Some(kept);
+        }
+        idle.push(kept); // the freshest idled too long, and so did the rest: reap them
+        None
+    }
+
+    /// A fresh instance's request budget, picked from the contract's range (one
+    /// request when the app does not reuse instances).
+    pub fn budget(&self) -> u64 {
+        if !self.reuses() {
+            return 1;
+        }
+        let mut random = [0u8; 8];
+        let _ = getrandom::fill(&mut random);
+        self.reuse.pick_max_requests(u64::from_le_bytes(random))
+    }
+
+    /// After a request on `kept` that ended with `error`: keeps the instance for the
+    /// next request, or says why it is retired (and drops it).
+    pub fn finish(
+        &self,
+        mut kept: Kept,
+        error: Option<&RequestError>,
+        cancelled: bool,
+    ) -> Option<(Retired, u64)> {
+        kept.served += 1;
+        let retired = if !self.reuses() {
+            Some("single_use")
+        } else if let Some(error) = error {
+            Some(error.cause())
+        } else if cancelled {
+            Some("client_gone")
+        } else if kept.served >= kept.budget {
+            Some("max_requests")
+        } else if self
+            .reuse
+            .memory_high_water
+            .is_some_and(|high| kept.store.data().memory_reached() as u64 > high)
+        {
+            Some("memory_high_water")
+        } else {
+            None
+        };
+        if let Some(cause) = retired {
+            return Some((cause, kept.served));
+        }
+        kept.idle_since = Instant::now();
+        self.idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(kept);
+        None
+    }
+
+    /// Drops the instances idle longer than the timeout; returns how many requests
+    /// each had served.
+    pub fn reap(&self) -> Vec<u64> {
+        let timeout = self.reuse.idle_timeout();
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut served = Vec::new();
+        idle.retain(|kept| {
+            let keep = kept.idle_since.elapsed() < timeout;
+            if !keep {
+                served.push(kept.served);
+            }
+            keep
+        });
+        served
+    }
+
+    /// Idle instances kept now.
+    pub fn idle(&self) -> usize {
+        self.idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+}
+
+impl Kept {
+    /// A store and its instance that served `served` requests of its `budget`.
+    pub fn new(store: Store<Sandbox>, instance: Instance, served: u64, budget: u64) -> Kept {
+        Kept {
+            store,
+            instance,
+            served,
+            budget,
+            idle_since: Instant::now(),
+        }
+    }
+}
