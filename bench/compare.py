@@ -151,10 +151,26 @@ SYSTEMS = {
     "native": lambda: Server("native", [str(NATIVE), f"127.0.0.1:{(p := free_port())}"], p),
     "loop": lambda: wasmloop("loop", WASM / "bench_async.wasm"),
     "pool": lambda: wasmloop("pool", WASM / "bench_sync.wasm"),
+    "loop-serial": lambda: wasmloop("loop-serial", WASM / "bench_async.wasm", extra=["--reuse=serial"]),
+    "pool-serial": lambda: wasmloop("pool-serial", WASM / "bench_sync.wasm", extra=["--reuse=serial"]),
     "wasmtime": lambda: Server(
         "wasmtime",
         [str(WASMTIME), "serve", "-Scli", f"--addr=127.0.0.1:{(p := free_port())}",
          str(WASM / "bench_sync.wasm")],
+        p,
+    ),
+    # The 0.3 component, with wasmtime serve's default 0.3 reuse (128 requests per
+    # instance, 16 at once), and with a fresh instance per request.
+    "wasmtime-p3": lambda: Server(
+        "wasmtime-p3",
+        [str(WASMTIME), "serve", "-Scli", "-Sp3", f"--addr=127.0.0.1:{(p := free_port())}",
+         str(WASM / "bench_async.wasm")],
+        p,
+    ),
+    "wasmtime-p3-fresh": lambda: Server(
+        "wasmtime-p3-fresh",
+        [str(WASMTIME), "serve", "-Scli", "-Sp3", "--max-instance-reuse-count=1",
+         f"--addr=127.0.0.1:{(p := free_port())}", str(WASM / "bench_async.wasm")],
         p,
     ),
     "uvicorn": lambda: Server(
@@ -170,6 +186,10 @@ LABELS = {
     "native": "native hyper (current-thread)",
     "loop": "wasmloop, loop (async fn, wasi:http 0.3)",
     "pool": "wasmloop, pool (fn, wasi:http 0.2)",
+    "loop-serial": "wasmloop, loop, `--reuse=serial`",
+    "pool-serial": "wasmloop, pool, `--reuse=serial`",
+    "wasmtime-p3": "wasmtime serve 48.0.8 (0.3 component, its default reuse)",
+    "wasmtime-p3-fresh": "wasmtime serve 48.0.8 (0.3 component, fresh instances)",
     "wasmtime": "wasmtime serve 48.0.8 (0.2 component)",
     "uvicorn": "Uvicorn + FastAPI (uvloop, httptools)",
     "mixed": "wasmloop: async hello on the loop, /cpu on the pool",
@@ -353,6 +373,24 @@ def deploy_to_first_response(large):
     return "\n".join(lines) + "\n"
 
 
+def python_reuse(large, cfg):
+    """The componentize-py handler (CPython in the component), fresh and reused."""
+    if not large:
+        return ""
+    rows = []
+    for name, extra in [("fresh", []), ("reuse=serial", ["--reuse=serial"])]:
+        print(f"python: {name}", file=sys.stderr)
+        with wasmloop(f"python-{name}", large, extra=extra) as server:
+            rows.append((name, measure(server, "/", 8, cfg)))
+    fresh = rows[0][1]["rps"]
+    lines = ["### A componentize-py handler, fresh and reused", "",
+             f"`{large.name}` (the Python handler of tests/compat, CPython inside), on the pool, 8 connections, `GET /`.", "",
+             "| wasmloop | req/s | vs fresh | p50 ms | p99 ms | CPU µs/req | failed |", "|---|---|---|---|---|---|---|"]
+    for name, r in rows:
+        lines.append(f"| {name} | {r['rps']:.0f} | {r['rps'] / fresh:.1f}x | {r['p50']:.2f} | {r['p99']:.2f} | {r['cpu_us']:.0f} | {r['failed']} |")
+    return "\n".join(lines) + "\n"
+
+
 def memory_in_flight(cfg):
     print("memory", file=sys.stderr)
     with wasmloop("sleepy", EXAMPLES / "sleepy.wasm", extra=["--limit-concurrency=2000"]) as server:
@@ -384,14 +422,16 @@ def main():
 
     started = time.time()
     sections = []
-    hello, got = throughput("Hello", "/", 64, ["native", "loop", "pool", "wasmtime", "uvicorn"], cfg)
+    reuse_rows = ["loop-serial", "pool-serial", "wasmtime-p3", "wasmtime-p3-fresh"]
+    hello, got = throughput("Hello", "/", 64, ["native", "loop", "pool", "wasmtime", "uvicorn", *reuse_rows], cfg)
     sections.append(hello)
-    sections.append(throughput("An awaited 10 ms timer", "/sleep", 256, ["native", "loop", "pool", "wasmtime", "uvicorn"], cfg)[0])
+    sections.append(throughput("An awaited 10 ms timer", "/sleep", 256, ["native", "loop", "pool", "wasmtime", "uvicorn", *reuse_rows], cfg)[0])
     sections.append(throughput("2 ms of computing", "/cpu", 16, ["native", "pool", "loop", "wasmtime", "uvicorn"], cfg)[0])
     sections.append(mixed(cfg))
     sections.append(spinning(cfg))
     sections.append(instantiation())
     sections.append(deploy_to_first_response(cfg.large))
+    sections.append(python_reuse(cfg.large, cfg))
     sections.append(memory_in_flight(cfg))
 
     cpu = open("/proc/cpuinfo").read()

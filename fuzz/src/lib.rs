@@ -65,6 +65,7 @@ fn defaults() -> Defaults {
         threads: 2,
         tenant_share: 0.5,
         memory_budget: 1 << 30,
+        worker_memory: Arc::new(Slots::new(1 << 30)),
         workers: 1,
         reuse: Default::default(),
     }

@@ -2,11 +2,17 @@
 //! within an instance up to its request budget and never beyond it, never across
 //! tenants or versions; a failed request (a trap, a deadline) retires its instance;
 //! budgets are spread by jitter; idle instances are reclaimed; memory past the
-//! high-water mark retires an instance; a deploy retires the old version's instances
-//! without failing a request. Each on the pool (the sync fixture guest) and on the
-//! loop (the async one). The fixtures' `/count` answers how many requests their
-//! instance has seen.
+//! high-water mark, or past what the memory budget lets a kept instance hold, retires
+//! an instance; a deploy retires the old version's instances without failing a
+//! request. Each on the pool (the sync fixture guest) and on the loop (the async one).
+//!
+//! The fixtures' `/count` answers `N ID`: the requests their instance has counted and
+//! the instance's random id. The next request may reach the server before the last
+//! one's instance is back (its response is complete before its run has ended), and
+//! then gets another instance: so the checks follow each instance by its id rather
+//! than expect one sequence.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use wasmloop_tests::{Running, Server, guests, temp_dir};
@@ -14,55 +20,100 @@ use wasmloop_tests::{Running, Server, guests, temp_dir};
 const WAIT: Duration = Duration::from_secs(15);
 const BOTH: [(&str, &str); 2] = [("pool", guests::SYNC_GUEST), ("loop", guests::ASYNC_GUEST)];
 
-async fn count(server: &Running) -> u64 {
-    let reply = server.get("/count").await;
+/// One `/count` answer: (count, instance id).
+type Seen = (u64, String);
+
+async fn count_at(server: &Running, host: Option<&str>) -> Seen {
+    let reply = match host {
+        Some(host) => server.get_host(host, "/count").await,
+        None => server.get("/count").await,
+    };
     assert_eq!(reply.status, 200, "{}", reply.text());
-    reply.text().trim().parse().unwrap()
+    let text = reply.text();
+    let (n, id) = text.trim().split_once(' ').expect("N ID");
+    (n.parse().unwrap(), id.to_string())
 }
 
-async fn counts(server: &Running, n: usize) -> Vec<u64> {
+async fn counts(server: &Running, n: usize) -> Vec<Seen> {
     let mut seen = Vec::new();
     for _ in 0..n {
-        seen.push(count(server).await);
+        seen.push(count_at(server, None).await);
     }
     seen
+}
+
+/// Each instance's counts in the order they came: every instance must have counted
+/// 1, 2, 3, ... with no gap and no repeat (its state was its own and kept), never
+/// more than `budget`.
+fn by_instance(seen: &[Seen], budget: u64, what: &str) -> BTreeMap<String, Vec<u64>> {
+    let mut runs: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for (n, id) in seen {
+        runs.entry(id.clone()).or_default().push(*n);
+    }
+    for run in runs.values() {
+        let expected: Vec<u64> = (1..=run.len() as u64).collect();
+        assert_eq!(*run, expected, "{what}: an instance's counts {seen:?}");
+        assert!(
+            run.len() as u64 <= budget,
+            "{what}: past its budget: {seen:?}"
+        );
+    }
+    runs
 }
 
 fn serial(guest: &str) -> Server {
     Server::new(guest).arg("--workers=1").arg("--reuse=serial")
 }
 
+fn app_of(guest: &str) -> &str {
+    guest.rsplit('/').next().unwrap().trim_end_matches(".wasm")
+}
+
+/// Waits until the metric `series` reads `value`; returns the scrape.
+async fn metric_reaches(
+    server: &Running,
+    series: &str,
+    value: f64,
+    what: &str,
+) -> wasmloop_tests::Metrics {
+    let metrics = server
+        .wait_for_metrics(|m| m.get(series) == Some(value), WAIT)
+        .await;
+    assert_eq!(metrics.get(series), Some(value), "{what}: {}", metrics.0);
+    metrics
+}
+
 #[tokio::test]
 async fn state_persists_within_an_instance_up_to_its_budget_and_no_further() {
     for (mode, guest) in BOTH {
         let server = serial(guest).arg("--reuse-max-requests=3").start().await;
-        assert_eq!(counts(&server, 7).await, [1, 2, 3, 1, 2, 3, 1], "{mode}");
-        let app = guest.rsplit('/').next().unwrap().trim_end_matches(".wasm");
+        let seen = counts(&server, 12).await;
+        let runs = by_instance(&seen, 3, mode);
+        assert!(
+            runs.len() < seen.len(),
+            "{mode}: no instance was reused: {seen:?}"
+        );
+        // Instances that reached their budget were retired; the metrics say so.
+        let full = runs.values().filter(|r| r.len() == 3).count() as f64;
+        assert!(full >= 2.0, "{mode}: {seen:?}");
+        let app = app_of(guest);
         let retired =
             format!(r#"wasmloop_instances_retired_total{{app="{app}",cause="max_requests"}}"#);
-        let metrics = server
-            .wait_for_metrics(|m| m.get(&retired) == Some(2.0), WAIT)
-            .await;
-        assert_eq!(metrics.get(&retired), Some(2.0), "{mode}: {}", metrics.0);
+        let metrics = metric_reaches(&server, &retired, full, mode).await;
+        let created = format!(r#"wasmloop_instances_created_total{{app="{app}"}}"#);
         assert_eq!(
-            metrics.get(&format!(
-                r#"wasmloop_instances_created_total{{app="{app}"}}"#
-            )),
-            Some(3.0),
+            metrics.get(&created),
+            Some(runs.len() as f64),
             "{mode}: {}",
             metrics.0
         );
-        assert_eq!(
-            metrics.get(&format!(
-                r#"wasmloop_instance_requests_count{{app="{app}"}}"#
-            )),
-            Some(2.0),
-            "{mode}"
-        );
+        let served = format!(r#"wasmloop_instance_requests_sum{{app="{app}"}}"#);
+        assert_eq!(metrics.get(&served), Some(3.0 * full), "{mode}");
 
         // Without a contract every request gets a fresh sandbox.
         let fresh = Server::new(guest).arg("--workers=1").start().await;
-        assert_eq!(counts(&fresh, 3).await, [1, 1, 1], "{mode}");
+        let seen = counts(&fresh, 3).await;
+        assert!(seen.iter().all(|(n, _)| *n == 1), "{mode}: {seen:?}");
     }
 }
 
@@ -70,38 +121,58 @@ async fn state_persists_within_an_instance_up_to_its_budget_and_no_further() {
 async fn a_trap_or_a_deadline_retires_the_instance() {
     for (mode, guest) in BOTH {
         let server = serial(guest).arg("--timeout=1s").start().await;
-        assert_eq!(counts(&server, 2).await, [1, 2], "{mode}");
+        let app = app_of(guest);
+        let mut seen = counts(&server, 3).await;
         assert_eq!(server.get("/trap").await.status, 500, "{mode}");
-        assert_eq!(counts(&server, 2).await, [1, 2], "{mode}: after a trap");
+        seen.extend(counts(&server, 3).await);
         let slow = if mode == "pool" {
             "/sleep?ms=5000"
         } else {
             "/hang"
         };
         assert_eq!(server.get(slow).await.text(), "timeout\n", "{mode}");
-        assert_eq!(counts(&server, 1).await, [1], "{mode}: after a deadline");
+        seen.extend(counts(&server, 3).await);
+        // The instances that failed served nothing after; the others kept counting.
+        by_instance(&seen, u64::MAX, mode);
+        for cause in ["guest_trap", "timeout"] {
+            let series =
+                format!(r#"wasmloop_instances_retired_total{{app="{app}",cause="{cause}"}}"#);
+            metric_reaches(&server, &series, 1.0, mode).await;
+        }
     }
 }
 
 #[tokio::test]
-async fn jitter_spreads_retirements_and_metrics_count_them() {
+async fn jitter_spreads_retirements() {
     for (mode, guest) in BOTH {
         let server = serial(guest).arg("--reuse-max-requests=2-6").start().await;
-        let seen = counts(&server, 80).await;
-        // Each instance's last count is its budget: more than one budget was drawn.
-        let budgets: std::collections::BTreeSet<u64> = seen
-            .windows(2)
-            .filter(|w| w[1] == 1)
-            .map(|w| w[0])
-            .collect();
-        assert!(
-            budgets.len() > 1,
-            "{mode}: every instance served {budgets:?}"
-        );
-        assert!(
-            budgets.iter().all(|b| (2..=6).contains(b)),
-            "{mode}: {budgets:?}"
-        );
+        let seen = counts(&server, 200).await;
+        by_instance(&seen, 6, mode);
+        // Budgets are drawn per instance: some retired after 2 requests, some after
+        // more than 5 (of about 50 instances, each with a 1 in 5 chance of either).
+        let app = app_of(guest);
+        let metrics = server
+            .wait_for_metrics(
+                |m| {
+                    m.get(&format!(
+                        r#"wasmloop_instance_requests_count{{app="{app}"}}"#
+                    ))
+                    .unwrap_or(0.0)
+                        >= 30.0
+                },
+                WAIT,
+            )
+            .await;
+        let bucket = |le: &str| {
+            metrics
+                .get(&format!(
+                    r#"wasmloop_instance_requests_bucket{{le="{le}",app="{app}"}}"#
+                ))
+                .unwrap_or(0.0)
+        };
+        assert!(bucket("2.0") > 0.0, "{mode}: {}", metrics.0);
+        assert!(bucket("10.0") > bucket("5.0"), "{mode}: {}", metrics.0);
+        assert_eq!(bucket("1.0"), 0.0, "{mode}");
     }
 }
 
@@ -112,7 +183,8 @@ async fn idle_instances_are_reclaimed_after_the_timeout() {
             .arg("--reuse-idle-timeout=300ms")
             .start()
             .await;
-        assert_eq!(counts(&server, 2).await, [1, 2], "{mode}");
+        let before = counts(&server, 3).await;
+        by_instance(&before, u64::MAX, mode);
         // The worker reaps every second; the live-instance gauge shows it.
         let metrics = server
             .wait_for_metrics(
@@ -128,34 +200,61 @@ async fn idle_instances_are_reclaimed_after_the_timeout() {
             "{mode}: {}",
             metrics.0
         );
-        assert_eq!(
-            counts(&server, 1).await,
-            [1],
-            "{mode}: after the idle timeout"
+        let (n, id) = count_at(&server, None).await;
+        assert_eq!(n, 1, "{mode}");
+        assert!(
+            before.iter().all(|(_, old)| *old != id),
+            "{mode}: an idle instance came back"
         );
     }
 }
 
 #[tokio::test]
 async fn memory_past_the_high_water_mark_retires_the_instance() {
-    let capped = serial(guests::ASYNC_GUEST)
-        .arg("--reuse-memory-high-water=6M")
-        .start()
-        .await;
-    assert_eq!(counts(&capped, 2).await, [1, 2], "kept below the mark");
-    assert_eq!(capped.get("/keep?mb=8").await.text(), "keeping 8 MiB\n");
-    assert_eq!(counts(&capped, 1).await, [1], "the grown instance was kept");
-
-    let uncapped = serial(guests::ASYNC_GUEST).start().await;
-    assert_eq!(counts(&uncapped, 1).await, [1]);
-    assert_eq!(uncapped.get("/keep?mb=8").await.text(), "keeping 8 MiB\n");
-    assert_eq!(counts(&uncapped, 1).await, [2]);
+    for (capped, high_water) in [
+        (true, "--reuse-memory-high-water=6M"),
+        (false, "--reuse-idle-timeout=30s"),
+    ] {
+        let server = serial(guests::ASYNC_GUEST).arg(high_water).start().await;
+        let seen = counts(&server, 3).await;
+        let runs = by_instance(&seen, u64::MAX, "below the mark");
+        assert!(runs.len() < 3, "kept below the mark: {seen:?}");
+        assert_eq!(server.get("/keep?mb=8").await.text(), "keeping 8 MiB\n");
+        let cause =
+            r#"wasmloop_instances_retired_total{app="async_guest",cause="memory_high_water"}"#;
+        if capped {
+            metric_reaches(&server, cause, 1.0, "capped").await;
+        } else {
+            // The grown instance serves on, and still holds what it kept.
+            let mut all = seen.clone();
+            all.extend(counts(&server, 3).await);
+            by_instance(&all, u64::MAX, "uncapped");
+            assert!(
+                !server
+                    .metrics()
+                    .await
+                    .0
+                    .contains(r#"cause="memory_high_water""#)
+            );
+        }
+    }
 }
 
-async fn count_on(server: &Running, host: &str) -> u64 {
-    let reply = server.get_host(host, "/count").await;
-    assert_eq!(reply.status, 200, "{host}: {}", reply.text());
-    reply.text().trim().parse().unwrap()
+#[tokio::test]
+async fn a_kept_instance_holds_its_memory_of_the_budget_or_is_retired() {
+    // Each request counts 16 MiB + 1 MiB while it runs; a kept instance holds what
+    // it reached + 1 MiB. 24 MiB fit a small instance kept next to a request, not one
+    // that grew by 8 MiB.
+    let server = serial(guests::ASYNC_GUEST)
+        .arg("--max-memory=16M")
+        .arg("--worker-memory-budget=24M")
+        .start()
+        .await;
+    let seen = counts(&server, 3).await;
+    assert!(by_instance(&seen, u64::MAX, "small").len() < 3, "{seen:?}");
+    assert_eq!(server.get("/keep?mb=8").await.text(), "keeping 8 MiB\n");
+    let retired = r#"wasmloop_instances_retired_total{app="async_guest",cause="memory_budget"}"#;
+    metric_reaches(&server, retired, 1.0, "grown").await;
 }
 
 #[tokio::test]
@@ -166,36 +265,37 @@ async fn instances_never_cross_tenants_or_versions_and_a_deploy_fails_no_request
     let other = server.create_tenant("other", "{}").await;
     // The same bytes for both tenants, the contract given through the CLI.
     for (token, host) in [(&acme, "acme.test"), (&other, "other.test")] {
-        let out = server.cli(
-            token,
-            &[
-                "deploy",
-                guests::ASYNC_GUEST,
-                "--app",
-                "counter",
-                "--route",
-                &format!("{host}/"),
-                "--reuse",
-                "serial",
-            ],
-        );
+        let route = format!("{host}/");
+        let args = [
+            "deploy",
+            guests::ASYNC_GUEST,
+            "--app",
+            "counter",
+            "--route",
+            &route,
+        ];
+        let out = server.cli(token, &[&args[..], &["--reuse", "serial"]].concat());
         assert!(
             out.status.success(),
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let mut seen = Vec::new();
-    for _ in 0..3 {
-        seen.push((
-            count_on(&server, "acme.test").await,
-            count_on(&server, "other.test").await,
-        ));
+    let (mut acme_seen, mut other_seen) = (Vec::new(), Vec::new());
+    for _ in 0..4 {
+        acme_seen.push(count_at(&server, Some("acme.test")).await);
+        other_seen.push(count_at(&server, Some("other.test")).await);
     }
-    assert_eq!(seen, [(1, 1), (2, 2), (3, 3)]);
+    let acme_v1 = by_instance(&acme_seen, u64::MAX, "acme");
+    let other_runs = by_instance(&other_seen, u64::MAX, "other");
+    assert!(acme_v1.len() < 4 && other_runs.len() < 4, "no reuse");
+    assert!(
+        acme_v1.keys().all(|id| !other_runs.contains_key(id)),
+        "an instance served both tenants"
+    );
 
     // A new version of acme's app starts from fresh instances; the other tenant's
-    // instance is untouched.
+    // instances are untouched.
     let reply = server
         .deploy(
             &acme,
@@ -205,10 +305,16 @@ async fn instances_never_cross_tenants_or_versions_and_a_deploy_fails_no_request
         )
         .await;
     assert_eq!(reply.status, 201, "{}", reply.text());
-    assert_eq!(count_on(&server, "acme.test").await, 1);
-    assert_eq!(count_on(&server, "other.test").await, 4);
+    let (n, id) = count_at(&server, Some("acme.test")).await;
+    assert_eq!(n, 1);
+    assert!(
+        !acme_v1.contains_key(&id),
+        "version 2 got a version 1 instance"
+    );
+    other_seen.push(count_at(&server, Some("other.test")).await);
+    by_instance(&other_seen, u64::MAX, "other, after acme's deploy");
 
-    // Requests running through a deploy all succeed.
+    // Requests running through deploys all succeed.
     let server = std::sync::Arc::new(server);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let load = {
@@ -222,17 +328,12 @@ async fn instances_never_cross_tenants_or_versions_and_a_deploy_fails_no_request
         })
     };
     for version in 3..6 {
+        let query = format!("route=acme.test/&reuse=serial&var=V={version}");
         let reply = server
-            .deploy(
-                &acme,
-                "counter",
-                guests::ASYNC_GUEST,
-                &format!("route=acme.test/&reuse=serial&var=V={version}"),
-            )
+            .deploy(&acme, "counter", guests::ASYNC_GUEST, &query)
             .await;
         assert_eq!(reply.status, 201, "{}", reply.text());
     }
-    tokio::time::sleep(Duration::from_millis(100)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let statuses = load.await.unwrap();
     assert!(

@@ -68,6 +68,8 @@ pub struct Defaults {
     pub tenant_share: f64,
     /// Bytes of guest memory this worker's requests may grow to together.
     pub memory_budget: u64,
+    /// That budget as taken by requests in flight and instances kept for reuse.
+    pub worker_memory: Arc<Slots>,
     /// Workers of the server: a tenant's per-server limits are split among them.
     pub workers: u64,
     /// The reuse contract of the component `serve FILE` serves.
@@ -76,6 +78,15 @@ pub struct Defaults {
 
 impl Defaults {
     pub fn from_config(config: &ServeConfig, addresses: AddressPolicy) -> Defaults {
+        let memory_budget = config.worker_memory_budget.unwrap_or_else(|| {
+            // One operator's own component or manifest has no tenant to keep from
+            // another: no budget unless the operator sets one.
+            if config.component.is_some() || config.manifest.is_some() {
+                u64::MAX
+            } else {
+                default_memory_budget(config.worker_count() as u64)
+            }
+        });
         Defaults {
             addresses: Arc::new(addresses),
             fuel: config.fuel,
@@ -92,15 +103,8 @@ impl Defaults {
             limit_concurrency: config.limit_concurrency as u64,
             threads: config.threads as u64,
             tenant_share: config.tenant_share,
-            memory_budget: config.worker_memory_budget.unwrap_or_else(|| {
-                // One operator's own component or manifest has no tenant to keep
-                // from another: no budget unless the operator sets one.
-                if config.component.is_some() || config.manifest.is_some() {
-                    u64::MAX
-                } else {
-                    default_memory_budget(config.worker_count() as u64)
-                }
-            }),
+            memory_budget,
+            worker_memory: Arc::new(Slots::new(memory_budget)),
             workers: config.worker_count() as u64,
             // Checked when the configuration was validated.
             reuse: config.reuse.reuse().unwrap_or_default(),
@@ -172,7 +176,7 @@ impl App {
             timeout: defaults.timeout,
             slots: Arc::new(Slots::new(u64::MAX)),
             tenant_slots: None,
-            instances: Instances::new(defaults.reuse),
+            instances: Instances::new(defaults.reuse, vec![defaults.worker_memory.clone()]),
         })
     }
 
@@ -226,6 +230,7 @@ impl App {
             tenant.timeout_ms,
             defaults.timeout.as_millis() as u64,
         );
+        let kept_memory = tenant_slots.memory.clone();
         anyhow::Ok(App {
             name,
             tenant: Some(entry.tenant.as_str().into()),
@@ -236,7 +241,10 @@ impl App {
             timeout: Duration::from_millis(timeout_ms),
             slots: Arc::new(Slots::new(settings.max_in_flight.unwrap_or(u64::MAX))),
             tenant_slots: Some(tenant_slots),
-            instances: Instances::new(settings.reuse),
+            instances: Instances::new(
+                settings.reuse,
+                vec![defaults.worker_memory.clone(), kept_memory],
+            ),
         })
         .inspect(|app| {
             tracing::info!(

@@ -35,7 +35,6 @@ use crate::protocol;
 use crate::runtime::engine::{self, EngineSizing, EpochTicker};
 use crate::runtime::outbound::AddressPolicy;
 use crate::worker::accept::ConnLimits;
-use crate::worker::admission::Slots;
 use crate::worker::app::{App, Defaults};
 use crate::worker::front_door::{FrontDoor, Server};
 use crate::worker::routes::{RouteTable, TenantMap};
@@ -199,7 +198,7 @@ async fn on_the_loop(
     let front = FrontDoor {
         max_body: config.max_body,
         limit_concurrency: config.limit_concurrency,
-        memory: Arc::new(Slots::new(served.defaults.memory_budget)),
+        memory: served.defaults.worker_memory.clone(),
     };
     let server = match config.max_requests {
         0 => Server::new(served.table, pool, front, recorder),

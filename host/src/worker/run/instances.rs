@@ -9,8 +9,13 @@
 //! (trap, fuel, memory, deadline, client gone: its guest may be mid-task), its
 //! request budget spent, its memory past the high-water mark. Idle ones are dropped
 //! after the idle timeout by [`Instances::reap`], which the worker calls every second.
+//!
+//! A kept instance holds the memory it reached (plus the per-request overhead) of the
+//! worker's memory budget and of its tenant's share, as a request in flight does: an
+//! instance that cannot is retired (`memory_budget`), so instances kept for reuse
+//! never let a tenant hold more memory than admission would let it.
 
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use wasmtime::Store;
@@ -19,6 +24,7 @@ use wasmtime_wasi_http::{p2, p3};
 use crate::model::reuse::{Reuse, ReuseMode};
 use crate::runtime::error::RequestError;
 use crate::runtime::sandbox::Sandbox;
+use crate::worker::admission::{REQUEST_OVERHEAD, SlotGuard, Slots};
 
 /// An instantiated handler, in the calling convention of its store.
 pub enum Instance {
@@ -36,6 +42,8 @@ pub struct Kept {
     /// Requests it may serve in all (picked from the contract's range).
     pub budget: u64,
     idle_since: Instant,
+    /// Its memory, held of the budgets while it is idle.
+    held: Vec<SlotGuard>,
 }
 
 /// Why an instance was dropped: the `cause` label of
@@ -55,13 +63,16 @@ pub struct Fate {
 pub struct Instances {
     reuse: Reuse,
     idle: Mutex<Vec<Kept>>,
+    /// The memory budgets an idle instance holds its memory of.
+    budgets: Vec<Arc<Slots>>,
 }
 
 impl Instances {
-    pub fn new(reuse: Reuse) -> Instances {
+    pub fn new(reuse: Reuse, budgets: Vec<Arc<Slots>>) -> Instances {
         Instances {
             reuse,
             idle: Mutex::new(Vec::new()),
+            budgets,
         }
     }
 
@@ -77,8 +88,10 @@ impl Instances {
             return None;
         }
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        let kept = idle.pop()?;
+        let mut kept = idle.pop()?;
         if kept.idle_since.elapsed() < self.reuse.idle_timeout() {
+            // The request that takes it holds its own admission.
+            kept.held.clear();
             return Some(kept);
         }
         idle.push(kept); // the freshest idled too long, and so did the rest: reap them
@@ -125,6 +138,13 @@ impl Instances {
         if let Some(cause) = retired {
             return Some((cause, kept.served));
         }
+        let need = (kept.store.data().memory_reached() as u64).saturating_add(REQUEST_OVERHEAD);
+        for budget in &self.budgets {
+            match budget.try_take_n(need) {
+                Some(guard) => kept.held.push(guard),
+                None => return Some(("memory_budget", kept.served)),
+            }
+        }
         kept.idle_since = Instant::now();
         self.idle
             .lock()
@@ -167,6 +187,7 @@ impl Kept {
             served,
             budget,
             idle_since: Instant::now(),
+            held: Vec::new(),
         }
     }
 }

@@ -91,8 +91,13 @@ async fn run(
     let drive = Timed::new(drive, &mut guest_time);
     let result = tokio::select! {
         r = tokio::time::timeout_at(ctx.deadline.into(), drive) => r.unwrap_or(Err(RequestError::Timeout)),
-        // The client went away: nobody will read what the guest makes.
-        () = ctx.cancel.cancelled() => Err(RequestError::ClientGone),
+        // The client went away: nobody will read what the guest makes. (The front
+        // door also cancels at the deadline: that is a timeout.)
+        () = ctx.cancel.cancelled() => Err(if Instant::now() >= ctx.deadline {
+            RequestError::Timeout
+        } else {
+            RequestError::ClientGone
+        }),
     };
     let (fuel_used, forced_yields) = (
         fuel_used(app, &lease.store),

@@ -262,13 +262,11 @@ fn call(
             .call_handle(&mut *store, req, out)
     })();
     let fuel_used = fuel_used(app, &lease.store);
-    let error = result.err().map(|e| {
-        RequestError::from_guest(
-            e,
-            lease.store.data().memory_refused(),
-            ctx.cancel.is_cancelled(),
-        )
-    });
+    // The front door cancels the run at the deadline too: that is a timeout.
+    let client_left = ctx.cancel.is_cancelled() && Instant::now() < deadline;
+    let error = result
+        .err()
+        .map(|e| RequestError::from_guest(e, lease.store.data().memory_refused(), client_left));
     let guest_time = started.elapsed();
     let instance = lease.finish(app, error.as_ref(), ctx.cancel.is_cancelled());
     Outcome {

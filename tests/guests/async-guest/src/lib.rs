@@ -11,7 +11,7 @@
 //! | `/trap` | panics |
 //! | `/alloc` | allocates until memory runs out |
 //! | `/hold?mb=N&ms=M` | fills N MiB of memory, then awaits an M ms timer holding it |
-//! | `/count` | how many requests this instance has counted, this one included (state kept across requests when the host reuses the instance) |
+//! | `/count` | `N ID`: how many requests this instance has counted, this one included, and a random id of the instance (state kept across requests when the host reuses the instance) |
 //! | `/keep?mb=N` | fills N MiB of memory and keeps it for the instance's life |
 //! | `/echo` | answers with the request body |
 //! | `/big?kb=N` | streams N KiB of `x` in 16 KiB chunks |
@@ -30,6 +30,13 @@ struct Handler;
 
 /// Requests this instance has served (see `/count`).
 static COUNT: AtomicU64 = AtomicU64::new(0);
+/// A random id of this instance, made on first use.
+fn instance_id() -> u64 {
+    use std::hash::BuildHasher as _;
+    static ID: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *ID.get_or_init(|| std::collections::hash_map::RandomState::new().hash_one(0u8))
+}
+
 /// Memory `/keep` holds for the instance's life.
 static KEPT: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
 
@@ -157,10 +164,10 @@ impl wasip3::exports::http::handler::Guest for Handler {
                     format!("held {} MiB\n", std::hint::black_box(&hoard).len() >> 20),
                 )
             }
-            "/count" => text(
-                200,
-                format!("{}\n", COUNT.fetch_add(1, Ordering::Relaxed) + 1),
-            ),
+            "/count" => {
+                let n = COUNT.fetch_add(1, Ordering::Relaxed) + 1;
+                text(200, format!("{n} {}\n", instance_id()))
+            }
             "/keep" => {
                 let mb = query(&path, "mb").unwrap_or(1) as usize;
                 let mut kept = KEPT.lock().unwrap();

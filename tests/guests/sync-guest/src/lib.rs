@@ -17,7 +17,7 @@
 //! | `/config?key=K` | the value of configuration variable K (wasi:config), or 404 |
 //! | `/fetch?to=HOST:PORT` | GETs `http://HOST:PORT/upstream` and answers with its body, or 502 and the error |
 //! | `/fetch?to=HOST:PORT&timeout_s=N` | the same with every timeout of the request set to N s |
-//! | `/count` | how many requests this instance has counted, this one included (state kept across requests when the host reuses the instance) |
+//! | `/count` | `N ID`: how many requests this instance has counted, this one included, and a random id of the instance (state kept across requests when the host reuses the instance) |
 
 use wasip2::clocks::monotonic_clock;
 use wasip2::exports::http::incoming_handler::Guest;
@@ -26,6 +26,13 @@ use wasip2::http::types::{
 };
 
 struct Handler;
+
+/// A random id of this instance, made on first use.
+fn instance_id() -> u64 {
+    use std::hash::BuildHasher as _;
+    static ID: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *ID.get_or_init(|| std::collections::hash_map::RandomState::new().hash_one(0u8))
+}
 
 /// Requests this instance has served (see `/count`).
 static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -176,7 +183,7 @@ impl Guest for Handler {
             }
             "/count" => {
                 let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-                respond(out, 200, format!("{n}\n").as_bytes());
+                respond(out, 200, format!("{n} {}\n", instance_id()).as_bytes());
             }
             "/echo" => {
                 let body = read_body(req);
