@@ -37,7 +37,8 @@ pub enum Severity {
 pub struct Finding {
     pub severity: Severity,
     /// A stable name: `pool_saturated`, `loop_hot_guest`, `concurrency_limit`,
-    /// `tenant_limit`, `cpu_limit`, `failures`, `few_workers`.
+    /// `tenant_limit`, `cpu_limit`, `failures`, `few_workers`, `reuse_would_help`,
+    /// `reused_instances_fail`.
     pub code: String,
     /// What happened, with numbers.
     pub summary: String,
@@ -93,6 +94,8 @@ pub fn diagnose(before: &Counters, now: &Snapshot, window: Duration, facts: &Fac
     findings.extend(tenant_limits(&w));
     findings.extend(failures(&w));
     findings.extend(few_workers(&w, pool_busy, loop_busy_total));
+    findings.extend(reuse_would_help(&w));
+    findings.extend(reused_instances_fail(&w));
     findings.sort_by_key(|f| f.severity != Severity::Warning);
     Report {
         window_seconds: w.seconds,
@@ -239,30 +242,33 @@ fn concurrency_limit(w: &Window<'_>) -> Option<Finding> {
 
 /// Tenants at their own limits (registry mode: apps are named `tenant/app`).
 fn tenant_limits(w: &Window<'_>) -> Vec<Finding> {
-    let mut by_tenant: std::collections::BTreeMap<&str, (u64, u64)> = Default::default();
+    let mut by_tenant: std::collections::BTreeMap<&str, [u64; 3]> = Default::default();
     for ((app, reason), n) in &w.c.rejected {
         let n = delta(*n, w.before.rejected.get(&(app.clone(), reason.clone())));
         let tenant = app.split_once('/').map_or("", |(t, _)| t);
-        match reason.as_str() {
-            "tenant_limit" => by_tenant.entry(tenant).or_default().0 += n,
-            "tenant_pool_share" => by_tenant.entry(tenant).or_default().1 += n,
-            _ => {}
-        }
+        let slot = match reason.as_str() {
+            "tenant_limit" => 0,
+            "tenant_pool_share" => 1,
+            "tenant_memory_budget" => 2,
+            _ => continue,
+        };
+        by_tenant.entry(tenant).or_default()[slot] += n;
     }
     by_tenant
         .into_iter()
-        .filter(|(_, (in_flight, pool))| in_flight + pool > 0)
-        .map(|(tenant, (in_flight, pool))| Finding {
+        .filter(|(_, counts)| counts.iter().sum::<u64>() > 0)
+        .map(|(tenant, [in_flight, pool, memory])| Finding {
             severity: Severity::Warning,
             code: "tenant_limit".into(),
             summary: format!(
-                "Tenant {tenant} reached its limits in the last {:.0} s: {} refused at its limit of requests in flight, {} at its share of pool threads. Other tenants were not affected by it.",
+                "Tenant {tenant} reached its limits in the last {:.0} s: {} refused at its limit of requests in flight, {} at its share of pool threads, {} at its share of the memory budget. Other tenants were not affected by it.",
                 w.seconds,
                 requests_word(in_flight),
                 requests_word(pool),
+                requests_word(memory),
             ),
             advice: format!(
-                "If {tenant} should get more, raise its limits (max_in_flight, max_pool_threads when creating the tenant, or --tenant-share); if it is misbehaving, its 503s are what protect the others."
+                "If {tenant} should get more, raise its limits (wasmloop tenant limits {tenant} --max-in-flight/--max-pool-threads/--memory-budget, or --tenant-share), or lower its apps' max_memory if they need less; if it is misbehaving, its 503s are what protect the others."
             ),
         })
         .collect()
@@ -324,6 +330,90 @@ fn few_workers(w: &Window<'_>, pool_busy: Option<f64>, loop_busy_total: f64) -> 
             facts.cores
         ),
     })
+}
+
+/// Instantiation above this share of an app's guest time makes reuse worth a look.
+const INSTANTIATION_DOMINATES: f64 = 0.5;
+/// Requests in the window below which the share is not worth a word.
+const ENOUGH_REQUESTS: u64 = 100;
+
+/// Apps with a fresh sandbox per request that spend most of their guest time
+/// instantiating: a reuse contract would save most of it.
+fn reuse_would_help(w: &Window<'_>) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    for (app, secs) in &w.c.instantiate_seconds {
+        if w.c.instances_created.contains_key(app) {
+            continue; // it reuses instances already
+        }
+        let instantiating = secs - w.before.instantiate_seconds.get(app).unwrap_or(&0.0);
+        let guest: f64 =
+            w.c.guest_seconds
+                .iter()
+                .filter(|((a, _), _)| a == app)
+                .map(|(k, s)| s - w.before.guest_seconds.get(k).unwrap_or(&0.0))
+                .sum();
+        let requests: u64 =
+            w.c.requests
+                .iter()
+                .filter(|((a, ..), _)| a == app)
+                .map(|(k, n)| delta(*n, w.before.requests.get(k)))
+                .sum();
+        if requests < ENOUGH_REQUESTS || guest <= 0.0 {
+            continue;
+        }
+        let share = (instantiating / guest).min(1.0);
+        if share >= INSTANTIATION_DOMINATES {
+            findings.push(Finding {
+                severity: Severity::Advice,
+                code: "reuse_would_help".into(),
+                summary: format!(
+                    "App {app} spent {:.0}% of its guest time instantiating a fresh sandbox for each of its {} in the last {:.0} s ({:.0} µs each).",
+                    share * 100.0,
+                    requests_word(requests),
+                    w.seconds,
+                    instantiating / requests as f64 * 1e6
+                ),
+                advice: format!(
+                    "If {app} keeps nothing of one request that another may not see, deploy it with reuse=serial (docs/operations.md, \"Instance reuse\"): its instances then serve many requests each."
+                ),
+            });
+        }
+    }
+    findings
+}
+
+/// Reusing apps whose instances are retired by failures: each costs a fresh
+/// instance and whatever the old one had built.
+fn reused_instances_fail(w: &Window<'_>) -> Vec<Finding> {
+    let mut by_app: std::collections::BTreeMap<&str, u64> = Default::default();
+    for ((app, cause), n) in &w.c.instances_retired {
+        if matches!(
+            cause.as_str(),
+            "guest_trap" | "cpu_limit" | "memory_limit" | "instantiation"
+        ) {
+            *by_app.entry(app).or_default() += delta(
+                *n,
+                w.before
+                    .instances_retired
+                    .get(&(app.clone(), cause.clone())),
+            );
+        }
+    }
+    by_app
+        .into_iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(app, n)| Finding {
+            severity: Severity::Warning,
+            code: "reused_instances_fail".into(),
+            summary: format!(
+                "{n} reused instance(s) of app {app} were retired by a trap, fuel or memory in the last {:.0} s.",
+                w.seconds
+            ),
+            advice: format!(
+                "Each failure throws away an instance and what it had built, and the next request pays for a fresh one: see {app}'s stderr in the log next to the failed requests' ids."
+            ),
+        })
+        .collect()
 }
 
 fn requests_word(n: u64) -> String {
@@ -425,6 +515,7 @@ mod tests {
                 forced_yields: 0,
                 guest_time: Duration::from_micros(100),
                 instance: None,
+                instantiate_time: Duration::ZERO,
             });
         }
     }
@@ -491,6 +582,86 @@ mod tests {
         assert_eq!(codes(&report), ["concurrency_limit"]);
     }
 
+    /// `n` requests of `app` on the loop, each `guest` long of which `instantiate`
+    /// made its instance; `reused`: the app reuses instances (one made per request
+    /// here, so the metric has it).
+    fn instantiating(recorder: &Recorder, app: &str, n: usize, instantiate: u64, reused: bool) {
+        for _ in 0..n {
+            recorder.request(&Finished {
+                app,
+                mode: Some(Mode::Loop),
+                status: 200,
+                duration: Duration::from_micros(200),
+                fuel: 100,
+                cause: None,
+                forced_yields: 0,
+                guest_time: Duration::from_micros(100),
+                instance: reused.then_some((true, None)),
+                instantiate_time: Duration::from_micros(instantiate),
+            });
+        }
+    }
+
+    #[test]
+    fn reuse_is_suggested_when_instantiation_dominates_a_fresh_app() {
+        let recorder = Recorder::default();
+        instantiating(&recorder, "heavy", 200, 80, false);
+        instantiating(&recorder, "light", 200, 10, false);
+        instantiating(&recorder, "reusing", 200, 80, true);
+        instantiating(&recorder, "rare", 20, 90, false);
+        let now = recorder.snapshot(Gauges::default());
+        let report = diagnose(
+            &Counters::default(),
+            &now,
+            Duration::from_secs(60),
+            &facts(),
+        );
+        let found: Vec<_> = report
+            .findings
+            .iter()
+            .filter(|f| f.code == "reuse_would_help")
+            .collect();
+        assert_eq!(found.len(), 1, "{:?}", report.findings);
+        assert!(
+            found[0].summary.contains("App heavy spent 80%"),
+            "{}",
+            found[0].summary
+        );
+        assert!(found[0].advice.contains("reuse=serial"));
+    }
+
+    #[test]
+    fn reused_instances_retired_by_traps_are_a_warning() {
+        let recorder = Recorder::default();
+        for cause in ["guest_trap", "guest_trap", "max_requests", "idle_timeout"] {
+            recorder.request(&Finished {
+                app: "acme/shop",
+                mode: Some(Mode::Loop),
+                status: 500,
+                duration: Duration::from_millis(1),
+                fuel: 100,
+                cause: None,
+                forced_yields: 0,
+                guest_time: Duration::from_micros(100),
+                instance: Some((false, Some((cause, 3)))),
+                instantiate_time: Duration::ZERO,
+            });
+        }
+        let now = recorder.snapshot(Gauges::default());
+        let report = diagnose(
+            &Counters::default(),
+            &now,
+            Duration::from_secs(60),
+            &facts(),
+        );
+        assert_eq!(codes(&report), ["reused_instances_fail"]);
+        assert!(
+            report.findings[0]
+                .summary
+                .starts_with("2 reused instance(s) of app acme/shop")
+        );
+    }
+
     #[test]
     fn a_guest_preempted_again_and_again_is_hot() {
         let recorder = Recorder::default();
@@ -504,6 +675,7 @@ mod tests {
             forced_yields: 200,
             guest_time: Duration::from_millis(400),
             instance: None,
+            instantiate_time: Duration::ZERO,
         });
         let now = recorder.snapshot(Gauges::default());
         let report = diagnose(

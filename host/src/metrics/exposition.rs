@@ -135,6 +135,11 @@ impl Aggregate {
                 .into_iter()
                 .filter(|(a, _)| mine(a))
                 .collect(),
+            instantiate_seconds: c
+                .instantiate_seconds
+                .into_iter()
+                .filter(|(a, _)| mine(a))
+                .collect(),
             instances_created: c
                 .instances_created
                 .into_iter()
@@ -322,6 +327,14 @@ impl Exposition {
             c.outbound_denied.iter().map(|((app, reason), n)| {
                 (with_app(app, vec![("reason", reason.clone())]), *n as f64)
             }),
+        )?;
+        Self::counter(
+            e,
+            "wasmloop_instantiate_seconds",
+            "Time spent instantiating guests for requests (a fresh instance each, or a new one for a reusing app), by app.",
+            c.instantiate_seconds
+                .iter()
+                .map(|(app, s)| (with_app(app, Vec::new()), *s)),
         )?;
         Self::counter(
             e,

@@ -167,6 +167,9 @@ pub struct Counters {
     /// corrupt on this node) and served it nowhere.
     #[serde(default)]
     pub app_load_failures: BTreeMap<String, u64>,
+    /// app -> seconds spent instantiating its component (every fresh instance).
+    #[serde(default)]
+    pub instantiate_seconds: BTreeMap<String, f64>,
     /// app -> instances made, for apps that reuse them.
     #[serde(default)]
     pub instances_created: BTreeMap<String, u64>,
@@ -198,6 +201,7 @@ impl Counters {
         self.guest_seconds.retain(|(app, _), _| keep(app));
         self.outbound_denied.retain(|(app, _), _| keep(app));
         self.app_load_failures.retain(|app, _| keep(app));
+        self.instantiate_seconds.retain(|app, _| keep(app));
         self.instances_created.retain(|app, _| keep(app));
         self.instances_retired.retain(|(app, _), _| keep(app));
         self.instance_requests.retain(|app, _| keep(app));
@@ -235,6 +239,11 @@ impl Counters {
         add_map(
             &mut self.app_load_failures,
             &other.app_load_failures,
+            |a, b| *a += b,
+        );
+        add_map(
+            &mut self.instantiate_seconds,
+            &other.instantiate_seconds,
             |a, b| *a += b,
         );
         add_map(
@@ -342,6 +351,7 @@ mod tests {
             forced_yields: 0,
             guest_time: ms(1),
             instance: None,
+            instantiate_time: Duration::ZERO,
         };
         recorder.request(&done);
         let mut aggregate = Aggregate::default();
@@ -386,6 +396,7 @@ mod tests {
             forced_yields: 2,
             guest_time: ms(4),
             instance: None,
+            instantiate_time: Duration::ZERO,
         });
         let mut aggregate = Aggregate::default();
         aggregate.update(7, recorder.snapshot(Gauges::default()));

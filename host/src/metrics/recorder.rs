@@ -32,6 +32,8 @@ pub struct Finished<'a> {
     /// For an app that reuses instances: whether its instance was made for this
     /// request, and whether (why, after how many requests) it was retired after it.
     pub instance: Option<(bool, Option<(&'static str, u64)>)>,
+    /// Time spent making a fresh instance for it (zero when it got a kept one).
+    pub instantiate_time: Duration,
 }
 
 impl Recorder {
@@ -63,6 +65,10 @@ impl Recorder {
             if !done.guest_time.is_zero() {
                 *c.guest_seconds.entry((app.clone(), mode)).or_default() +=
                     done.guest_time.as_secs_f64();
+            }
+            if !done.instantiate_time.is_zero() {
+                *c.instantiate_seconds.entry(app.clone()).or_default() +=
+                    done.instantiate_time.as_secs_f64();
             }
             if let Some((created, retired)) = done.instance {
                 if created {

@@ -60,6 +60,7 @@ impl AccessLog {
             guest_time: outcome.guest_time,
             instance: (outcome.instance != Fate::default())
                 .then_some((outcome.instance.created, outcome.instance.retired)),
+            instantiate_time: outcome.instantiate_time,
         });
         let duration_ms = (duration.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0;
         let mode = self.mode.map_or_else(|| "-".to_string(), |m| m.to_string());

@@ -41,6 +41,8 @@ pub struct Outcome {
     pub guest_time: Duration,
     /// What became of its instance (counted for apps that reuse instances).
     pub instance: Fate,
+    /// Time spent making its instance, when it got a fresh one.
+    pub instantiate_time: Duration,
 }
 
 impl Outcome {
@@ -106,6 +108,8 @@ pub fn new_store(app: &App, ctx: &RunContext) -> Result<Store<Sandbox>, Outcome>
 pub struct Lease {
     pub store: Store<Sandbox>,
     pub instance: Option<Instance>,
+    /// Time the run spent instantiating (zero with a kept instance).
+    pub instantiate_time: Duration,
     served: u64,
     budget: u64,
 }
@@ -121,6 +125,7 @@ impl Lease {
             return Ok(Lease {
                 store,
                 instance: Some(kept.instance),
+                instantiate_time: Duration::ZERO,
                 served: kept.served,
                 budget: kept.budget,
             });
@@ -128,6 +133,7 @@ impl Lease {
         Ok(Lease {
             store: new_store(app, ctx)?,
             instance: None,
+            instantiate_time: Duration::ZERO,
             served: 0,
             budget: app.instances.budget(),
         })

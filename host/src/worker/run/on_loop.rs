@@ -74,14 +74,21 @@ async fn run(
     let (frames, body) = ChannelBody::channel();
     let mut body = Some(body);
     let Lease {
-        store, instance, ..
+        store,
+        instance,
+        instantiate_time,
+        ..
     } = &mut lease;
+    let made = Made {
+        instance,
+        took: instantiate_time,
+    };
     let drive = async {
         match &app.handler.pre {
             HandlerPre::Service(pre) => {
-                drive_service(pre, store, instance, req, head, &frames, &mut body).await
+                drive_service(pre, store, made, req, head, &frames, &mut body).await
             }
-            HandlerPre::ProxyAsync(pre) => drive_proxy(pre, store, instance, req, head).await,
+            HandlerPre::ProxyAsync(pre) => drive_proxy(pre, store, made, req, head).await,
             HandlerPre::ProxySync(_) => Err(RequestError::Host(anyhow::anyhow!(
                 "a sync handler was sent to the loop"
             ))),
@@ -104,6 +111,7 @@ async fn run(
         lease.store.data().forced_yields,
     );
     let error = result.err();
+    let instantiate_time = lease.instantiate_time;
     let instance = lease.finish(app, error.as_ref(), ctx.cancel.is_cancelled());
     Outcome {
         fuel_used,
@@ -111,7 +119,15 @@ async fn run(
         forced_yields,
         guest_time,
         instance,
+        instantiate_time,
     }
+}
+
+/// The run's instance, made on first use if the lease has none, and the time making
+/// it took.
+struct Made<'a> {
+    instance: &'a mut Option<Instance>,
+    took: &'a mut Duration,
 }
 
 /// Adds up the time spent inside a future's polls: for a guest's run on the loop,
@@ -151,20 +167,22 @@ fn guest_error(store: &Store<Sandbox>) -> impl Fn(wasmtime::Error) -> RequestErr
 async fn drive_service(
     pre: &wasmtime_wasi_http::p3::bindings::ServicePre<Sandbox>,
     store: &mut Store<Sandbox>,
-    instance: &mut Option<Instance>,
+    made: Made<'_>,
     req: Request<RequestBody>,
     head: &mut Option<oneshot::Sender<Head>>,
     frames: &FrameSender,
     body: &mut Option<ChannelBody>,
 ) -> Result<(), RequestError> {
-    if instance.is_none() {
+    if made.instance.is_none() {
+        let started = Instant::now();
         let service = pre
             .instantiate_async(&mut *store)
             .await
             .map_err(guest_error(store))?;
-        *instance = Some(Instance::Service(service));
+        *made.took = started.elapsed();
+        *made.instance = Some(Instance::Service(service));
     }
-    let Some(Instance::Service(service)) = instance else {
+    let Some(Instance::Service(service)) = made.instance else {
         return Err(RequestError::Host(anyhow::anyhow!(
             "a kept instance of another kind"
         )));
@@ -275,18 +293,20 @@ where
 async fn drive_proxy(
     pre: &wasmtime_wasi_http::p2::bindings::ProxyPre<Sandbox>,
     store: &mut Store<Sandbox>,
-    instance: &mut Option<Instance>,
+    made: Made<'_>,
     req: Request<RequestBody>,
     head: &mut Option<oneshot::Sender<Head>>,
 ) -> Result<(), RequestError> {
-    if instance.is_none() {
+    if made.instance.is_none() {
+        let started = Instant::now();
         let proxy = pre
             .instantiate_async(&mut *store)
             .await
             .map_err(guest_error(store))?;
-        *instance = Some(Instance::Proxy(proxy));
+        *made.took = started.elapsed();
+        *made.instance = Some(Instance::Proxy(proxy));
     }
-    let Some(Instance::Proxy(proxy)) = instance else {
+    let Some(Instance::Proxy(proxy)) = made.instance else {
         return Err(RequestError::Host(anyhow::anyhow!(
             "a kept instance of another kind"
         )));

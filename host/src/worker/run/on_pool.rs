@@ -225,7 +225,10 @@ fn call(
     let deadline = ctx.deadline;
     let cancel = ctx.cancel.clone();
     let Lease {
-        store, instance, ..
+        store,
+        instance,
+        instantiate_time,
+        ..
     } = &mut lease;
     store.data_mut().stop_waiting = Some(StopWaiting {
         deadline,
@@ -243,7 +246,9 @@ fn call(
     let started = Instant::now();
     let result = (|| -> wasmtime::Result<()> {
         if instance.is_none() {
+            let started = Instant::now();
             *instance = Some(Instance::ProxySync(pre.instantiate(&mut *store)?));
+            *instantiate_time = started.elapsed();
         }
         let Some(Instance::ProxySync(proxy)) = instance else {
             wasmtime::bail!("a kept instance of another kind");
@@ -268,6 +273,7 @@ fn call(
         .err()
         .map(|e| RequestError::from_guest(e, lease.store.data().memory_refused(), client_left));
     let guest_time = started.elapsed();
+    let instantiate_time = lease.instantiate_time;
     let instance = lease.finish(app, error.as_ref(), ctx.cancel.is_cancelled());
     Outcome {
         fuel_used,
@@ -275,5 +281,6 @@ fn call(
         forced_yields: 0,
         guest_time,
         instance,
+        instantiate_time,
     }
 }
