@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
-use wasmloop_tests::{HttpClient, Server, guests};
+use wasmloop_tests::{HttpClient, Running, Server, guests};
 
 /// Requests sent by `clients` loops, each on a fresh connection, until stopped.
 struct Load {
@@ -279,4 +279,39 @@ async fn a_worker_that_fails_at_start_up_stops_the_master() {
     // No respawn storm: the master gave up at the first failure.
     assert!(output.matches("worker started").count() <= 2, "{output}");
     assert!(start.elapsed() < Duration::from_secs(10));
+}
+
+/// The environment a worker was started with.
+fn worker_environ(server: &Running) -> Vec<String> {
+    let pid = server.worker_pids()[0];
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .unwrap()
+        .split(|b| *b == 0)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn workers_capture_no_error_backtraces_unless_the_operator_asks() {
+    // RUST_BACKTRACE=1 (kept for panics) would otherwise make every store's drop
+    // capture a backtrace inside Wasmtime: 8% of a worker's CPU on small requests.
+    let server = Server::new(guests::ASYNC_GUEST)
+        .wrapped_in(&["env", "--unset=RUST_LIB_BACKTRACE", "RUST_BACKTRACE=1"])
+        .start()
+        .await;
+    let environ = worker_environ(&server);
+    assert!(
+        environ.contains(&"RUST_LIB_BACKTRACE=0".to_string()),
+        "{environ:?}"
+    );
+    assert!(
+        environ.contains(&"RUST_BACKTRACE=1".to_string()),
+        "{environ:?}"
+    );
+    let asked = Server::new(guests::ASYNC_GUEST)
+        .wrapped_in(&["env", "RUST_LIB_BACKTRACE=1"])
+        .start()
+        .await;
+    assert!(worker_environ(&asked).contains(&"RUST_LIB_BACKTRACE=1".to_string()));
+    assert_eq!(asked.get("/").await.status, 200);
 }
