@@ -66,6 +66,7 @@ fn defaults() -> Defaults {
         tenant_share: 0.5,
         memory_budget: 1 << 30,
         worker_memory: Arc::new(Slots::new(1 << 30)),
+        kept_instances: Arc::new(Slots::new(0)),
         workers: 1,
         reuse: Default::default(),
     }
@@ -78,6 +79,7 @@ pub fn apps() -> &'static [Arc<App>] {
         let engine = engine::build(EngineSizing {
             loop_slots: 16,
             pool_slots: 4,
+            kept_slots: 0,
             max_memory: 16 << 20,
         })
         .expect("an engine");

@@ -355,3 +355,46 @@ async fn instances_never_cross_tenants_or_versions_and_a_deploy_fails_no_request
         "{versions}"
     );
 }
+
+#[tokio::test]
+async fn instances_kept_by_some_apps_never_take_the_slots_others_need() {
+    // The engine has instance slots for the requests a worker may hold
+    // (--limit-concurrency + --threads) and, apart, for the instances it keeps. Four
+    // apps each burst to the limit; every request of each is served.
+    let dir = temp_dir("reuse-slots");
+    let server = Server::registry(&dir)
+        .arg("--workers=1")
+        .arg("--limit-concurrency=8")
+        .arg("--threads=1")
+        .start()
+        .await;
+    let token = server
+        .create_tenant("acme", r#"{"max_in_flight": 8}"#)
+        .await;
+    let hosts = ["a.test", "b.test", "c.test", "d.test"];
+    for (i, host) in hosts.iter().enumerate() {
+        let query = format!("route={host}/&reuse=serial");
+        let reply = server
+            .deploy(&token, &format!("app{i}"), guests::ASYNC_GUEST, &query)
+            .await;
+        assert_eq!(reply.status, 201, "{}", reply.text());
+    }
+    let server = std::sync::Arc::new(server);
+    for host in hosts {
+        let burst = (0..8).map(|_| {
+            let server = server.clone();
+            async move {
+                let reply = server.get_host(host, "/sleep?ms=200").await;
+                (reply.status.as_u16(), reply.text())
+            }
+        });
+        for (status, text) in futures::future::join_all(burst).await {
+            assert_eq!(status, 200, "{host}: {text}");
+        }
+    }
+    // The apps keep what they made: more instances than the requests in flight allow.
+    let kept =
+        |m: &wasmloop_tests::Metrics| m.get("wasmloop_instances_live").is_some_and(|n| n > 9.0);
+    let metrics = server.wait_for_metrics(kept, WAIT).await;
+    assert!(kept(&metrics), "{}", metrics.0);
+}

@@ -23,6 +23,7 @@ fn main() -> anyhow::Result<()> {
     let engine = engine::build(EngineSizing {
         loop_slots: 64,
         pool_slots: 64,
+        kept_slots: 0,
         max_memory: 128 << 20,
     })?;
     let handler = component::load(&engine, path.as_ref(), ModeChoice::Auto)?;

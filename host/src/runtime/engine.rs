@@ -22,13 +22,15 @@ pub struct EngineSizing {
     pub loop_slots: u32,
     /// Requests running on pool threads.
     pub pool_slots: u32,
+    /// Instances kept idle for reuse, on top of the requests in flight.
+    pub kept_slots: u32,
     /// Largest linear memory one instance may have.
     pub max_memory: usize,
 }
 
 /// Builds the engine: fuel, epochs, component-model async, pooling allocator.
 pub fn build(sizing: EngineSizing) -> anyhow::Result<Engine> {
-    let instances = sizing.loop_slots + sizing.pool_slots;
+    let instances = sizing.loop_slots + sizing.pool_slots + sizing.kept_slots;
     let mut pool = PoolingAllocationConfig::new();
     pool.total_component_instances(instances)
         // A component built by a language toolchain holds a few core instances,
@@ -38,7 +40,9 @@ pub fn build(sizing: EngineSizing) -> anyhow::Result<Engine> {
         .total_tables(instances.saturating_mul(4))
         .max_memories_per_component(4)
         .max_tables_per_component(8)
-        .total_stacks(sizing.loop_slots.max(1))
+        // A store keeps its fiber when its call ends: an instance kept for reuse
+        // holds one too.
+        .total_stacks((sizing.loop_slots + sizing.kept_slots).max(1))
         // One page more than the limit, so the store's own limiter, which names the
         // error `memory_limit`, is the one that refuses first.
         .max_memory_size(sizing.max_memory + 65536)

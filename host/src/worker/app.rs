@@ -26,7 +26,7 @@ use crate::runtime::component::{self, Handler};
 use crate::runtime::outbound::{self, AddressPolicy};
 use crate::runtime::sandbox::Limits;
 use crate::worker::admission::{Slots, TenantSlots, default_memory_budget};
-use crate::worker::run::instances::Instances;
+use crate::worker::run::instances::{Instances, KEPT_PER_WORKER};
 
 /// Everything needed to run one request of an app.
 pub struct App {
@@ -70,6 +70,9 @@ pub struct Defaults {
     pub memory_budget: u64,
     /// That budget as taken by requests in flight and instances kept for reuse.
     pub worker_memory: Arc<Slots>,
+    /// Instances kept idle for reuse on this worker, across apps (the engine has
+    /// this many instance slots on top of those for requests in flight).
+    pub kept_instances: Arc<Slots>,
     /// Workers of the server: a tenant's per-server limits are split among them.
     pub workers: u64,
     /// The reuse contract of the component `serve FILE` serves.
@@ -105,6 +108,7 @@ impl Defaults {
             tenant_share: config.tenant_share,
             memory_budget,
             worker_memory: Arc::new(Slots::new(memory_budget)),
+            kept_instances: Arc::new(Slots::new(u64::from(KEPT_PER_WORKER))),
             workers: config.worker_count() as u64,
             // Checked when the configuration was validated.
             reuse: config.reuse.reuse().unwrap_or_default(),
@@ -176,7 +180,11 @@ impl App {
             timeout: defaults.timeout,
             slots: Arc::new(Slots::new(u64::MAX)),
             tenant_slots: None,
-            instances: Instances::new(defaults.reuse, vec![defaults.worker_memory.clone()]),
+            instances: Instances::new(
+                defaults.reuse,
+                defaults.kept_instances.clone(),
+                vec![defaults.worker_memory.clone()],
+            ),
         })
     }
 
@@ -243,6 +251,7 @@ impl App {
             tenant_slots: Some(tenant_slots),
             instances: Instances::new(
                 settings.reuse,
+                defaults.kept_instances.clone(),
                 vec![defaults.worker_memory.clone(), kept_memory],
             ),
         })

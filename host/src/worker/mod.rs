@@ -38,6 +38,7 @@ use crate::worker::accept::ConnLimits;
 use crate::worker::app::{App, Defaults};
 use crate::worker::front_door::{FrontDoor, Server};
 use crate::worker::routes::{RouteTable, TenantMap};
+use crate::worker::run::instances;
 use crate::worker::run::on_pool::Pool;
 use crate::{telemetry, tls};
 
@@ -58,6 +59,7 @@ pub fn run_process(config: ServeConfig) -> anyhow::Result<()> {
     let engine = engine::build(EngineSizing {
         loop_slots: u32::try_from(config.limit_concurrency).unwrap_or(u32::MAX),
         pool_slots: u32::try_from(config.threads).unwrap_or(u32::MAX),
+        kept_slots: instances::KEPT_PER_WORKER,
         max_memory: usize::try_from(config.max_memory).context("--max-memory does not fit")?,
     })?;
     let addresses = address_policy(&config, listener.local_addr()?);

@@ -59,19 +59,27 @@ pub struct Fate {
     pub retired: Option<(Retired, u64)>,
 }
 
+/// Instances a worker keeps idle for reuse, across all its apps. The engine's
+/// pooling allocator has this many instance slots on top of those for requests in
+/// flight, so kept instances never take the slot a fresh request needs.
+pub const KEPT_PER_WORKER: u32 = 256;
+
 /// The kept instances of one app version.
 pub struct Instances {
     reuse: Reuse,
     idle: Mutex<Vec<Kept>>,
+    /// The worker's [`KEPT_PER_WORKER`] slots, one held by each idle instance.
+    kept: Arc<Slots>,
     /// The memory budgets an idle instance holds its memory of.
     budgets: Vec<Arc<Slots>>,
 }
 
 impl Instances {
-    pub fn new(reuse: Reuse, budgets: Vec<Arc<Slots>>) -> Instances {
+    pub fn new(reuse: Reuse, kept: Arc<Slots>, budgets: Vec<Arc<Slots>>) -> Instances {
         Instances {
             reuse,
             idle: Mutex::new(Vec::new()),
+            kept,
             budgets,
         }
     }
@@ -137,6 +145,10 @@ impl Instances {
         };
         if let Some(cause) = retired {
             return Some((cause, kept.served));
+        }
+        match self.kept.try_take() {
+            Some(slot) => kept.held.push(slot),
+            None => return Some(("kept_limit", kept.served)),
         }
         let need = (kept.store.data().memory_reached() as u64).saturating_add(REQUEST_OVERHEAD);
         for budget in &self.budgets {
