@@ -503,19 +503,28 @@ mod tests {
         }
     }
 
+    /// A request of `app` that succeeded in 2 ms, 100 µs of it in the guest; tests
+    /// change what they look at.
+    fn done(app: &str) -> Finished<'_> {
+        Finished {
+            app,
+            mode: Some(Mode::Pool),
+            status: 200,
+            duration: Duration::from_millis(2),
+            fuel: 100,
+            cause: None,
+            forced_yields: 0,
+            guest_time: Duration::from_micros(100),
+            instance: None,
+            instantiate_time: Duration::ZERO,
+        }
+    }
+
     fn served(recorder: &Recorder, mode: Mode, n: usize) {
         for _ in 0..n {
             recorder.request(&Finished {
-                app: "app",
                 mode: Some(mode),
-                status: 200,
-                duration: Duration::from_millis(2),
-                fuel: 100,
-                cause: None,
-                forced_yields: 0,
-                guest_time: Duration::from_micros(100),
-                instance: None,
-                instantiate_time: Duration::ZERO,
+                ..done("app")
             });
         }
     }
@@ -588,16 +597,10 @@ mod tests {
     fn instantiating(recorder: &Recorder, app: &str, n: usize, instantiate: u64, reused: bool) {
         for _ in 0..n {
             recorder.request(&Finished {
-                app,
                 mode: Some(Mode::Loop),
-                status: 200,
-                duration: Duration::from_micros(200),
-                fuel: 100,
-                cause: None,
-                forced_yields: 0,
-                guest_time: Duration::from_micros(100),
                 instance: reused.then_some((true, None)),
                 instantiate_time: Duration::from_micros(instantiate),
+                ..done(app)
             });
         }
     }
@@ -635,16 +638,10 @@ mod tests {
         let recorder = Recorder::default();
         for cause in ["guest_trap", "guest_trap", "max_requests", "idle_timeout"] {
             recorder.request(&Finished {
-                app: "acme/shop",
                 mode: Some(Mode::Loop),
                 status: 500,
-                duration: Duration::from_millis(1),
-                fuel: 100,
-                cause: None,
-                forced_yields: 0,
-                guest_time: Duration::from_micros(100),
                 instance: Some((false, Some((cause, 3)))),
-                instantiate_time: Duration::ZERO,
+                ..done("acme/shop")
             });
         }
         let now = recorder.snapshot(Gauges::default());
@@ -666,16 +663,12 @@ mod tests {
     fn a_guest_preempted_again_and_again_is_hot() {
         let recorder = Recorder::default();
         recorder.request(&Finished {
-            app: "spinner",
             mode: Some(Mode::Loop),
-            status: 200,
             duration: Duration::from_millis(400),
             fuel: 1,
-            cause: None,
             forced_yields: 200,
             guest_time: Duration::from_millis(400),
-            instance: None,
-            instantiate_time: Duration::ZERO,
+            ..done("spinner")
         });
         let now = recorder.snapshot(Gauges::default());
         let report = diagnose(
