@@ -350,6 +350,43 @@ async fn instances_never_cross_tenants_or_versions_and_a_deploy_fails_no_request
         )
         .await;
     let versions: serde_json::Value = serde_json::from_slice(&versions.body).unwrap();
+    // Contracts that make no sense are refused and change nothing.
+    for (query, says) in [
+        ("reuse=concurrent", "not available yet"),
+        ("reuse=always", "none or serial"),
+        ("reuse=serial&reuse_max_requests=0", "1 <= LOW <= HIGH"),
+        ("reuse=serial&reuse_max_requests=9-3", "1 <= LOW <= HIGH"),
+        (
+            "reuse=serial&reuse_memory_high_water=lots",
+            "reuse_memory_high_water",
+        ),
+    ] {
+        let reply = server
+            .deploy(
+                &acme,
+                "counter",
+                guests::ASYNC_GUEST,
+                &format!("route=acme.test/&{query}"),
+            )
+            .await;
+        assert_eq!(reply.status, 400, "{query}: {}", reply.text());
+        assert!(reply.text().contains(says), "{query}: {}", reply.text());
+    }
+    let after = server
+        .api(
+            http::Method::GET,
+            "/v1/apps/counter/versions",
+            Some(&acme),
+            "",
+            "application/json",
+        )
+        .await;
+    let after: serde_json::Value = serde_json::from_slice(&after.body).unwrap();
+    assert_eq!(
+        after["versions"].as_array().map(Vec::len),
+        Some(5),
+        "{after}"
+    );
     assert_eq!(
         versions["versions"][0]["settings"]["reuse"]["mode"], "serial",
         "{versions}"

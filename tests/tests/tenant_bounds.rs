@@ -460,6 +460,28 @@ async fn each_quota_holds_at_its_value_and_refuses_past_it_storing_nothing() {
         "max_apps",
         1,
     );
+    // Limits of a tenant that does not exist, or with a field that is not a limit,
+    // change nothing.
+    for (path, body, status) in [
+        ("/v1/tenants/nobody/limits", r#"{"max_apps": 5}"#, 404),
+        ("/v1/tenants/acme/limits", r#"{"max_aps": 5}"#, 400),
+        ("/v1/tenants/acme/limits", r#"{"max_apps": -1}"#, 400),
+    ] {
+        let reply = server
+            .api(
+                http::Method::PUT,
+                path,
+                Some(wasmloop_tests::ADMIN_TOKEN),
+                body,
+                "application/json",
+            )
+            .await;
+        assert_eq!(reply.status, status, "{path} {body}: {}", reply.text());
+    }
+    let reply = server
+        .deploy(&token, "four", guests::HELLO, "route=/four")
+        .await;
+    assert_over(&reply, "max_apps", 3);
     // A tenant cannot change its own limits.
     let reply = server
         .api(
