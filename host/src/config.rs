@@ -292,13 +292,17 @@ pub struct ServeConfig {
 #[derive(Debug, Clone, clap::Args)]
 pub struct ReuseArgs {
     /// `none`: a fresh sandbox per request; `serial`: an instance serves one request
-    /// at a time and is kept for the next, within the bounds below.
+    /// at a time and is kept for the next, within the bounds below; `concurrent`: a
+    /// wasi:http 0.3 instance serves several at once (other handlers: serially).
     #[arg(long = "reuse", default_value = "none", value_parser = parse_reuse_mode)]
     pub reuse_mode: ReuseMode,
     /// Requests one instance serves before it is retired: N, or LOW-HIGH for a value
     /// picked at random per instance.
     #[arg(long = "reuse-max-requests", default_value = "1000-1500", value_parser = parse_reuse_range)]
     pub reuse_max_requests: (u64, u64),
+    /// Requests one instance serves at once, with `--reuse concurrent`.
+    #[arg(long = "reuse-max-concurrent", default_value_t = 16)]
+    pub reuse_max_concurrent: u32,
     /// How long an unused instance is kept.
     #[arg(long = "reuse-idle-timeout", default_value = "30s", value_parser = humantime::parse_duration)]
     pub reuse_idle_timeout: Duration,
@@ -313,6 +317,7 @@ impl ReuseArgs {
         let reuse = Reuse {
             mode: self.reuse_mode,
             max_requests: self.reuse_max_requests,
+            max_concurrent: self.reuse_max_concurrent,
             idle_timeout_ms: self.reuse_idle_timeout.as_millis() as u64,
             memory_high_water: self.reuse_memory_high_water,
         };

@@ -1,10 +1,14 @@
-//! Instance reuse by contract (`reuse = serial`): state persists across requests
+//! Instance reuse by contract (`reuse = serial` and `concurrent`): state persists across requests
 //! within an instance up to its request budget and never beyond it, never across
 //! tenants or versions; a failed request (a trap, a deadline) retires its instance;
 //! budgets are spread by jitter; idle instances are reclaimed; memory past the
 //! high-water mark, or past what the memory budget lets a kept instance hold, retires
 //! an instance; a deploy retires the old version's instances without failing a
 //! request. Each on the pool (the sync fixture guest) and on the loop (the async one).
+//! With `concurrent`, a 0.3 instance serves several requests at once up to its bound;
+//! a request that computes makes its instance hot (no new requests go to it) while
+//! the neighbours already on it wait for it; a trap or a guest computing past every
+//! deadline on its instance ends that instance and no other.
 //!
 //! The fixtures' `/count` answers `N ID`: the requests their instance has counted and
 //! the instance's random id. The next request may reach the server before the last
@@ -13,7 +17,7 @@
 //! than expect one sequence.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use wasmloop_tests::{Running, Server, guests, temp_dir};
 
@@ -327,8 +331,8 @@ async fn instances_never_cross_tenants_or_versions_and_a_deploy_fails_no_request
             statuses
         })
     };
-    for version in 3..6 {
-        let query = format!("route=acme.test/&reuse=serial&var=V={version}");
+    for (version, reuse) in [(3, "concurrent"), (4, "serial"), (5, "concurrent")] {
+        let query = format!("route=acme.test/&reuse={reuse}&var=V={version}");
         let reply = server
             .deploy(&acme, "counter", guests::ASYNC_GUEST, &query)
             .await;
@@ -352,8 +356,11 @@ async fn instances_never_cross_tenants_or_versions_and_a_deploy_fails_no_request
     let versions: serde_json::Value = serde_json::from_slice(&versions.body).unwrap();
     // Contracts that make no sense are refused and change nothing.
     for (query, says) in [
-        ("reuse=concurrent", "not available yet"),
-        ("reuse=always", "none or serial"),
+        (
+            "reuse=concurrent&reuse_max_concurrent=0",
+            "reuse_max_concurrent must be from 1",
+        ),
+        ("reuse=always", "none, serial or concurrent"),
         ("reuse=serial&reuse_max_requests=0", "1 <= LOW <= HIGH"),
         ("reuse=serial&reuse_max_requests=9-3", "1 <= LOW <= HIGH"),
         (
@@ -434,4 +441,205 @@ async fn instances_kept_by_some_apps_never_take_the_slots_others_need() {
         |m: &wasmloop_tests::Metrics| m.get("wasmloop_instances_live").is_some_and(|n| n > 9.0);
     let metrics = server.wait_for_metrics(kept, WAIT).await;
     assert!(kept(&metrics), "{}", metrics.0);
+}
+
+fn concurrent(max: u32) -> Server {
+    Server::new(guests::ASYNC_GUEST)
+        .arg("--workers=1")
+        .arg("--reuse=concurrent")
+        .arg(&format!("--reuse-max-concurrent={max}"))
+}
+
+fn parse_seen(reply: &wasmloop_tests::Reply) -> Seen {
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let text = reply.text();
+    let (n, id) = text.trim().split_once(' ').expect("N ID");
+    (n.parse().unwrap(), id.to_string())
+}
+
+/// A request's reply and how long it took.
+async fn timed(server: &Running, path: &str) -> (wasmloop_tests::Reply, Duration) {
+    let start = Instant::now();
+    let reply = server.get(path).await;
+    (reply, start.elapsed())
+}
+
+#[tokio::test]
+async fn concurrent_requests_share_an_instance_up_to_their_bound() {
+    let server = concurrent(4).start().await;
+    // Eight requests that each wait 600 ms, at once: two instances of four, all
+    // waiting together (one after another they would take 4.8 s).
+    let start = Instant::now();
+    let replies = futures::future::join_all((0..8).map(|_| server.get("/count?ms=600"))).await;
+    let took = start.elapsed();
+    let seen: Vec<Seen> = replies.iter().map(parse_seen).collect();
+    let mut runs: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for (n, id) in &seen {
+        runs.entry(id.clone()).or_default().push(*n);
+    }
+    for run in runs.values_mut() {
+        run.sort();
+    }
+    assert_eq!(
+        runs.values().cloned().collect::<Vec<_>>(),
+        vec![vec![1, 2, 3, 4], vec![1, 2, 3, 4]],
+        "{seen:?}"
+    );
+    assert!(
+        took < Duration::from_millis(3000),
+        "{took:?}: they did not run at once"
+    );
+    // The next request reuses one of them: its state goes on.
+    let (n, id) = count_at(&server, None).await;
+    assert!(runs.contains_key(&id) && n == 5, "{n} {id}: {runs:?}");
+    let app = app_of(guests::ASYNC_GUEST);
+    metric_reaches(
+        &server,
+        &format!(r#"wasmloop_instances_created_total{{app="{app}"}}"#),
+        2.0,
+        "created",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_computing_request_gets_no_neighbours_and_those_it_has_wait_for_it() {
+    let server = concurrent(16).arg("--timeout=20s").start().await;
+    // A neighbour that awaits is on the instance when a request on it starts to
+    // compute (1.5 s without awaiting); a third request comes while it computes.
+    let (early, spinner, late) = tokio::join!(
+        timed(&server, "/count?ms=300"),
+        async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            timed(&server, "/count?spin=1500").await
+        },
+        async {
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            timed(&server, "/count").await
+        },
+    );
+    let (early_seen, spinner_seen, late_seen) = (
+        parse_seen(&early.0),
+        parse_seen(&spinner.0),
+        parse_seen(&late.0),
+    );
+    assert_eq!(
+        early_seen.1, spinner_seen.1,
+        "the computing request joined the awaiting one's instance"
+    );
+    // The neighbour in the same instance waited for the computing guest ...
+    assert!(
+        early.1 >= Duration::from_millis(1400),
+        "the neighbour in the computing guest's instance answered in {:?}",
+        early.1
+    );
+    // ... the request that came later went to another instance, and did not.
+    assert_ne!(
+        late_seen.1, spinner_seen.1,
+        "a hot instance got a new request"
+    );
+    assert!(
+        late.1 < Duration::from_millis(700),
+        "the neighbour in another instance answered in {:?}",
+        late.1
+    );
+    // Once it awaits again, the instance takes requests again.
+    let replies = futures::future::join_all((0..3).map(|_| server.get("/count?ms=300"))).await;
+    let ids: Vec<String> = replies.iter().map(|r| parse_seen(r).1).collect();
+    assert!(
+        ids.iter().all(|id| *id == ids[0]),
+        "three waiting requests spread over instances: {ids:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_trap_or_a_guest_computing_past_its_deadline_ends_its_shared_instance_only() {
+    // Fuel for far longer than the deadline: the deadline ends the hog below.
+    let server = concurrent(16)
+        .arg("--timeout=2s")
+        .arg("--fuel=1000000000000")
+        .start()
+        .await;
+    let app = app_of(guests::ASYNC_GUEST);
+    let (first, _) = tokio::join!(server.get("/count?ms=200"), server.get("/count?ms=200"));
+    let (_, id) = parse_seen(&first);
+    // A trap alone on the instance: its own error, and the next request gets a
+    // fresh instance.
+    let trap = server.get("/trap").await;
+    assert_eq!(trap.status, 500, "{}", trap.text());
+    assert_eq!(trap.text(), "guest_trap\n");
+    let (n, after) = count_at(&server, None).await;
+    assert_ne!(after, id, "a request reached the instance that trapped");
+    assert_eq!(n, 1);
+    metric_reaches(
+        &server,
+        &format!(r#"wasmloop_instances_retired_total{{app="{app}",cause="guest_trap"}}"#),
+        1.0,
+        "trap",
+    )
+    .await;
+
+    // A guest that never awaits, with a neighbour that shares its instance and one
+    // that does not: both of the first are answered at their deadlines, the instance
+    // goes, the third is served.
+    let (neighbour, hog, other) = tokio::join!(
+        timed(&server, "/count?ms=100"),
+        async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            timed(&server, "/forever").await
+        },
+        async {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            timed(&server, "/count").await
+        },
+    );
+    assert_eq!(hog.0.status, 503, "{}", hog.0.text());
+    assert_eq!(hog.0.text(), "timeout\n");
+    assert_eq!(neighbour.0.status, 503, "{}", neighbour.0.text());
+    assert_eq!(neighbour.0.text(), "timeout\n");
+    let (_, other_id) = parse_seen(&other.0);
+    assert!(other.1 < Duration::from_millis(1000), "{:?}", other.1);
+    // The hog's instance is gone; the one the third request had serves on.
+    let (_, next) = count_at(&server, None).await;
+    assert_eq!(next, other_id);
+    metric_reaches(
+        &server,
+        &format!(r#"wasmloop_instances_retired_total{{app="{app}",cause="timeout"}}"#),
+        1.0,
+        "deadline",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_shared_instance_out_of_fuel_ends_with_the_requests_on_it() {
+    // The store's fuel is shared: each request adds its budget. A guest that never
+    // awaits burns its own and its neighbour's; the trap ends the instance, and
+    // both requests on it are told so, with the cause.
+    let server = concurrent(16)
+        .arg("--timeout=20s")
+        .arg("--fuel=500000000")
+        .start()
+        .await;
+    let app = app_of(guests::ASYNC_GUEST);
+    let (neighbour, hog) = tokio::join!(server.get("/count?ms=100"), async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        server.get("/forever").await
+    });
+    for reply in [&neighbour, &hog] {
+        assert_eq!(reply.status, 503, "{}", reply.text());
+        assert_eq!(reply.text(), "instance_lost\n");
+    }
+    metric_reaches(
+        &server,
+        &format!(r#"wasmloop_instances_retired_total{{app="{app}",cause="cpu_limit"}}"#),
+        1.0,
+        "fuel",
+    )
+    .await;
+    // Alone on an instance, the hog is told its own cause.
+    let alone = server.get("/forever").await;
+    assert_eq!(alone.text(), "cpu_limit\n");
+    let (n, _) = count_at(&server, None).await;
+    assert_eq!(n, 1, "a request reached an instance that ran out of fuel");
 }

@@ -16,8 +16,8 @@ use crate::model::text::{parse_key_value, parse_size};
 /// Settings of a deploy as query parameters: `route=/prefix` or `route=host/prefix`
 /// (repeatable), `var=KEY=VALUE` (repeatable), `allow_outbound=HOST[:PORT]`
 /// (repeatable), `mode`, `fuel`, `max_memory`, `timeout_ms`, `max_in_flight`, and the
-/// reuse contract: `reuse=none|serial`, `reuse_max_requests=N|LOW-HIGH`,
-/// `reuse_idle_timeout_ms`, `reuse_memory_high_water`.
+/// reuse contract: `reuse=none|serial|concurrent`, `reuse_max_requests=N|LOW-HIGH`,
+/// `reuse_max_concurrent`, `reuse_idle_timeout_ms`, `reuse_memory_high_water`.
 pub fn settings_from_query(query: &str) -> Result<AppSettings, String> {
     let mut settings = AppSettings::default();
     let pairs: Vec<(String, String)> =

@@ -84,11 +84,12 @@ impl Recorder {
         });
     }
 
-    /// Counts instances of `app` dropped while idle, each with the requests it served.
-    pub fn instances_idled(&self, app: &str, served: &[u64]) {
+    /// Counts instances of `app` that ended between requests (idle too long, the
+    /// budgets could not keep them), each with its cause and the requests it served.
+    pub fn instances_ended(&self, app: &str, ended: &[(&'static str, u64)]) {
         self.with(|c| {
-            for &n in served {
-                retire(c, app, "idle_timeout", n);
+            for &(cause, n) in ended {
+                retire(c, app, cause, n);
             }
         });
     }

@@ -73,6 +73,7 @@ pub struct ManifestReuse {
     pub mode: Option<String>,
     /// `N` or `"LOW-HIGH"`.
     pub max_requests: Option<Size>,
+    pub max_concurrent: Option<u32>,
     pub idle_timeout: Option<String>,
     pub memory_high_water: Option<Size>,
 }
@@ -141,6 +142,9 @@ impl ManifestReuse {
             None => {}
             Some(Size::Bytes(n)) => reuse.set("reuse_max_requests", &n.to_string())?,
             Some(Size::Text(text)) => reuse.set("reuse_max_requests", text)?,
+        }
+        if let Some(n) = self.max_concurrent {
+            reuse.set("reuse_max_concurrent", &n.to_string())?;
         }
         if let Some(text) = &self.idle_timeout {
             let ms = humantime::parse_duration(text)

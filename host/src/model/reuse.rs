@@ -1,9 +1,10 @@
 //! An app's instance-reuse contract: whether a request gets a fresh sandbox
-//! (`none`, the default) or an instance that served earlier requests of the same app
-//! version (`serial`), and the bounds on such an instance: how many requests it
+//! (`none`, the default), an instance that served earlier requests of the same app
+//! version (`serial`), or one that serves several of them at once (`concurrent`,
+//! wasi:http 0.3 handlers), and the bounds on such an instance: how many requests it
 //! serves (a range, one value picked at random per instance, so instances do not
-//! all retire at once), how long it may sit idle, and the memory at which it is
-//! retired. An instance is never shared across tenants, apps or versions, and never
+//! all retire at once), how many at once, how long it may sit idle, and the memory
+//! at which it is retired. An instance is never shared across tenants, apps or versions, and never
 //! reused after a request that trapped, ran out of fuel, passed its deadline or lost
 //! its client.
 
@@ -14,6 +15,9 @@ use serde::{Deserialize, Serialize};
 use crate::model::Invalid;
 use crate::model::text::parse_size;
 
+/// The most requests one instance may serve at once.
+pub const MAX_CONCURRENT: u32 = 1024;
+
 /// Whether requests share instances.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -23,6 +27,9 @@ pub enum ReuseMode {
     None,
     /// One request at a time per instance; the instance serves the next one.
     Serial,
+    /// Several requests at once in one instance (wasi:http 0.3 handlers on the
+    /// loop; other handlers reuse serially).
+    Concurrent,
 }
 
 impl std::str::FromStr for ReuseMode {
@@ -32,11 +39,9 @@ impl std::str::FromStr for ReuseMode {
         match s {
             "none" => Ok(ReuseMode::None),
             "serial" => Ok(ReuseMode::Serial),
-            "concurrent" => Err(Invalid(
-                "reuse=concurrent (several requests in one instance at once) is not available yet; use serial".into(),
-            )),
+            "concurrent" => Ok(ReuseMode::Concurrent),
             other => Err(Invalid(format!(
-                "reuse must be none or serial, not {other:?}"
+                "reuse must be none, serial or concurrent, not {other:?}"
             ))),
         }
     }
@@ -47,6 +52,7 @@ impl std::fmt::Display for ReuseMode {
         f.write_str(match self {
             ReuseMode::None => "none",
             ReuseMode::Serial => "serial",
+            ReuseMode::Concurrent => "concurrent",
         })
     }
 }
@@ -59,6 +65,8 @@ pub struct Reuse {
     /// Requests one instance serves: at least the first, at most the second, picked
     /// at random per instance.
     pub max_requests: (u64, u64),
+    /// Requests one instance serves at once (`concurrent` only).
+    pub max_concurrent: u32,
     /// Milliseconds an instance may sit unused before it is dropped.
     pub idle_timeout_ms: u64,
     /// Linear memory (bytes) past which an instance is retired after its request.
@@ -70,6 +78,7 @@ impl Default for Reuse {
         Reuse {
             mode: ReuseMode::None,
             max_requests: (1000, 1500),
+            max_concurrent: 16,
             idle_timeout_ms: 30_000,
             memory_high_water: None,
         }
@@ -86,7 +95,8 @@ impl Reuse {
     }
 
     /// Sets one field from its text form (`reuse`, `reuse_max_requests`,
-    /// `reuse_idle_timeout_ms`, `reuse_memory_high_water`), as deploy query
+    /// `reuse_max_concurrent`, `reuse_idle_timeout_ms`, `reuse_memory_high_water`),
+    /// as deploy query
     /// parameters and flags give them.
     /// A value that breaks a bound changes nothing.
     pub fn set(&mut self, key: &str, value: &str) -> Result<(), Invalid> {
@@ -94,6 +104,11 @@ impl Reuse {
         match key {
             "reuse" => next.mode = value.parse()?,
             "reuse_max_requests" => next.max_requests = parse_range(value)?,
+            "reuse_max_concurrent" => {
+                next.max_concurrent = value.parse().map_err(|_| {
+                    Invalid(format!("reuse_max_concurrent: {value:?} is not a number"))
+                })?;
+            }
             "reuse_idle_timeout_ms" => {
                 next.idle_timeout_ms = value.parse().map_err(|_| {
                     Invalid(format!("reuse_idle_timeout_ms: {value:?} is not a number"))
@@ -118,6 +133,12 @@ impl Reuse {
         if low == 0 || low > high {
             return Err(Invalid(format!(
                 "reuse_max_requests must be N or LOW-HIGH with 1 <= LOW <= HIGH, not {low}-{high}"
+            )));
+        }
+        if !(1..=MAX_CONCURRENT).contains(&self.max_concurrent) {
+            return Err(Invalid(format!(
+                "reuse_max_concurrent must be from 1 to {MAX_CONCURRENT}, not {}",
+                self.max_concurrent
             )));
         }
         Ok(())
@@ -163,14 +184,20 @@ mod tests {
         assert_eq!(reuse.memory_high_water, Some(64 << 20));
         assert!(reuse.set("reuse_max_requests", "0").is_err());
         assert!(reuse.set("reuse_max_requests", "9-3").is_err());
+        reuse.set("reuse", "concurrent").unwrap();
+        assert_eq!(reuse.mode, ReuseMode::Concurrent);
+        reuse.set("reuse_max_concurrent", "64").unwrap();
+        assert_eq!(reuse.max_concurrent, 64);
+        assert!(reuse.set("reuse_max_concurrent", "0").is_err());
+        assert!(reuse.set("reuse_max_concurrent", "5000").is_err());
+        assert_eq!(reuse.max_concurrent, 64, "a refused value changes nothing");
         assert!(
             reuse
-                .set("reuse", "concurrent")
+                .set("reuse", "always")
                 .unwrap_err()
                 .0
-                .contains("serial")
+                .contains("concurrent")
         );
-        assert!(reuse.set("reuse", "always").is_err());
         assert!((10..=20).contains(&reuse.pick_max_requests(u64::MAX)));
         let picks: std::collections::BTreeSet<u64> = (0..100)
             .map(|r| {

@@ -42,6 +42,10 @@ pub enum RequestError {
     /// logged with nginx's 499.
     #[error("the client went away")]
     ClientGone,
+    /// The request shared an instance (`reuse = concurrent`) that another request on
+    /// it ended: a trap, its fuel spent, or a guest computing past its deadline.
+    #[error("the instance it shared ended: {cause}")]
+    InstanceLost { cause: &'static str },
     /// Something on the host's side went wrong.
     #[error("host error: {0:#}")]
     Host(anyhow::Error),
@@ -84,6 +88,11 @@ impl RequestError {
                 Fault::Guest,
             ),
             ClientGone => (CLIENT_CLOSED_REQUEST, "client_gone", Fault::Client),
+            InstanceLost { .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "instance_lost",
+                Fault::Guest,
+            ),
             Host(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal_error",

@@ -156,6 +156,18 @@ impl Sandbox {
         self.stop_waiting = None;
     }
 
+    /// Readies a store that serves several requests at once for one more,
+    /// `request_id` until `deadline`: its output is tagged with the newest request,
+    /// its outbound calls end by the latest deadline; its counters go on.
+    pub fn join_request(&mut self, request_id: &str, deadline: Instant) {
+        let id: Arc<str> = request_id.into();
+        for stream in &self.output {
+            stream.next_request(id.clone());
+        }
+        self.outbound.request_id = id;
+        self.outbound.deadline = self.outbound.deadline.max(Some(deadline));
+    }
+
     /// The most linear memory the instance has reached, in bytes.
     pub fn memory_reached(&self) -> usize {
         self.memory.reached

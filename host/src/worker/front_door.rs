@@ -114,9 +114,9 @@ impl Server {
     /// Drops the instances kept past their app's idle timeout, and counts them.
     pub fn reap_idle_instances(&self) {
         for app in self.table().apps.values() {
-            let served = app.instances.reap();
-            if !served.is_empty() {
-                self.recorder.instances_idled(&app.name, &served);
+            let ended = app.instances.reap();
+            if !ended.is_empty() {
+                self.recorder.instances_ended(&app.name, &ended);
             }
         }
     }

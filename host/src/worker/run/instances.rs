@@ -1,5 +1,7 @@
 //! Instances kept for the next request of the same app version, when the app's reuse
-//! contract says `serial` ([`crate::model::reuse`]). Each [`crate::worker::app::App`]
+//! contract says `serial` ([`crate::model::reuse`]); with `concurrent`, a 0.3
+//! handler's instances serve several requests at once ([`super::concurrent`]) and
+//! other handlers' are kept here as with `serial`. Each [`crate::worker::app::App`]
 //! (one tenant, one app, one version) has its own [`Instances`], so an instance never
 //! crosses tenants, apps or versions; a deploy or rollback makes a new `App`, and the
 //! old one's kept instances go with it once its last request ends.
@@ -25,6 +27,7 @@ use crate::model::reuse::{Reuse, ReuseMode};
 use crate::runtime::error::RequestError;
 use crate::runtime::sandbox::Sandbox;
 use crate::worker::admission::{REQUEST_OVERHEAD, SlotGuard, Slots};
+use crate::worker::run::concurrent::Lanes;
 
 /// An instantiated handler, in the calling convention of its store.
 pub enum Instance {
@@ -72,6 +75,8 @@ pub struct Instances {
     kept: Arc<Slots>,
     /// The memory budgets an idle instance holds its memory of.
     budgets: Vec<Arc<Slots>>,
+    /// The instances serving several requests at once (`concurrent`, 0.3 handlers).
+    pub lanes: Lanes,
 }
 
 impl Instances {
@@ -81,7 +86,37 @@ impl Instances {
             idle: Mutex::new(Vec::new()),
             kept,
             budgets,
+            lanes: Lanes::default(),
         }
+    }
+
+    /// The app's reuse contract.
+    pub fn contract(&self) -> &Reuse {
+        &self.reuse
+    }
+
+    /// Whether requests of this app share an instance while they run (0.3 handlers).
+    pub fn concurrent(&self) -> bool {
+        self.reuse.mode == ReuseMode::Concurrent
+    }
+
+    /// Holds what an idle instance that reached `memory` bytes keeps of the worker's:
+    /// a kept slot, and its memory of each budget; or says why it cannot be kept.
+    pub fn hold(&self, memory: u64) -> Result<Vec<SlotGuard>, Retired> {
+        let mut held = Vec::with_capacity(1 + self.budgets.len());
+        held.push(self.kept.try_take().ok_or("kept_limit")?);
+        let need = memory.saturating_add(REQUEST_OVERHEAD);
+        for budget in &self.budgets {
+            held.push(budget.try_take_n(need).ok_or("memory_budget")?);
+        }
+        Ok(held)
+    }
+
+    /// Whether an instance that reached `memory` bytes is past the high-water mark.
+    pub fn past_high_water(&self, memory: u64) -> bool {
+        self.reuse
+            .memory_high_water
+            .is_some_and(|high| memory > high)
     }
 
     /// Whether requests of this app reuse instances.
@@ -134,11 +169,7 @@ impl Instances {
             Some("client_gone")
         } else if kept.served >= kept.budget {
             Some("max_requests")
-        } else if self
-            .reuse
-            .memory_high_water
-            .is_some_and(|high| kept.store.data().memory_reached() as u64 > high)
-        {
+        } else if self.past_high_water(kept.store.data().memory_reached() as u64) {
             Some("memory_high_water")
         } else {
             None
@@ -146,16 +177,9 @@ impl Instances {
         if let Some(cause) = retired {
             return Some((cause, kept.served));
         }
-        match self.kept.try_take() {
-            Some(slot) => kept.held.push(slot),
-            None => return Some(("kept_limit", kept.served)),
-        }
-        let need = (kept.store.data().memory_reached() as u64).saturating_add(REQUEST_OVERHEAD);
-        for budget in &self.budgets {
-            match budget.try_take_n(need) {
-                Some(guard) => kept.held.push(guard),
-                None => return Some(("memory_budget", kept.served)),
-            }
+        match self.hold(kept.store.data().memory_reached() as u64) {
+            Ok(held) => kept.held = held,
+            Err(cause) => return Some((cause, kept.served)),
         }
         kept.idle_since = Instant::now();
         self.idle
@@ -165,20 +189,21 @@ impl Instances {
         None
     }
 
-    /// Drops the instances idle longer than the timeout; returns how many requests
-    /// each had served.
-    pub fn reap(&self) -> Vec<u64> {
+    /// Drops the instances idle longer than the timeout; returns why each instance
+    /// that ended without a request to report it ended, and how many requests it
+    /// had served (with those the concurrent instances ended by themselves).
+    pub fn reap(&self) -> Vec<(Retired, u64)> {
         let timeout = self.reuse.idle_timeout();
+        let mut ended = self.lanes.take_ended();
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut served = Vec::new();
         idle.retain(|kept| {
             let keep = kept.idle_since.elapsed() < timeout;
             if !keep {
-                served.push(kept.served);
+                ended.push(("idle_timeout", kept.served));
             }
             keep
         });
-        served
+        ended
     }
 
     /// Idle instances kept now.

@@ -6,6 +6,7 @@
 //! the head, and the error that becomes the response when no head was sent. The
 //! server owns what happens next.
 
+pub mod concurrent;
 pub mod instances;
 pub mod on_loop;
 pub mod on_pool;

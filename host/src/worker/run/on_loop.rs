@@ -27,6 +27,7 @@ use crate::runtime::error::RequestError;
 use crate::runtime::sandbox::Sandbox;
 use crate::worker::app::App;
 use crate::worker::body::{ChannelBody, FrameSender, RequestBody};
+use crate::worker::run::concurrent;
 use crate::worker::run::instances::Instance;
 use crate::worker::run::{
     Head, Lease, Outcome, OutparamResult, Reply, RunContext, answer_unanswered, fuel_used,
@@ -41,6 +42,18 @@ const PRELOAD_LIMIT: usize = 64 * 1024;
 /// Starts the request as a task on the current loop (a `LocalSet`). The head and the
 /// outcome arrive through `reply`.
 pub fn spawn(app: Arc<App>, req: Request<RequestBody>, ctx: RunContext, reply: Reply) {
+    if app.instances.concurrent()
+        && let HandlerPre::Service(pre) = &app.handler.pre
+    {
+        let pre = pre.clone();
+        return concurrent::spawn(app, pre, req, ctx, reply);
+    }
+    if app.instances.concurrent()
+        && let HandlerPre::Service(pre) = &app.handler.pre
+    {
+        let pre = pre.clone();
+        return concurrent::spawn(app, pre, req, ctx, reply);
+    }
     tokio::task::spawn_local(async move {
         let Reply { head, done } = reply;
         let mut head = Some(head);
@@ -215,7 +228,7 @@ async fn drive_service(
 
 /// Sends a 0.3 response's head, with what of its body comes at once, then pumps the
 /// rest of the body into the channel the server writes from.
-async fn send_and_pump<B>(
+pub(super) async fn send_and_pump<B>(
     parts: http::response::Parts,
     mut guest_body: B,
     tx: oneshot::Sender<Head>,

@@ -11,7 +11,7 @@
 //! | `/trap` | panics |
 //! | `/alloc` | allocates until memory runs out |
 //! | `/hold?mb=N&ms=M` | fills N MiB of memory, then awaits an M ms timer holding it |
-//! | `/count` | `N ID`: how many requests this instance has counted, this one included, and a random id of the instance (state kept across requests when the host reuses the instance) |
+//! | `/count?ms=M` | `N ID`: how many requests this instance has counted, this one included, and a random id of the instance (state kept across requests when the host reuses the instance); with `ms`, answers after waiting M ms |
 //! | `/keep?mb=N` | fills N MiB of memory and keeps it for the instance's life |
 //! | `/echo` | answers with the request body |
 //! | `/big?kb=N` | streams N KiB of `x` in 16 KiB chunks |
@@ -166,6 +166,15 @@ impl wasip3::exports::http::handler::Guest for Handler {
             }
             "/count" => {
                 let n = COUNT.fetch_add(1, Ordering::Relaxed) + 1;
+                if let Some(ms) = query(&path, "ms") {
+                    monotonic_clock::wait_for(ms * 1_000_000).await;
+                }
+                if let Some(ms) = query(&path, "spin") {
+                    let end = monotonic_clock::now() + ms * 1_000_000;
+                    while monotonic_clock::now() < end {
+                        work(1000);
+                    }
+                }
                 text(200, format!("{n} {}\n", instance_id()))
             }
             "/keep" => {
