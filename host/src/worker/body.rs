@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 
-use bytes::Bytes;
+use bytes::{Buf as _, Bytes};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt as _;
 use http_body_util::combinators::UnsyncBoxBody;
@@ -243,6 +243,14 @@ struct Abortable<B> {
     inner: Option<B>,
     guard: Option<tokio_util::sync::DropGuard>,
     aborted: bool,
+    /// The body told hyper it has nothing more to send, or sent all of the length
+    /// its head declared: hyper may drop it then without polling its end, and that
+    /// is not a client going away.
+    complete: bool,
+    /// The length the response's head declares (hyper stops writing there).
+    length: Option<u64>,
+    /// Data bytes sent so far.
+    sent: u64,
 }
 
 /// Ends a [`CancelOnAbort`] body and cancels its run, unless it already ended.
@@ -283,11 +291,20 @@ impl<B> AbortHandle<B> {
 }
 
 impl<B> CancelOnAbort<B> {
-    pub fn new(inner: B, guard: tokio_util::sync::DropGuard) -> (Self, AbortHandle<B>) {
+    /// `inner` with the guard that cancels its run, for a response whose head
+    /// declares `length` bytes (`Content-Length`), if it does.
+    pub fn new(
+        inner: B,
+        guard: tokio_util::sync::DropGuard,
+        length: Option<u64>,
+    ) -> (Self, AbortHandle<B>) {
         let shared = Arc::new(Mutex::new(Abortable {
             inner: Some(inner),
             guard: Some(guard),
             aborted: false,
+            complete: false,
+            length,
+            sent: 0,
         }));
         let ended = Arc::new(tokio::sync::Notify::new());
         (
@@ -303,12 +320,20 @@ impl<B> CancelOnAbort<B> {
 impl<B> Drop for CancelOnAbort<B> {
     /// Hyper dropped the body before its end (the client left): end the run. The
     /// abort handle shares this state, so the guard would not drop with the body.
+    /// A body that said it was complete is not cut: hyper drops such a body once it
+    /// has written it, without polling for the end.
     fn drop(&mut self) {
-        let (inner, guard) = {
+        let (inner, guard, complete) = {
             let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
-            (shared.inner.take(), shared.guard.take())
+            (shared.inner.take(), shared.guard.take(), shared.complete)
         };
-        drop((inner, guard));
+        match guard {
+            Some(guard) if complete => {
+                guard.disarm();
+            }
+            guard => drop(guard),
+        }
+        drop(inner);
         self.ended.notify_one();
     }
 }
@@ -334,6 +359,10 @@ where
             );
         };
         let frame = ready!(Pin::new(inner).poll_frame(cx));
+        if let Some(Ok(data)) = frame.as_ref().map(|f| f.as_ref().map(Frame::data_ref)) {
+            shared.sent += data.map_or(0, |d| d.remaining() as u64);
+            shared.complete |= shared.length.is_some_and(|length| shared.sent >= length);
+        }
         if frame.is_none() {
             shared.inner = None;
             if let Some(guard) = shared.guard.take() {
@@ -345,8 +374,10 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        let shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
-        shared.inner.as_ref().is_none_or(|b| b.is_end_stream()) && !shared.aborted
+        let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        let end = shared.inner.as_ref().is_none_or(|b| b.is_end_stream()) && !shared.aborted;
+        shared.complete |= end;
+        end
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -372,7 +403,7 @@ mod tests {
         let inner = Full::new(Bytes::from(text))
             .map_err(|never| match never {})
             .boxed_unsync();
-        let (body, abort) = CancelOnAbort::new(inner, cancel.clone().drop_guard());
+        let (body, abort) = CancelOnAbort::new(inner, cancel.clone().drop_guard(), None);
         (body, abort, cancel)
     }
 
@@ -383,6 +414,60 @@ mod tests {
         abort.ended().await;
         abort.abort();
         assert!(!cancel.is_cancelled());
+    }
+
+    #[tokio::test]
+    async fn a_body_dropped_after_it_said_it_was_complete_does_not_cancel_its_run() {
+        // What hyper does with a body of known length: it writes the data, asks
+        // whether the body has ended, and drops it without polling for the end.
+        let (mut body, abort, cancel) = body("hello");
+        let frame = body.frame().await.unwrap().unwrap();
+        assert_eq!(frame.into_data().unwrap(), "hello");
+        assert!(body.is_end_stream());
+        drop(body);
+        abort.ended().await;
+        assert!(
+            !cancel.is_cancelled(),
+            "a complete response counted as a client gone"
+        );
+        // Asked before the end, the answer is no, and a drop then still cancels.
+        let (mut body, _abort, cancel) = body_of_two_frames();
+        let _first = body.frame().await.unwrap().unwrap();
+        assert!(!body.is_end_stream());
+        drop(body);
+        assert!(cancel.is_cancelled());
+    }
+
+    fn body_of_two_frames() -> (CancelOnAbort<Inner>, AbortHandle<Inner>, CancellationToken) {
+        let cancel = CancellationToken::new();
+        let frames = futures_util::stream::iter([
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Frame::data(Bytes::from("one"))),
+            Ok(Frame::data(Bytes::from("two"))),
+        ]);
+        let inner = http_body_util::StreamBody::new(frames).boxed_unsync();
+        let (body, abort) = CancelOnAbort::new(inner, cancel.clone().drop_guard(), None);
+        (body, abort, cancel)
+    }
+
+    #[tokio::test]
+    async fn a_body_dropped_after_the_length_its_head_declared_does_not_cancel_its_run() {
+        // Hyper stops writing at the declared Content-Length and drops the body, even
+        // if the guest has not sent its end yet.
+        let (mut body, _abort, cancel) = body_of_two_frames();
+        body.shared.lock().unwrap().length = Some(6);
+        let _one = body.frame().await.unwrap().unwrap();
+        let _two = body.frame().await.unwrap().unwrap();
+        drop(body);
+        assert!(
+            !cancel.is_cancelled(),
+            "a complete response counted as a client gone"
+        );
+        // Dropped short of it, the run is cancelled.
+        let (mut body, _abort, cancel) = body_of_two_frames();
+        body.shared.lock().unwrap().length = Some(6);
+        let _one = body.frame().await.unwrap().unwrap();
+        drop(body);
+        assert!(cancel.is_cancelled());
     }
 
     #[tokio::test]

@@ -344,7 +344,12 @@ fn answer(
         .insert("x-request-id", header_value(&log.id));
     let status = response.status();
     let (parts, body) = response.into_parts();
-    let (body, abort) = body::CancelOnAbort::new(body, cancel_on_drop);
+    let length = parts
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+        .or_else(|| http_body::Body::size_hint(&body).exact());
+    let (body, abort) = body::CancelOnAbort::new(body, cancel_on_drop, length);
     let body = body.boxed_unsync();
     let deadline = ctx.deadline;
     tokio::task::spawn_local(async move {

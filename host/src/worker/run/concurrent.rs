@@ -556,6 +556,8 @@ async fn handle(
         send_and_pump(parts, guest_body, head, body, &frames).await
     };
     tokio::select! {
+        // The work first: a response done as the front door ends the run is done.
+        biased;
         result = tokio::time::timeout_at(ctx.deadline.into(), work) => result.unwrap_or(Err(RequestError::Timeout)),
         () = ctx.cancel.cancelled() => Err(if Instant::now() >= ctx.deadline {
             RequestError::Timeout

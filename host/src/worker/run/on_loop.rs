@@ -110,6 +110,8 @@ async fn run(
     let mut guest_time = Duration::ZERO;
     let drive = Timed::new(drive, &mut guest_time);
     let result = tokio::select! {
+        // The run first: a response done as the front door ends the run is done.
+        biased;
         r = tokio::time::timeout_at(ctx.deadline.into(), drive) => r.unwrap_or(Err(RequestError::Timeout)),
         // The client went away: nobody will read what the guest makes. (The front
         // door also cancels at the deadline: that is a timeout.)

@@ -3,7 +3,7 @@
 //!
 //! | path | behaviour |
 //! |---|---|
-//! | `/` | `hello from async` |
+//! | `/` | `hello from async`, with a `content-length` |
 //! | `/sleep?ms=N` | awaits an N ms timer, then answers |
 //! | `/spin?ms=N` | burns CPU for N ms without awaiting |
 //! | `/forever` | loops forever without awaiting |
@@ -52,8 +52,27 @@ fn query(path: &str, key: &str) -> Option<u64> {
 
 /// Builds a response whose body is written by a spawned task, chunk by chunk.
 fn respond(status: u16, chunks: Vec<Vec<u8>>) -> Result<Response, ErrorCode> {
-    let headers = Fields::from_list(&[("content-type".to_string(), b"text/plain".to_vec())])
-        .map_err(|_| ErrorCode::InternalError(None))?;
+    respond_with(status, chunks, &[])
+}
+
+/// `text` with a declared `content-length`, as SDK guests send it.
+fn text_sized(status: u16, body: &str) -> Result<Response, ErrorCode> {
+    let length = body.len().to_string().into_bytes();
+    respond_with(
+        status,
+        vec![body.as_bytes().to_vec()],
+        &[("content-length", length)],
+    )
+}
+
+fn respond_with(
+    status: u16,
+    chunks: Vec<Vec<u8>>,
+    extra: &[(&str, Vec<u8>)],
+) -> Result<Response, ErrorCode> {
+    let mut fields = vec![("content-type".to_string(), b"text/plain".to_vec())];
+    fields.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
+    let headers = Fields::from_list(&fields).map_err(|_| ErrorCode::InternalError(None))?;
     let (mut body_tx, body_rx) = wit_stream::new();
     let (trailers_tx, trailers_rx) = wit_future::new(|| Ok(None));
     let (response, _sent) = Response::new(headers, Some(body_rx), trailers_rx);
@@ -126,7 +145,7 @@ impl wasip3::exports::http::handler::Guest for Handler {
         let path = request.get_path_with_query().unwrap_or_default();
         let route = path.split('?').next().unwrap_or("").to_string();
         match route.as_str() {
-            "/" => text(200, "hello from async\n"),
+            "/" => text_sized(200, "hello from async\n"),
             "/sleep" => {
                 let ms = query(&path, "ms").unwrap_or(100);
                 monotonic_clock::wait_for(ms * 1_000_000).await;

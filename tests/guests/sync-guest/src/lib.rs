@@ -3,7 +3,7 @@
 //!
 //! | path | behaviour |
 //! |---|---|
-//! | `/` | `hello from sync` |
+//! | `/` | `hello from sync`, with a `content-length` |
 //! | `/sleep?ms=N` | blocks the calling thread for N ms, then answers |
 //! | `/spin?ms=N` | burns CPU for N ms without yielding |
 //! | `/forever` | loops forever (ends on the fuel or time limit) |
@@ -111,8 +111,19 @@ fn fetch(authority: &str, timeout_s: Option<u64>) -> Result<Vec<u8>, String> {
 }
 
 fn respond(out: ResponseOutparam, status: u16, body: &[u8]) {
-    let headers =
-        Fields::from_list(&[("content-type".to_string(), b"text/plain".to_vec())]).unwrap();
+    respond_with(out, status, body, &[]);
+}
+
+/// `respond` with a declared `content-length`, as SDK guests send it.
+fn respond_sized(out: ResponseOutparam, status: u16, body: &[u8]) {
+    let length = body.len().to_string().into_bytes();
+    respond_with(out, status, body, &[("content-length", length)]);
+}
+
+fn respond_with(out: ResponseOutparam, status: u16, body: &[u8], extra: &[(&str, Vec<u8>)]) {
+    let mut fields = vec![("content-type".to_string(), b"text/plain".to_vec())];
+    fields.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
+    let headers = Fields::from_list(&fields).unwrap();
     let resp = OutgoingResponse::new(headers);
     resp.set_status_code(status).unwrap();
     let outgoing = resp.body().unwrap();
@@ -156,7 +167,7 @@ impl Guest for Handler {
         let path = req.path_with_query().unwrap_or_default();
         let route = path.split('?').next().unwrap_or("");
         match route {
-            "/" => respond(out, 200, b"hello from sync\n"),
+            "/" => respond_sized(out, 200, b"hello from sync\n"),
             "/sleep" => {
                 let ms = query(&path, "ms").unwrap_or(100);
                 monotonic_clock::subscribe_duration(ms * 1_000_000).block();
