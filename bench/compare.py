@@ -153,6 +153,7 @@ SYSTEMS = {
     "pool": lambda: wasmloop("pool", WASM / "bench_sync.wasm"),
     "loop-serial": lambda: wasmloop("loop-serial", WASM / "bench_async.wasm", extra=["--reuse=serial"]),
     "pool-serial": lambda: wasmloop("pool-serial", WASM / "bench_sync.wasm", extra=["--reuse=serial"]),
+    "loop-concurrent": lambda: wasmloop("loop-concurrent", WASM / "bench_async.wasm", extra=["--reuse=concurrent"]),
     "wasmtime": lambda: Server(
         "wasmtime",
         [str(WASMTIME), "serve", "-Scli", f"--addr=127.0.0.1:{(p := free_port())}",
@@ -188,6 +189,7 @@ LABELS = {
     "pool": "wasmloop, pool (fn, wasi:http 0.2)",
     "loop-serial": "wasmloop, loop, `--reuse=serial`",
     "pool-serial": "wasmloop, pool, `--reuse=serial`",
+    "loop-concurrent": "wasmloop, loop, `--reuse=concurrent` (16 at once)",
     "wasmtime-p3": "wasmtime serve 48.0.8 (0.3 component, its default reuse)",
     "wasmtime-p3-fresh": "wasmtime serve 48.0.8 (0.3 component, fresh instances)",
     "wasmtime": "wasmtime serve 48.0.8 (0.2 component)",
@@ -392,20 +394,23 @@ def python_reuse(large, cfg):
 
 
 def memory_in_flight(cfg):
-    print("memory", file=sys.stderr)
-    with wasmloop("sleepy", EXAMPLES / "sleepy.wasm", extra=["--limit-concurrency=2000"]) as server:
-        worker = descendants(server.proc.pid)[-1]
-        idle = rss_kib(worker)
-        hold = max(6, int(cfg.seconds) + 2)
-        load = subprocess.Popen(["taskset", "-c", LOAD_CPU, "wrk", "-t1", "-c1000", f"-d{hold}s", "--timeout=30s",
-                                 server.url(f"/?ms={hold * 1000}")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        time.sleep(hold / 2)
-        peak = rss_kib(worker)
-        load.communicate()
-    per_1000 = (peak - idle) / 1024
-    return ("### Memory per 1,000 in-flight async requests\n\n"
-            f"wasmloop, one worker, `examples/sleepy` (each request awaits a {hold} s timer), 1,000 connections: worker RSS "
-            f"{idle / 1024:.1f} MiB idle, {peak / 1024:.1f} MiB with 1,000 requests in flight: **{per_1000:.1f} MiB per 1,000**.\n")
+    hold = max(6, int(cfg.seconds) + 2)
+    lines = ["### Memory per 1,000 in-flight async requests", "",
+             f"wasmloop, one worker, `examples/sleepy` (each request awaits a {hold} s timer), 1,000 connections: "
+             "worker RSS idle and with 1,000 requests in flight, for each reuse mode.", "",
+             "| reuse | idle MiB | 1,000 in flight MiB | **MiB per 1,000** |", "|---|---|---|---|"]
+    for mode in ["none", "serial", "concurrent"]:
+        print(f"memory: {mode}", file=sys.stderr)
+        with wasmloop(f"sleepy-{mode}", EXAMPLES / "sleepy.wasm", extra=["--limit-concurrency=2000", f"--reuse={mode}"]) as server:
+            worker = descendants(server.proc.pid)[-1]
+            idle = rss_kib(worker)
+            load = subprocess.Popen(["taskset", "-c", LOAD_CPU, "wrk", "-t1", "-c1000", f"-d{hold}s", "--timeout=30s",
+                                     server.url(f"/?ms={hold * 1000}")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            time.sleep(hold / 2)
+            peak = rss_kib(worker)
+            load.communicate()
+        lines.append(f"| {mode} | {idle / 1024:.1f} | {peak / 1024:.1f} | **{(peak - idle) / 1024:.1f}** |")
+    return "\n".join(lines) + "\n"
 
 
 def main():
@@ -422,7 +427,7 @@ def main():
 
     started = time.time()
     sections = []
-    reuse_rows = ["loop-serial", "pool-serial", "wasmtime-p3", "wasmtime-p3-fresh"]
+    reuse_rows = ["loop-serial", "pool-serial", "loop-concurrent", "wasmtime-p3", "wasmtime-p3-fresh"]
     hello, got = throughput("Hello", "/", 64, ["native", "loop", "pool", "wasmtime", "uvicorn", *reuse_rows], cfg)
     sections.append(hello)
     sections.append(throughput("An awaited 10 ms timer", "/sleep", 256, ["native", "loop", "pool", "wasmtime", "uvicorn", *reuse_rows], cfg)[0])
