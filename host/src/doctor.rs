@@ -172,15 +172,64 @@ fn pool_saturated(w: &Window<'_>, pool_busy: Option<f64>) -> Option<Finding> {
             " {pool_full} were refused with 503 because the queue was full."
         );
     }
+    let threads = w.facts.threads;
+    let waits_advice = format!(
+        "raise --threads (now {threads}) or write it as an `async fn` so it runs on the event loop and holds no thread while it waits"
+    );
+    let advice = match pool_compute_share(w) {
+        Some(share) if share >= COMPUTES => {
+            let _ = write!(
+                summary,
+                " The handlers compute: about {:.0}% of their time on a thread burned fuel.",
+                share * 100.0
+            );
+            "Add workers (up to one per core) or make the handler do less; more threads would not help, the cores are the limit.".to_string()
+        }
+        Some(share) if share <= WAITS => {
+            let _ = write!(
+                summary,
+                " The handlers mostly wait: about {:.0}% of their time on a thread burned fuel, the rest was waiting (outbound calls, sleeps).",
+                share * 100.0
+            );
+            format!("{}{waits_advice}.", "Threads wait, not compute: ")
+        }
+        _ => format!(
+            "If the handler mostly waits (outbound calls, sleeps), {waits_advice}. If it computes, add workers (up to one per core) or make it do less."
+        ),
+    };
     Some(Finding {
         severity: Severity::Warning,
         code: "pool_saturated".into(),
         summary,
-        advice: format!(
-            "If the handler mostly waits (outbound calls, sleeps), raise --threads (now {}) or write it as an `async fn` so it runs on the event loop and holds no thread while it waits. If it computes, add workers (up to one per core) or make it do less.",
-            w.facts.threads
-        ),
+        advice,
     })
+}
+
+/// Fuel a current x86-64 core burns in one second of guest code (the default
+/// `--fuel` is calibrated to about a second: docs/operations.md).
+const FUEL_PER_CPU_SECOND: f64 = 1e10;
+/// Share of a pool guest's time on its thread that burns fuel, at or above which its
+/// handlers compute, and at or below which they mostly wait.
+const COMPUTES: f64 = 0.5;
+const WAITS: f64 = 0.2;
+
+/// The share of the pool guests' time on their threads that was computing, from the
+/// fuel they burned in the window; `None` without pool time.
+fn pool_compute_share(w: &Window<'_>) -> Option<f64> {
+    let mut seconds = 0.0;
+    let mut fuel = 0u64;
+    for ((app, mode), secs) in &w.c.guest_seconds {
+        if mode != "pool" {
+            continue;
+        }
+        let before = w.before.guest_seconds.get(&(app.clone(), mode.clone()));
+        seconds += secs - before.unwrap_or(&0.0);
+        fuel += delta(
+            w.c.fuel.get(app).copied().unwrap_or(0),
+            w.before.fuel.get(app),
+        );
+    }
+    (seconds > 0.0).then(|| (fuel as f64 / FUEL_PER_CPU_SECOND / seconds).min(1.0))
 }
 
 /// Loop-resident guests that compute without awaiting; also how long loop guests
@@ -453,7 +502,7 @@ pub fn render(report: &Report) -> String {
     let per_second = report.requests as f64 / report.window_seconds;
     let _ = write!(
         out,
-        "  {} requests ({per_second:.1}/s), latency p50 {} p99 {}",
+        "  {} requests ({per_second:.1}/s), latency p50 {} p99 {} (estimated within histogram buckets)",
         report.requests,
         ms(report.latency_p50_ms.map(|v| v / 1000.0)),
         ms(report.latency_p99_ms.map(|v| v / 1000.0)),

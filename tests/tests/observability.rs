@@ -231,6 +231,26 @@ async fn doctor_names_a_saturated_pool() {
         "{report}"
     );
     assert!(report.contains("raise --threads (now 2)"), "{report}");
+    // The fuel burned tells waiting from computing: these handlers sleep.
+    assert!(report.contains("The handlers mostly wait"), "{report}");
+    assert!(!report.contains("Add workers"), "{report}");
+}
+
+#[tokio::test]
+async fn doctor_tells_a_pool_that_computes_from_one_that_waits() {
+    let server = Server::new(guests::SYNC_GUEST)
+        .arg("--threads=2")
+        .start()
+        .await;
+    let spin = "/spin?ms=100&chunk=1000000";
+    load(&server.client(), spin, 8, Duration::from_secs(3)).await;
+    let series = r#"wasmloop_requests_total{app="sync_guest",mode="pool",status="200"}"#;
+    wait_for_requests(&server, series, 20.0).await;
+    let report = server.doctor();
+    assert!(report.contains("[pool_saturated]"), "{report}");
+    assert!(report.contains("The handlers compute"), "{report}");
+    assert!(report.contains("Add workers"), "{report}");
+    assert!(!report.contains("raise --threads"), "{report}");
 }
 
 #[tokio::test]

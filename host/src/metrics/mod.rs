@@ -89,21 +89,27 @@ impl Histogram {
         }
     }
 
-    /// The bucket bound at or below which `q` of the observations fall (an upper
-    /// estimate); `None` when empty.
+    /// The value below which `q` of the observations fall, interpolated linearly
+    /// within the bucket that holds it (as Prometheus's `histogram_quantile` does);
+    /// in the last, unbounded bucket, its lower bound. `None` when empty.
     pub fn quantile(&self, q: f64) -> Option<f64> {
         if self.count == 0 {
             return None;
         }
-        let rank = (q * self.count as f64).ceil().max(1.0) as u64;
-        let mut seen = 0;
-        for (i, n) in self.counts.iter().enumerate() {
-            seen += n;
-            if seen >= rank {
-                return Some(BUCKETS.get(i).copied().unwrap_or(f64::INFINITY));
+        let rank = (q.clamp(0.0, 1.0) * self.count as f64).max(f64::MIN_POSITIVE);
+        let mut below = 0u64;
+        for (i, &n) in self.counts.iter().enumerate() {
+            if n > 0 && (below + n) as f64 >= rank {
+                let lower = if i == 0 { 0.0 } else { BUCKETS[i - 1] };
+                let Some(&upper) = BUCKETS.get(i) else {
+                    return Some(lower);
+                };
+                let within = (rank - below as f64) / n as f64;
+                return Some(lower + (upper - lower) * within);
             }
+            below += n;
         }
-        Some(f64::INFINITY)
+        BUCKETS.last().copied()
     }
 
     /// Observations above `bound` seconds (counted by whole buckets).
@@ -331,11 +337,25 @@ mod tests {
         h.observe(ms(300));
         h.observe(ms(90_000));
         assert_eq!(h.count, 100);
-        assert_eq!(h.quantile(0.5), Some(0.0025));
+        // The median is the 50th of 98 observations in (1 ms, 2.5 ms]: interpolated,
+        // not the bucket's bound.
+        let median = h.quantile(0.5).unwrap();
+        assert!(
+            (median - (0.001 + 0.0015 * 50.0 / 98.0)).abs() < 1e-12,
+            "{median}"
+        );
         assert_eq!(h.quantile(0.99), Some(0.5));
-        assert_eq!(h.quantile(1.0), Some(f64::INFINITY));
+        // In the unbounded bucket, its lower bound.
+        assert_eq!(h.quantile(1.0), Some(60.0));
         assert_eq!(h.above(0.1), 2);
         assert_eq!(Histogram::default().quantile(0.5), None);
+        // 530 ms requests spread over (500 ms, 1 s]: p50 near their middle, not 1 s.
+        let mut h = Histogram::default();
+        for i in 0..100 {
+            h.observe(ms(510 + i * 4));
+        }
+        let p50 = h.quantile(0.5).unwrap();
+        assert!((0.7..0.8).contains(&p50), "{p50}");
     }
 
     #[test]

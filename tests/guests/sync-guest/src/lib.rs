@@ -5,7 +5,7 @@
 //! |---|---|
 //! | `/` | `hello from sync`, with a `content-length` |
 //! | `/sleep?ms=N` | blocks the calling thread for N ms, then answers |
-//! | `/spin?ms=N` | burns CPU for N ms without yielding |
+//! | `/spin?ms=N&chunk=C` | burns CPU for N ms without yielding, in chunks of C loop rounds between clock reads (default 1000) |
 //! | `/forever` | loops forever (ends on the fuel or time limit) |
 //! | `/trap` | panics |
 //! | `/alloc` | allocates until memory runs out |
@@ -175,9 +175,10 @@ impl Guest for Handler {
             }
             "/spin" => {
                 let ms = query(&path, "ms").unwrap_or(100);
+                let chunk = query(&path, "chunk").unwrap_or(1000);
                 let end = monotonic_clock::now() + ms * 1_000_000;
                 while monotonic_clock::now() < end {
-                    work(1000);
+                    work(chunk);
                 }
                 respond(out, 200, format!("spun {ms} ms\n").as_bytes());
             }
