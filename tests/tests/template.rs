@@ -1,5 +1,7 @@
-//! `wasmloop new` writes a crate that builds as it is, and the handler it builds is
-//! served in the mode its style promises.
+//! `wasmloop new` writes a crate that builds as it is, anywhere (the SDK comes from
+//! the registry, or from a checkout given with `--sdk-path`, never from a path into
+//! the sources the binary was built from), and the handler it builds is served in the
+//! mode its style promises.
 
 use std::path::Path;
 use std::process::Command;
@@ -19,16 +21,34 @@ fn wasmloop_new(dir: &Path, args: &[&str]) -> std::process::Output {
 
 #[tokio::test]
 async fn new_crates_build_and_serve_in_both_styles() {
-    let root = Path::new(guests::TARGET_DIR).join("templates");
+    // A directory outside the repository: the crate must not lean on its location.
+    let root = std::env::temp_dir().join(format!("wasmloop-new-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
     std::fs::create_dir_all(&root).unwrap();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let sdk = Path::new(env!("CARGO_MANIFEST_DIR")).join("../guest-sdk");
+    let sdk_path = sdk.to_str().unwrap();
+
+    // By default the crate depends on the SDK release of the binary's version, and on
+    // no path at all.
+    let out = wasmloop_new(&root, &["from-registry"]);
+    assert!(out.status.success(), "{out:?}");
+    let manifest = std::fs::read_to_string(root.join("from-registry/Cargo.toml")).unwrap();
+    assert!(
+        manifest.contains(&format!("wasmloop-sdk = \"{}\"", env!("CARGO_PKG_VERSION"))),
+        "{manifest}"
+    );
+    assert!(!manifest.contains("path"), "{manifest}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("--sdk-path"));
 
     for (name, flags, mode) in [
         ("fresh-sync", &[][..], "mode=pool"),
         ("fresh-async", &["--async"][..], "mode=loop"),
     ] {
-        let out = wasmloop_new(&root, &[&[name][..], flags].concat());
+        let out = wasmloop_new(
+            &root,
+            &[&[name, "--sdk-path", sdk_path][..], flags].concat(),
+        );
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success(),
@@ -76,4 +96,9 @@ async fn new_crates_build_and_serve_in_both_styles() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("is not a crate name"));
     assert!(!root.join("9 lives").exists());
+    // An --sdk-path that is not the SDK is refused.
+    let out = wasmloop_new(&root, &["lost", "--sdk-path", "/nonexistent/guest-sdk"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("failed to find the SDK"));
+    let _ = std::fs::remove_dir_all(&root);
 }

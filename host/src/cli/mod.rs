@@ -19,7 +19,7 @@ use crate::config::ReuseArgs;
 use crate::model::app::AppSettings;
 use crate::model::manifest::Manifest;
 use crate::model::mode::ModeChoice;
-use crate::model::route::parse_route;
+use crate::model::route::{normalize_route, parse_route};
 use crate::model::tenant::TenantLimits;
 use crate::model::text::{parse_key_value, parse_size};
 
@@ -350,14 +350,19 @@ pub fn deploy(conn: &Connection, args: &DeployArgs) -> anyhow::Result<()> {
     } else {
         args.routes.clone()
     };
+    let routes = routes
+        .iter()
+        .map(|r| match &args.host {
+            Some(host) if r.starts_with('/') => parse_route(&format!("{host}{r}")),
+            _ => parse_route(r),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    // Checked here too, so a mistake is named before the upload.
+    for route in &routes {
+        normalize_route(route)?;
+    }
     let mut settings = AppSettings {
-        routes: routes
-            .iter()
-            .map(|r| match &args.host {
-                Some(host) if r.starts_with('/') => parse_route(&format!("{host}{r}")),
-                _ => parse_route(r),
-            })
-            .collect(),
+        routes,
         allow_outbound: args.allow_outbound.clone(),
         mode: args.mode,
         reuse: args.reuse.reuse()?,

@@ -19,8 +19,9 @@ pub struct NewArgs {
     /// Directory to create the crate in (default: the current directory).
     #[arg(long, default_value = ".")]
     pub dir: PathBuf,
-    /// Depend on the SDK at this path instead of the copy next to the wasmloop sources
-    /// this binary was built from (or, when those are gone, the registry release).
+    /// Depend on the SDK at this path (a checkout's `guest-sdk`) instead of the
+    /// release of the SDK that matches this binary. The path is written as given,
+    /// made absolute.
     #[arg(long, env = "WASMLOOP_SDK_PATH")]
     pub sdk_path: Option<PathBuf>,
 }
@@ -40,8 +41,12 @@ pub fn run(args: &NewArgs) -> anyhow::Result<()> {
         "a plain fn handler: it runs on the thread pool"
     };
     println!("Created {} ({style}).", dir.display());
-    if let SdkSource::Path(path) = &template.sdk {
-        println!("It uses the SDK at {}.", path.display());
+    match &template.sdk {
+        SdkSource::Path(path) => println!("It uses the SDK at {}.", path.display()),
+        SdkSource::Version(version) => println!(
+            "It depends on wasmloop-sdk {version} from the registry; to build against a \
+             checkout of the SDK instead, give --sdk-path PATH/TO/wasmloop/guest-sdk."
+        ),
     }
     println!();
     println!("    cd {}", dir.display());
@@ -63,8 +68,9 @@ pub enum SdkSource {
 }
 
 impl SdkSource {
-    /// `--sdk-path` if given; else the SDK next to the wasmloop sources this binary
-    /// was built from, when they are still there; else the registry release.
+    /// `--sdk-path` if given; else the registry release of this binary's version. (Never
+    /// the sources this binary was built from: a path into one machine's checkout
+    /// builds nowhere else.)
     pub fn find(explicit: Option<&Path>) -> anyhow::Result<SdkSource> {
         if let Some(path) = explicit {
             let path = path
@@ -76,12 +82,6 @@ impl SdkSource {
                     path.display()
                 );
             }
-            return Ok(SdkSource::Path(path));
-        }
-        let beside_sources = Path::new(env!("CARGO_MANIFEST_DIR")).join("../guest-sdk");
-        if let Ok(path) = beside_sources.canonicalize()
-            && path.join("Cargo.toml").is_file()
-        {
             return Ok(SdkSource::Path(path));
         }
         Ok(SdkSource::Version(env!("CARGO_PKG_VERSION").to_string()))

@@ -27,7 +27,7 @@ pub fn settings_from_query(query: &str) -> Result<AppSettings, String> {
     };
     for (key, value) in pairs {
         match key.as_str() {
-            "route" => settings.routes.push(parse_route(&value)),
+            "route" => settings.routes.push(parse_route(&value).map_err(|e| e.0)?),
             "var" => {
                 let (k, v) = parse_key_value(&value).map_err(|e| format!("var: {e}"))?;
                 settings.vars.insert(k, v);

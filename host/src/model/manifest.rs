@@ -165,9 +165,12 @@ impl ManifestApp {
     /// The app's settings as the admin API takes them.
     pub fn settings(&self) -> anyhow::Result<AppSettings> {
         let routes: Vec<_> = if self.routes.is_empty() {
-            vec![parse_route(&format!("/{}", self.name))]
+            vec![parse_route(&format!("/{}", self.name))?]
         } else {
-            self.routes.iter().map(|r| parse_route(r)).collect()
+            self.routes
+                .iter()
+                .map(|r| parse_route(r))
+                .collect::<Result<_, _>>()?
         };
         let routes = routes
             .iter()

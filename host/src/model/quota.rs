@@ -174,7 +174,7 @@ mod tests {
     fn each_quota_holds_at_its_value_and_refuses_past_it() {
         let q = quotas();
         let mut settings = AppSettings {
-            routes: vec![parse_route("/a"), parse_route("/b")],
+            routes: vec![parse_route("/a").unwrap(), parse_route("/b").unwrap()],
             ..AppSettings::default()
         };
         settings.vars.insert("K".into(), "123456789".into());
@@ -189,7 +189,7 @@ mod tests {
             "max_vars_bytes"
         );
         settings.vars.remove("L");
-        settings.routes.push(parse_route("/c"));
+        settings.routes.push(parse_route("/c").unwrap());
         let over = q.check_deploy(&settings, 1).unwrap_err();
         assert_eq!((over.quota, over.limit), ("max_routes", 2));
         assert!(over.to_string().contains("max_routes (2)"), "{over}");

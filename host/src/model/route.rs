@@ -22,23 +22,25 @@ pub struct Route {
     pub prefix: String,
 }
 
-/// `/prefix` for any host, or `host/prefix` (`host` alone means `/`).
-pub fn parse_route(value: &str) -> Route {
+/// `/prefix` for any host, or `host/prefix` (`host/` for all of a host's paths). A
+/// value without a `/` is refused: `api` could mean the path `/api` or the host
+/// `api`, and guessing either serves the app somewhere its author did not mean.
+pub fn parse_route(value: &str) -> Result<Route, Invalid> {
     if value.starts_with('/') {
-        return Route {
+        return Ok(Route {
             host: None,
             prefix: value.to_string(),
-        };
+        });
     }
     match value.split_once('/') {
-        Some((host, rest)) => Route {
+        Some((host, rest)) => Ok(Route {
             host: Some(host.to_string()),
             prefix: format!("/{rest}"),
-        },
-        None => Route {
-            host: Some(value.to_string()),
-            prefix: "/".to_string(),
-        },
+        }),
+        None => Err(Invalid(format!(
+            "route {value:?} has no \"/\": a path prefix starts with one (\"/{value}\"), \
+             and a route for one host is HOST/ or HOST/PATH (\"{value}/\")"
+        ))),
     }
 }
 
@@ -203,7 +205,7 @@ mod tests {
 
     #[test]
     fn a_new_route_takes_from_a_held_one_only_where_it_would_serve_its_requests() {
-        let r = |text: &str| parse_route(text);
+        let r = |text: &str| parse_route(text).unwrap();
         // (new, held): refused.
         for (new, held) in [
             ("shop.test/users", "shop.test/"),
@@ -241,24 +243,30 @@ mod tests {
     fn routes_parse_with_and_without_a_host() {
         assert_eq!(
             parse_route("/api"),
-            Route {
+            Ok(Route {
                 host: None,
                 prefix: "/api".into()
-            }
+            })
         );
         assert_eq!(
             parse_route("example.com/api"),
-            Route {
+            Ok(Route {
                 host: Some("example.com".into()),
                 prefix: "/api".into()
-            }
+            })
         );
         assert_eq!(
-            parse_route("example.com"),
-            Route {
+            parse_route("example.com/"),
+            Ok(Route {
                 host: Some("example.com".into()),
                 prefix: "/".into()
-            }
+            })
+        );
+        // A bare word is the path /api or the host api: refused, naming both.
+        let refused = parse_route("api").unwrap_err().0;
+        assert!(
+            refused.contains("\"/api\"") && refused.contains("\"api/\""),
+            "{refused}"
         );
     }
 }
