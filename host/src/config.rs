@@ -18,6 +18,10 @@ use crate::model::quota::Quotas;
 use crate::model::reuse::{Reuse, ReuseMode, parse_range};
 use crate::model::text::{parse_key_value, parse_size};
 
+/// Where the admin listener (and with it the deploy API) is by default with a
+/// registry, and where the CLI looks for it.
+pub const DEFAULT_ADMIN_PORT: u16 = 9090;
+
 /// The admin listener's address, or none.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AdminListen {
@@ -141,11 +145,13 @@ pub struct ServeConfig {
     #[arg(long, env = "WASMLOOP_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
-    /// Address of the admin listener (`/metrics`, `/doctor`, `/healthz`), or `off`.
-    /// Keep it on a private interface. The bound address is printed as
-    /// `admin listening on http://ADDR`.
-    #[arg(long, env = "WASMLOOP_ADMIN_LISTEN", default_value = "127.0.0.1:9090", value_parser = parse_admin_listen)]
-    pub admin_listen: AdminListen,
+    /// Address of the admin listener (`/metrics`, `/doctor`, `/healthz`, and the
+    /// deploy API with a registry), or `off`. Keep it on a private interface. Default:
+    /// 127.0.0.1:9090 with a registry (where the CLI looks); serving a component or a
+    /// manifest, any free port on 127.0.0.1, so two such servers run side by side. The
+    /// bound address is printed as `admin listening on http://ADDR`.
+    #[arg(long, env = "WASMLOOP_ADMIN_LISTEN", value_parser = parse_admin_listen)]
+    pub admin_listen: Option<AdminListen>,
 
     /// A PEM certificate chain: with --ssl-keyfile, both listeners speak TLS only
     /// (the public one HTTP/2 and HTTP/1.1 by ALPN).
@@ -164,8 +170,18 @@ pub struct ServeConfig {
 
     /// Worker processes (default: one per CPU core). Each runs one event loop and its
     /// own thread pool; the kernel spreads connections across them.
-    #[arg(long, env = "WASMLOOP_WORKERS")]
+    #[arg(short = 'w', long, env = "WASMLOOP_WORKERS")]
     pub workers: Option<usize>,
+
+    /// Write the master's process id to this file once it serves (removed when it
+    /// stops): the process to send HUP, TTIN, TTOU and TERM to.
+    #[arg(long = "pid", env = "WASMLOOP_PID_FILE")]
+    pub pid_file: Option<PathBuf>,
+
+    /// Log no line per request (`wasmloop::access`); failures still count in the
+    /// metrics.
+    #[arg(long, env = "WASMLOOP_NO_ACCESS_LOG")]
+    pub no_access_log: bool,
 
     /// Length of the listen queue of the shared socket.
     #[arg(long, env = "WASMLOOP_BACKLOG", default_value_t = 2048)]
@@ -335,6 +351,19 @@ fn parse_reuse_range(text: &str) -> Result<(u64, u64), String> {
 }
 
 impl ServeConfig {
+    /// The admin listener's address: the flag's, else the mode's default (see
+    /// `--admin-listen`).
+    pub fn admin_listen(&self) -> AdminListen {
+        self.admin_listen.unwrap_or_else(|| {
+            let port = if self.component.is_none() && self.manifest.is_none() {
+                DEFAULT_ADMIN_PORT
+            } else {
+                0
+            };
+            AdminListen::At(SocketAddr::from(([127, 0, 0, 1], port)))
+        })
+    }
+
     /// The quotas every tenant has unless the admin overrides them.
     pub fn default_quotas(&self) -> Quotas {
         Quotas {

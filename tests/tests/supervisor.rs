@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
-use wasmloop_tests::{HttpClient, Running, Server, guests};
+use wasmloop_tests::{HttpClient, Running, Server, guests, temp_dir};
 
 /// Requests sent by `clients` loops, each on a fresh connection, until stopped.
 struct Load {
@@ -262,6 +262,66 @@ async fn ttin_and_ttou_add_and_remove_a_worker() {
     })
     .await;
     assert_eq!(server.get("/").await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_with_a_broken_component_keeps_the_running_workers_serving() {
+    // An operator overwrites the component with garbage, or a build leaves it half
+    // written, and sends SIGHUP: the new worker fails to start, the old ones serve
+    // on and not a request fails; with the file fixed, the next SIGHUP reloads.
+    let dir = temp_dir("hup-broken");
+    let file = dir.join("app.wasm");
+    let good = std::fs::read(guests::SYNC_GUEST).unwrap();
+    std::fs::write(&file, &good).unwrap();
+    let server = Server::new(file.to_str().unwrap())
+        .arg("--workers=2")
+        .start()
+        .await;
+    let before: HashSet<u32> = server
+        .wait_for_workers(2, Duration::from_secs(10))
+        .into_iter()
+        .collect();
+    let load = Load::start(&server.client(), 4, "/");
+    eventually("requests flowing", Duration::from_secs(5), || {
+        load.ok() > 50
+    })
+    .await;
+    let broken: [(&str, Vec<u8>); 2] = [
+        ("garbage", b"this is not a component".to_vec()),
+        ("half written", good[..good.len() / 2].to_vec()),
+    ];
+    for (n, (what, bytes)) in broken.iter().enumerate() {
+        std::fs::write(&file, bytes).unwrap();
+        server.signal("HUP");
+        let failures = server
+            .wait_for_metric(
+                "wasmloop_worker_start_failures_total",
+                |v| v > n as f64,
+                Duration::from_secs(15),
+            )
+            .await;
+        assert_eq!(failures, Some(n as f64 + 1.0), "{what}: {}", server.log());
+        assert!(
+            server.has_log(&["keep serving what they loaded"]),
+            "{what}: {}",
+            server.log()
+        );
+        let now: HashSet<u32> = server.worker_pids().into_iter().collect();
+        assert_eq!(now, before, "{what}: the running workers were replaced");
+        let reply = server.get("/").await;
+        assert_eq!(reply.text(), "hello from sync\n", "{what}");
+    }
+    std::fs::write(&file, &good).unwrap();
+    server.signal("HUP");
+    eventually("every worker replaced", Duration::from_secs(15), || {
+        let now: HashSet<u32> = server.worker_pids().into_iter().collect();
+        now.len() == 2 && now.is_disjoint(&before)
+    })
+    .await;
+    let (ok, failed, errors) = load.finish().await;
+    assert_eq!(failed, 0, "failed requests: {errors:?}");
+    assert!(ok > 100);
+    assert_eq!(server.get("/").await.status, 200, "the master stopped");
 }
 
 #[tokio::test]

@@ -10,7 +10,11 @@
 //!
 //! Replacing a worker (SIGHUP for all of them, `--max-requests` for one) is one step
 //! at a time: start a new worker, wait until it reports ready, then ask the old one
-//! to drain. So capacity never drops below `--workers` and no request fails.
+//! to drain. So capacity never drops below `--workers` and no request fails. A new
+//! worker that fails at start-up once the server serves (a component overwritten with
+//! a broken one, then SIGHUP) abandons the replacement: the running workers keep
+//! serving what they loaded, and the next SIGHUP tries again. Only a server that
+//! never served stops on it.
 
 use std::collections::BTreeMap;
 use std::os::fd::AsFd as _;
@@ -27,7 +31,7 @@ use tokio::sync::mpsc;
 
 use std::sync::{Arc, Mutex};
 
-use crate::config::{AdminListen, ServeConfig};
+use crate::config::{AdminListen, LogFormat, ServeConfig};
 use crate::deploy::context::DeployContext;
 use crate::doctor;
 use crate::master::admin::{self, AdminGuard, AdminState, ApiSlot, SharedState, lock};
@@ -53,12 +57,39 @@ pub fn run(config: ServeConfig) -> anyhow::Result<()> {
     // Everything this server and its children create (the registry, components,
     // artifacts, the admin token) is for its user alone, from the moment it exists.
     rustix::process::umask(rustix::fs::Mode::from_bits_truncate(0o077));
-    let _log = telemetry::init(&config.log_level, config.log_format)?;
+    let _log = telemetry::init(&config.log_level, config.log_format, !config.no_access_log)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("failed to start the master's event loop")?;
-    runtime.block_on(async { Master::new(config).await?.run().await })
+    let pid_file = config.pid_file.clone();
+    runtime.block_on(async {
+        let master = Master::new(config).await?;
+        let _pid = pid_file.as_deref().map(PidFile::write).transpose()?;
+        master.run().await
+    })
+}
+
+/// The master's pid in a file while it runs (`--pid`).
+struct PidFile(std::path::PathBuf);
+
+impl PidFile {
+    #[expect(clippy::disallowed_methods, reason = "once, before the loop serves")]
+    fn write(path: &std::path::Path) -> anyhow::Result<PidFile> {
+        // Readable by others (the file says nothing secret), unlike what the umask
+        // gives this process's other files.
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::write(path, format!("{}\n", std::process::id()))
+            .with_context(|| format!("failed to write the pid file {} (--pid)", path.display()))?;
+        let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644));
+        Ok(PidFile(path.to_path_buf()))
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,6 +138,8 @@ struct Master {
     crashes: u32,
     respawn_at: Option<Instant>,
     restarts: u64,
+    /// New workers that failed at start-up while the server served.
+    reload_failures: u64,
     announced: bool,
     /// What the admin listener shows.
     admin: SharedState,
@@ -163,6 +196,7 @@ impl Master {
             crashes: 0,
             respawn_at: None,
             restarts: 0,
+            reload_failures: 0,
             announced: false,
             admin,
             table,
@@ -237,6 +271,7 @@ impl Master {
         admin.master.workers = serving as u64;
         admin.master.workers_target = self.target as u64;
         admin.master.worker_restarts = self.restarts;
+        admin.master.worker_start_failures = self.reload_failures;
     }
 
     fn on_event(&mut self, event: Event) -> anyhow::Result<()> {
@@ -297,10 +332,11 @@ impl Master {
                 } else {
                     "http"
                 };
-                announce(&format!(
-                    "listening on {scheme}://{}",
-                    listener.local_addr()?
-                ));
+                announce(
+                    self.config.log_format,
+                    "listening on",
+                    &format!("{scheme}://{}", listener.local_addr()?),
+                );
             }
         }
         Ok(())
@@ -338,9 +374,10 @@ impl Master {
             Phase::Draining => {
                 tracing::info!(pid, %status, served = worker.served, "worker stopped")
             }
-            Phase::Booting => {
+            Phase::Booting if !self.announced => {
                 bail!("worker {pid} failed at start-up ({status}); its error is above")
             }
+            Phase::Booting => self.on_failed_boot(pid, &status),
             Phase::Serving => {
                 self.restarts += 1;
                 let lived = worker.started.elapsed();
@@ -362,6 +399,31 @@ impl Master {
             self.replacing = None;
         }
         Ok(())
+    }
+
+    /// A new worker of a server that serves failed at start-up. As a replacement, the
+    /// replacing is abandoned (the running workers keep serving); as a worker to
+    /// restore capacity, it is tried again after a backoff.
+    fn on_failed_boot(&mut self, pid: u32, status: &str) {
+        self.reload_failures += 1;
+        if self.replacing.is_some_and(|(new, _)| new == pid) {
+            for worker in self.workers.values_mut() {
+                worker.replace = false;
+            }
+            tracing::error!(
+                pid, %status,
+                "a new worker failed at start-up (its error is above); the running workers \
+                 keep serving what they loaded. Fix the cause and send SIGHUP again"
+            );
+        } else {
+            self.crashes += 1;
+            let delay = backoff(self.crashes);
+            tracing::error!(
+                pid, %status, respawn_in_ms = delay.as_millis() as u64,
+                "a new worker failed at start-up (its error is above); trying again"
+            );
+            self.respawn_at = Some(Instant::now() + delay);
+        }
     }
 
     /// Tells deploys waiting for their table which generation every serving worker
@@ -387,8 +449,16 @@ impl Master {
             match worker.phase {
                 Phase::Booting if quiet > BOOT_TIMEOUT => {
                     send(pid, Signal::SIGKILL);
-                    bail!(
-                        "worker {pid} did not become ready within {}s",
+                    if !self.announced {
+                        bail!(
+                            "worker {pid} did not become ready within {}s",
+                            BOOT_TIMEOUT.as_secs()
+                        );
+                    }
+                    // Its exit is handled as a failed start-up.
+                    tracing::error!(
+                        pid,
+                        "a new worker did not become ready within {}s; killing it",
                         BOOT_TIMEOUT.as_secs()
                     );
                 }
@@ -656,11 +726,15 @@ fn start_admin_listener(
     admin: &SharedState,
     api: &ApiSlot,
 ) -> anyhow::Result<Option<std::net::SocketAddr>> {
-    let AdminListen::At(addr) = config.admin_listen else {
+    let AdminListen::At(addr) = config.admin_listen() else {
         return Ok(None);
     };
-    let listener = std::net::TcpListener::bind(addr)
-        .with_context(|| format!("failed to bind the admin listener to {addr}"))?;
+    let listener = std::net::TcpListener::bind(addr).map_err(|e| {
+        anyhow::anyhow!(
+            "failed to bind the admin listener to {addr} (--admin-listen): {e}{}",
+            in_use_hint(&e, "--admin-listen")
+        )
+    })?;
     listener.set_nonblocking(true)?;
     let listener = tokio::net::TcpListener::from_std(listener)
         .context("failed to register the admin listener")?;
@@ -670,7 +744,11 @@ fn start_admin_listener(
     } else {
         "http"
     };
-    announce(&format!("admin listening on {scheme}://{bound}"));
+    announce(
+        config.log_format,
+        "admin listening on",
+        &format!("{scheme}://{bound}"),
+    );
     let guard = AdminGuard {
         header_read_timeout: config.timeout_header_read,
         max_connections: config.admin_max_connections.max(1),
@@ -723,12 +801,27 @@ fn forward_tables(events: mpsc::UnboundedSender<Event>) -> mpsc::UnboundedSender
     tables
 }
 
-/// Prints a line scripts wait for on stderr in one write: the workers share the
-/// stream, and `eprintln!` may write a line in pieces another process's log line
-/// can land between.
-fn announce(line: &str) {
+/// Prints a line scripts wait for on stderr, whatever the log level, in one write:
+/// the workers share the stream, and `eprintln!` may write a line in pieces another
+/// process's log line can land between. In text form `WHAT ADDRESS`; with
+/// `--log-format json` a record like the other log lines, with the address in
+/// `address`.
+fn announce(format: LogFormat, what: &str, address: &str) {
     use std::io::Write as _;
-    let _ = std::io::stderr().write_all(format!("{line}\n").as_bytes());
+    let line = match format {
+        LogFormat::Text => format!("{what} {address}\n"),
+        LogFormat::Json => {
+            let record = serde_json::json!({
+                "timestamp": humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string(),
+                "level": "INFO",
+                "message": what,
+                "address": address,
+                "target": "wasmloop::master",
+            });
+            format!("{record}\n")
+        }
+    };
+    let _ = std::io::stderr().write_all(line.as_bytes());
 }
 
 /// Keeps this node in step with a shared registry: a listener thread wakes a task on
@@ -768,14 +861,29 @@ fn bind(config: &ServeConfig) -> anyhow::Result<std::net::TcpListener> {
     let addr = config.listen;
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
-    socket
-        .bind(&addr.into())
-        .with_context(|| format!("failed to listen on {addr}"))?;
+    socket.bind(&addr.into()).map_err(|e| {
+        anyhow::anyhow!(
+            "failed to listen on {addr} (--listen): {e}{}",
+            in_use_hint(&e, "--listen")
+        )
+    })?;
     let backlog = i32::try_from(config.backlog).unwrap_or(i32::MAX);
     socket
         .listen(backlog)
         .with_context(|| format!("failed to listen on {addr}"))?;
     Ok(socket.into())
+}
+
+/// What to do about an address another process holds, naming the flag.
+fn in_use_hint(error: &std::io::Error, flag: &str) -> String {
+    if error.kind() == std::io::ErrorKind::AddrInUse {
+        format!(
+            ". Another server (another wasmloop?) listens there: give {flag}=127.0.0.1:0 \
+             for any free port (the bound address is printed), or another address"
+        )
+    } else {
+        String::new()
+    }
 }
 
 fn send(pid: u32, signal: Signal) {

@@ -25,6 +25,10 @@ pub struct MasterFacts {
     pub workers: u64,
     pub workers_target: u64,
     pub worker_restarts: u64,
+    /// New workers that failed at start-up while the server served (the running
+    /// workers kept serving).
+    #[serde(default)]
+    pub worker_start_failures: u64,
     pub cores: u64,
     /// Whether the registry answers (an embedded one always does).
     pub registry_up: bool,
@@ -479,6 +483,12 @@ impl Exposition {
             "wasmloop_worker_restarts",
             "Workers that died or hung and were replaced.",
             one(m.worker_restarts as f64),
+        )?;
+        Self::counter(
+            e,
+            "wasmloop_worker_start_failures",
+            "New workers that failed at start-up while the server served (a broken component on SIGHUP): the running workers kept serving.",
+            one(m.worker_start_failures as f64),
         )?;
         Self::gauge(
             e,

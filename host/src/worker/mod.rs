@@ -47,7 +47,7 @@ use crate::{telemetry, tls};
 /// stops on TERM/INT (drain), QUIT (at once) or when the master is gone (drain).
 pub fn run_process(config: ServeConfig) -> anyhow::Result<()> {
     config.validate()?;
-    let _log = telemetry::init(&config.log_level, config.log_format)?;
+    let _log = telemetry::init(&config.log_level, config.log_format, !config.no_access_log)?;
     let listener = listenfd::ListenFd::from_env()
         .take_tcp_listener(0)
         .context("failed to take the inherited listener")?
@@ -145,7 +145,7 @@ impl Served {
 fn address_policy(config: &ServeConfig, listener: std::net::SocketAddr) -> AddressPolicy {
     let mut own = protocol::own_listeners();
     own.push(listener);
-    if let AdminListen::At(admin) = config.admin_listen
+    if let AdminListen::At(admin) = config.admin_listen()
         && admin.port() != 0
     {
         own.push(admin);

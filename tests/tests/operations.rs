@@ -1,0 +1,280 @@
+//! Day-to-day operation as a Uvicorn or Gunicorn user meets it: two development
+//! servers side by side with default flags, listen errors that name their flag, logs
+//! that are all JSON when asked for JSON, and route forms that mean one thing.
+
+use std::io::{BufRead as _, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use wasmloop_tests::{HttpClient, Server, binary, guests, temp_dir};
+
+/// `wasmloop serve ARGS` as an operator types it: no flag added.
+fn serve(args: &[&str]) -> Child {
+    Command::new(binary())
+        .arg("serve")
+        .args(args)
+        .env_remove("RUST_LOG")
+        .env_remove("WASMLOOP_ADMIN_LISTEN")
+        .env_remove("WASMLOOP_LISTEN")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("failed to start wasmloop")
+}
+
+/// Reads the child's stderr until `done` holds for a line (or 20 s pass); returns
+/// the lines so far. The rest of the stream is left in the child.
+fn read_until(child: &mut Child, done: impl Fn(&str) -> bool) -> Vec<String> {
+    let stderr = child.stderr.as_mut().expect("stderr is piped");
+    let mut lines = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for line in BufReader::new(stderr).lines() {
+        let Ok(line) = line else { break };
+        let last = done(&line);
+        lines.push(line);
+        if last || Instant::now() > deadline {
+            break;
+        }
+    }
+    lines
+}
+
+fn stop(mut child: Child) -> Vec<String> {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let lines = BufReader::new(stderr)
+        .lines()
+        .map_while(Result::ok)
+        .collect();
+    let _ = child.wait();
+    lines
+}
+
+/// `ADDR` of the first line `WHAT http://ADDR`.
+fn address(lines: &[String], what: &str) -> Option<String> {
+    lines.iter().find_map(|l| {
+        l.strip_prefix(what)?
+            .strip_prefix(" http://")
+            .map(str::to_string)
+    })
+}
+
+#[tokio::test]
+async fn two_servers_with_default_flags_run_side_by_side() {
+    // Serving a component, the admin listener takes a free port and says which;
+    // the main listener is the operator's choice (here any free port too).
+    let mut one = serve(&["--listen=127.0.0.1:0", guests::SYNC_GUEST]);
+    let mut two = serve(&["--listen=127.0.0.1:0", guests::SYNC_GUEST]);
+    let mut admins = Vec::new();
+    for child in [&mut one, &mut two] {
+        let lines = read_until(child, |l| l.starts_with("listening on"));
+        let main = address(&lines, "listening on").expect("listening");
+        let admin = address(&lines, "admin listening on").expect("an admin listener");
+        assert!(
+            !admin.ends_with(":0") && !admin.ends_with(":9090"),
+            "{admin}"
+        );
+        let client = HttpClient::new(main.parse().unwrap());
+        assert_eq!(client.get("/").await.text(), "hello from sync\n");
+        let admin_client = HttpClient::new(admin.parse().unwrap());
+        assert_eq!(admin_client.get("/livez").await.status, 200);
+        admins.push(admin);
+    }
+    assert_ne!(admins[0], admins[1]);
+    stop(one);
+    stop(two);
+}
+
+#[tokio::test]
+async fn an_address_in_use_names_the_flag_and_the_way_out() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    for (flag, args) in [
+        (
+            "--admin-listen",
+            [
+                "--listen=127.0.0.1:0".to_string(),
+                format!("--admin-listen=127.0.0.1:{port}"),
+            ],
+        ),
+        (
+            "--listen",
+            [
+                format!("--listen=127.0.0.1:{port}"),
+                "--admin-listen=127.0.0.1:0".to_string(),
+            ],
+        ),
+    ] {
+        let output = Command::new(binary())
+            .arg("serve")
+            .args(&args)
+            .arg(guests::SYNC_GUEST)
+            .stdin(Stdio::null())
+            .output()
+            .expect("failed to run wasmloop");
+        let output = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(output.contains("failed to"), "{flag}: {output}");
+        assert!(
+            output.contains(&format!("127.0.0.1:{port} ({flag})")),
+            "{flag}: {output}"
+        );
+        assert!(
+            output.contains(&format!("give {flag}=127.0.0.1:0")),
+            "{flag}: {output}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn json_logs_are_json_line_by_line() {
+    let mut child = serve(&[
+        "--listen=127.0.0.1:0",
+        "--admin-listen=127.0.0.1:0",
+        "--log-format=json",
+        "--workers=2",
+        guests::SYNC_GUEST,
+    ]);
+    let lines = read_until(&mut child, |l| {
+        serde_json::from_str::<serde_json::Value>(l).is_ok_and(|v| v["message"] == "listening on")
+    });
+    let listening: serde_json::Value =
+        serde_json::from_str(lines.last().unwrap()).unwrap_or_else(|e| panic!("{e}: {lines:?}"));
+    let address = listening["address"]
+        .as_str()
+        .expect("the address")
+        .to_string();
+    let client = HttpClient::new(address.strip_prefix("http://").unwrap().parse().unwrap());
+    for path in ["/", "/trap", "/nowhere"] {
+        client.get(path).await;
+    }
+    let mut all = lines;
+    all.extend(stop(child));
+    assert!(all.len() > 5, "{all:?}");
+    for line in &all {
+        let record: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(record["level"].is_string(), "{line}");
+    }
+    let admin = all
+        .iter()
+        .find(|l| l.contains("admin listening on"))
+        .unwrap();
+    let admin: serde_json::Value = serde_json::from_str(admin).unwrap();
+    assert!(
+        admin["address"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("http://127.0.0.1:")),
+        "{admin}"
+    );
+}
+
+#[tokio::test]
+async fn a_route_means_one_thing_or_is_refused() {
+    let dir = temp_dir("route-forms");
+    let server = Server::registry(&dir).start().await;
+    let token = server.create_tenant("acme", "{}").await;
+    // A bare word could be the path /api or the host api: refused, with both forms.
+    let out = server.cli(&token, &["deploy", guests::SYNC_GUEST, "--route", "api"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("\"/api\"") && stderr.contains("\"api/\""),
+        "{stderr}"
+    );
+    // The same through the API.
+    let reply = server
+        .deploy(&token, "sync", guests::SYNC_GUEST, "route=api")
+        .await;
+    assert_eq!(reply.status, 400, "{}", reply.text());
+    assert!(
+        reply.text().contains("has no \\\"/\\\""),
+        "{}",
+        reply.text()
+    );
+    // A host with a port never matches (requests match on the name): refused.
+    let out = server.cli(
+        &token,
+        &[
+            "deploy",
+            guests::SYNC_GUEST,
+            "--host",
+            "127.0.0.1:8080",
+            "--route",
+            "/x",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("without a port"), "{stderr}");
+    // Nothing was deployed by the refused forms; the meant ones work.
+    for (args, host, path) in [
+        (&["--route", "/count"][..], None, "/count"),
+        (&["--host", "127.0.0.1", "--route", "/sleep"][..], None, "/sleep?ms=1"),
+        (&["--route", "acme.test/"][..], Some("acme.test"), "/"),
+    ] {
+        let out = server.cli(
+            &token,
+            &[
+                &[
+                    "deploy",
+                    guests::SYNC_GUEST,
+                    "--app",
+                    &format!("a{}", path.len()),
+                ][..],
+                args,
+            ]
+            .concat(),
+        );
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let reply = match host {
+            Some(host) => server.get_host(host, path).await,
+            None => server.get(path).await,
+        };
+        assert_eq!(reply.status, 200, "{args:?}: {}", reply.text());
+    }
+}
+
+#[tokio::test]
+async fn the_pid_file_names_the_master_and_goes_with_it() {
+    let dir = temp_dir("pid-file");
+    let pid_file = dir.join("wasmloop.pid");
+    let mut child = serve(&[
+        "--listen=127.0.0.1:0",
+        "--admin-listen=off",
+        "-w",
+        "2",
+        &format!("--pid={}", pid_file.display()),
+        "--no-access-log",
+        guests::SYNC_GUEST,
+    ]);
+    let lines = read_until(&mut child, |l| l.starts_with("listening on"));
+    let main = address(&lines, "listening on").expect("listening");
+    let pid: u32 = std::fs::read_to_string(&pid_file)
+        .expect("the pid file exists once the server serves")
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(pid, child.id());
+    // `-w 2`: two workers, children of the master.
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap();
+    assert_eq!(children.split_whitespace().count(), 2, "{children}");
+    let client = HttpClient::new(main.parse().unwrap());
+    for _ in 0..3 {
+        assert_eq!(client.get("/").await.status, 200);
+    }
+    assert_eq!(client.get("/trap").await.status, 500);
+    let rest = stop(child);
+    assert!(!pid_file.exists(), "the pid file outlived the master");
+    let all = [lines, rest].concat();
+    assert!(
+        !all.iter().any(|l| l.contains("wasmloop::access")),
+        "--no-access-log: {all:?}"
+    );
+}
