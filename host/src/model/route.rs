@@ -22,9 +22,10 @@ pub struct Route {
     pub prefix: String,
 }
 
-/// `/prefix` for any host, or `host/prefix` (`host/` for all of a host's paths). A
-/// value without a `/` is refused: `api` could mean the path `/api` or the host
-/// `api`, and guessing either serves the app somewhere its author did not mean.
+/// `/prefix` for any host, or `host/prefix` (`host/`, or a dotted `host` alone, for
+/// all of a host's paths). A single word without a `/` is refused: `api` could mean
+/// the path `/api` or the host `api`, and guessing either serves the app somewhere
+/// its author did not mean.
 pub fn parse_route(value: &str) -> Result<Route, Invalid> {
     if value.starts_with('/') {
         return Ok(Route {
@@ -36,6 +37,10 @@ pub fn parse_route(value: &str) -> Result<Route, Invalid> {
         Some((host, rest)) => Ok(Route {
             host: Some(host.to_string()),
             prefix: format!("/{rest}"),
+        }),
+        None if value.contains('.') => Ok(Route {
+            host: Some(value.to_string()),
+            prefix: "/".to_string(),
         }),
         None => Err(Invalid(format!(
             "route {value:?} has no \"/\": a path prefix starts with one (\"/{value}\"), \
@@ -255,13 +260,15 @@ mod tests {
                 prefix: "/api".into()
             })
         );
-        assert_eq!(
-            parse_route("example.com/"),
-            Ok(Route {
-                host: Some("example.com".into()),
-                prefix: "/".into()
-            })
-        );
+        for host_alone in ["example.com/", "example.com"] {
+            assert_eq!(
+                parse_route(host_alone),
+                Ok(Route {
+                    host: Some("example.com".into()),
+                    prefix: "/".into()
+                })
+            );
+        }
         // A bare word is the path /api or the host api: refused, naming both.
         let refused = parse_route("api").unwrap_err().0;
         assert!(
