@@ -13,7 +13,7 @@ use crate::model::mode::Mode;
 use crate::runtime::error::{Fault, RequestError};
 use crate::worker::body::{self, ResponseBody};
 use crate::worker::run::Outcome;
-use crate::worker::run::instances::Fate;
+use crate::worker::run::reply::Fate;
 
 /// What the access log line says about a request.
 pub struct AccessLog {

@@ -32,7 +32,7 @@ use std::collections::BTreeMap;
 use std::pin::pin;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, PoisonError};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
@@ -51,83 +51,16 @@ use crate::runtime::sandbox::Sandbox;
 use crate::worker::admission::SlotGuard;
 use crate::worker::app::App;
 use crate::worker::body::{ChannelBody, RequestBody};
-use crate::worker::run::instances::{Fate, Retired};
-use crate::worker::run::on_loop::send_and_pump;
+use crate::worker::run::lanes::{Job, Lane};
+use crate::worker::run::pump::send_and_pump;
+use crate::worker::run::reply::{Fate, Retired};
 use crate::worker::run::{Head, Outcome, Reply, RunContext, answer_unanswered, new_store};
-
-/// Epoch ticks in a row at which a lane's guest was still computing before the
-/// lane is hot (gets no new requests).
-const HOT_AFTER_TICKS: u32 = 2;
 
 /// How long past the last deadline of the requests on a lane a computing guest may
 /// keep the store before the lane is dropped with every request on it. (Each
 /// request's own timer answers it at its deadline whenever the guest awaits, and the
 /// front door answers it then in any case.)
 const DEADLINE_GRACE: Duration = Duration::from_millis(20);
-
-/// The concurrent instances of one app version.
-#[derive(Default)]
-pub struct Lanes {
-    /// Lanes that may take requests (closed ones leave at the next dispatch).
-    live: Mutex<Vec<Arc<Lane>>>,
-    /// Lanes that ended without a request to report it: why, and requests served.
-    ended: Arc<Mutex<Vec<(Retired, u64)>>>,
-    /// Cancelled when the app version is dropped: its idle lanes end.
-    gone: CancellationToken,
-}
-
-impl Drop for Lanes {
-    fn drop(&mut self) {
-        self.gone.cancel();
-    }
-}
-
-impl Lanes {
-    /// The lanes that ended by themselves since the last call.
-    pub fn take_ended(&self) -> Vec<(Retired, u64)> {
-        std::mem::take(&mut *self.ended.lock().unwrap_or_else(PoisonError::into_inner))
-    }
-
-    /// Lanes open for requests now.
-    pub fn open(&self) -> usize {
-        let live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
-        live.iter().filter(|lane| lane.open.load(Relaxed)).count()
-    }
-}
-
-/// One instance's shared state, between the dispatcher and its task.
-struct Lane {
-    jobs: mpsc::UnboundedSender<Job>,
-    /// Requests sent to it and not finished.
-    in_flight: AtomicU32,
-    /// Requests sent to it in all.
-    assigned: AtomicU64,
-    /// Requests it may be sent in all (picked from the contract's range).
-    budget: u64,
-    /// Whether it takes new requests.
-    open: AtomicBool,
-    /// Epoch ticks in a row at which one of its guests was preempted.
-    ticks: AtomicU32,
-}
-
-impl Lane {
-    fn takes(&self, max_concurrent: u32) -> bool {
-        self.open.load(Relaxed)
-            && self.in_flight.load(Relaxed) < max_concurrent
-            && self.ticks.load(Relaxed) < HOT_AFTER_TICKS
-    }
-
-    fn close(&self) {
-        self.open.store(false, Relaxed);
-    }
-}
-
-/// A request on its way to a lane.
-struct Job {
-    req: Request<RequestBody>,
-    ctx: RunContext,
-    reply: Reply,
-}
 
 /// Sends the request to one of `app`'s concurrent instances, or to a new one.
 pub fn spawn(

@@ -27,7 +27,8 @@ use crate::model::reuse::{Reuse, ReuseMode};
 use crate::runtime::error::RequestError;
 use crate::runtime::sandbox::Sandbox;
 use crate::worker::admission::{REQUEST_OVERHEAD, SlotGuard, Slots};
-use crate::worker::run::concurrent::Lanes;
+use crate::worker::run::lanes::Lanes;
+use crate::worker::run::reply::Retired;
 
 /// An instantiated handler, in the calling convention of its store.
 pub enum Instance {
@@ -47,19 +48,6 @@ pub struct Kept {
     idle_since: Instant,
     /// Its memory, held of the budgets while it is idle.
     held: Vec<SlotGuard>,
-}
-
-/// Why an instance was dropped: the `cause` label of
-/// `wasmloop_instances_retired_total`.
-pub type Retired = &'static str;
-
-/// What became of the instance a request ran on, for the metrics.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Fate {
-    /// The instance was made for this request.
-    pub created: bool,
-    /// It was dropped after it, why, and how many requests it served.
-    pub retired: Option<(Retired, u64)>,
 }
 
 /// Instances a worker keeps idle for reuse, across all its apps. The engine's

@@ -1,99 +1,31 @@
-//! What running one request on a guest hands back to the server, in two steps: the
-//! response head (or the error that replaced it) as soon as the guest sets it, and the
-//! outcome (fuel used, any error after the head) once the guest's store is dropped.
-//! Both execution paths, loop and pool, speak this, and share here what they do alike:
-//! a request's store, its fuel account, a 0.2 guest's response outparam turned into
-//! the head, and the error that becomes the response when no head was sent. The
-//! server owns what happens next.
+//! Running one request on a guest. Both execution paths, loop and pool, hand the
+//! server the head and then the outcome ([`reply`]), and share here what they do
+//! alike: a request's store (fresh, or a kept instance's: [`Lease`]), its fuel
+//! account, and a 0.2 guest's response outparam turned into the head. Apps whose 0.3
+//! instances serve several requests at once run through [`concurrent`]. The server
+//! owns what happens next.
 
 pub mod concurrent;
 pub mod instances;
+pub mod lanes;
 pub mod on_loop;
 pub mod on_pool;
+pub mod pump;
+pub mod reply;
 
-use std::time::{Duration, Instant};
+pub use reply::{Head, Outcome, Pending, Reply, RunContext, answer_unanswered, channel};
 
-use http::Response;
+use std::time::Duration;
+
 use http_body_util::BodyExt as _;
-use tokio::sync::oneshot;
-use tokio_util::sync::CancellationToken;
 use wasmtime::Store;
 
 use crate::runtime::error::RequestError;
 use crate::runtime::sandbox::Sandbox;
 use crate::worker::app::App;
-use crate::worker::body::{BoxError, ResponseBody};
-use crate::worker::run::instances::{Fate, Instance, Kept};
-
-/// The guest's response head with its streaming body, or why there is none.
-pub type Head = Result<Response<ResponseBody>, RequestError>;
-
-/// How a request's run ended, sent when its store is gone.
-#[derive(Debug, Default)]
-pub struct Outcome {
-    /// Fuel the request burned.
-    pub fuel_used: u64,
-    /// What ended the run early, if anything.
-    pub error: Option<RequestError>,
-    /// Times the guest was preempted at an epoch tick (loop only).
-    pub forced_yields: u64,
-    /// Time the guest spent running: inside its polls on the loop, on its thread in
-    /// the pool.
-    pub guest_time: Duration,
-    /// What became of its instance (counted for apps that reuse instances).
-    pub instance: Fate,
-    /// Time spent making its instance, when it got a fresh one.
-    pub instantiate_time: Duration,
-}
-
-impl Outcome {
-    /// A run that ended before the guest ran.
-    pub fn failed(error: RequestError) -> Outcome {
-        Outcome {
-            error: Some(error),
-            ..Outcome::default()
-        }
-    }
-}
-
-/// The request's identity and bounds, handed to the execution path.
-#[derive(Debug, Clone)]
-pub struct RunContext {
-    /// The `x-request-id` value.
-    pub id: String,
-    /// When the request must be done, body included.
-    pub deadline: Instant,
-    /// Cancelled when the client goes away or the response body is done.
-    pub cancel: CancellationToken,
-}
-
-/// The execution path's side: where to send the head and the outcome.
-pub struct Reply {
-    pub head: oneshot::Sender<Head>,
-    pub done: oneshot::Sender<Outcome>,
-}
-
-/// The server's side: where the head and the outcome arrive.
-pub struct Pending {
-    pub head: oneshot::Receiver<Head>,
-    pub done: oneshot::Receiver<Outcome>,
-}
-
-/// A connected `Reply` and `Pending`.
-pub fn channel() -> (Reply, Pending) {
-    let (head_tx, head_rx) = oneshot::channel();
-    let (done_tx, done_rx) = oneshot::channel();
-    (
-        Reply {
-            head: head_tx,
-            done: done_tx,
-        },
-        Pending {
-            head: head_rx,
-            done: done_rx,
-        },
-    )
-}
+use crate::worker::body::BoxError;
+use crate::worker::run::instances::{Instance, Kept};
+use crate::worker::run::reply::Fate;
 
 /// A fresh store for one request of `app`, or the outcome that says why there is none.
 /// Its outbound requests' timeouts are capped at the request's deadline.
@@ -184,17 +116,5 @@ pub fn outparam_head(set: OutparamResult) -> Head {
     match set {
         Ok(response) => Ok(response.map(|b| b.map_err(BoxError::from).boxed_unsync())),
         Err(code) => Err(RequestError::GuestError(format!("handler set {code:?}"))),
-    }
-}
-
-/// When the run ended without sending a head, its error (or, if it had none, the
-/// guest's failure to respond) becomes the response, and is no longer the outcome's:
-/// it is reported once, as the head's.
-pub fn answer_unanswered(head: Option<oneshot::Sender<Head>>, outcome: &mut Outcome) {
-    if let Some(head) = head {
-        let err = outcome.error.take().unwrap_or_else(|| {
-            RequestError::GuestError("handler returned without setting a response".into())
-        });
-        let _ = head.send(Err(err));
     }
 }

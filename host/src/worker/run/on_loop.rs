@@ -16,7 +16,6 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use http::Request;
-use http_body_util::BodyExt as _;
 use tokio::sync::oneshot;
 use wasmtime::{Store, UpdateDeadline};
 use wasmtime_wasi_http::WasiHttpView as _;
@@ -29,15 +28,11 @@ use crate::worker::app::App;
 use crate::worker::body::{ChannelBody, FrameSender, RequestBody};
 use crate::worker::run::concurrent;
 use crate::worker::run::instances::Instance;
+use crate::worker::run::pump::send_and_pump;
 use crate::worker::run::{
     Head, Lease, Outcome, OutparamResult, Reply, RunContext, answer_unanswered, fuel_used,
     outparam_head,
 };
-
-/// How long a response head waits for the start of its body (see `drive_service`).
-const FIRST_FLUSH: std::time::Duration = std::time::Duration::from_millis(1);
-/// How much body a response head waits for at most.
-const PRELOAD_LIMIT: usize = 64 * 1024;
 
 /// Starts the request as a task on the current loop (a `LocalSet`). The head and the
 /// outcome arrive through `reply`.
@@ -226,81 +221,6 @@ async fn drive_service(
         Ok(Ok(inner)) => inner,
         Ok(Err(e)) | Err(e) => Err(guest_error(store)(e)),
     }
-}
-
-/// Sends a 0.3 response's head, with what of its body comes at once, then pumps the
-/// rest of the body into the channel the server writes from.
-pub(super) async fn send_and_pump<B>(
-    parts: http::response::Parts,
-    mut guest_body: B,
-    tx: oneshot::Sender<Head>,
-    mut channel: ChannelBody,
-    frames: &FrameSender,
-) -> Result<(), RequestError>
-where
-    B: http_body::Body<Data = bytes::Bytes> + Unpin,
-    B::Error: std::fmt::Debug,
-{
-    // A short body usually follows its head within microseconds. Collecting
-    // what comes before the head goes out lets hyper write head, body and
-    // end in one syscall instead of three; a guest that takes longer gets
-    // its head sent after FIRST_FLUSH, and the body streams from there.
-    let first_flush = tokio::time::sleep(FIRST_FLUSH);
-    tokio::pin!(first_flush);
-    let mut preloaded = 0;
-    loop {
-        tokio::select! {
-            biased;
-            frame = guest_body.frame() => match frame {
-                None => {
-                    channel.preload_end();
-                    break;
-                }
-                Some(Ok(frame)) => {
-                    preloaded += frame.data_ref().map_or(0, |d| d.len());
-                    channel.preload(frame);
-                    if preloaded >= PRELOAD_LIMIT {
-                        break;
-                    }
-                }
-                Some(Err(e)) => {
-                    return Err(RequestError::GuestError(format!(
-                        "response body failed: {e:?}"
-                    )));
-                }
-            },
-            () = &mut first_flush => break,
-        }
-    }
-    let complete = http_body::Body::is_end_stream(&channel);
-    if tx
-        .send(Ok(http::Response::from_parts(
-            parts,
-            channel.boxed_unsync(),
-        )))
-        .is_err()
-    {
-        return Ok(()); // the client went away
-    }
-    if complete {
-        return Ok(());
-    }
-    while let Some(frame) = guest_body.frame().await {
-        match frame {
-            Ok(frame) => {
-                if frames.send(Some(Ok(frame))).await.is_err() {
-                    return Ok(());
-                }
-            }
-            Err(e) => {
-                return Err(RequestError::GuestError(format!(
-                    "response body failed: {e:?}"
-                )));
-            }
-        }
-    }
-    let _ = frames.send(None).await;
-    Ok(())
 }
 
 /// wasi:http 0.2 with async entry points: `handle` sets the head through the
