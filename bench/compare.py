@@ -138,13 +138,13 @@ class Server:
         self.stop()
 
 
-def wasmloop(name, component=None, extra=()):
+def wasmloop(name, component=None, extra=(), env=None):
     port = free_port()
     argv = [str(WASMLOOP), "serve", f"--listen=127.0.0.1:{port}", "--admin-listen=off",
             "--workers=1", "--log-level=warn", *extra]
     if component:
         argv.append(str(component))
-    return Server(name, argv, port)
+    return Server(name, argv, port, env=env)
 
 
 SYSTEMS = {
@@ -393,6 +393,46 @@ def python_reuse(large, cfg):
     return "\n".join(lines) + "\n"
 
 
+def tiers(large, cfg):
+    """Tiered compilation: time to the first response of `serve FILE` on each compiler,
+    and what the baseline tier's code costs per request."""
+    lines = ["### Compilers and tiers", "",
+             "`wasmloop serve FILE` (one worker, pinned to one core like every server here) from start until the "
+             "first `GET /` answers, and with `--compiler auto` until the optimized tier is live (from its log line).", "",
+             "| component | `--compiler` | first response | optimized tier live |", "|---|---|---|---|"]
+    for component in [WASM / "bench_async.wasm", large]:
+        if not component:
+            continue
+        for compiler in ["auto", "cranelift", "winch"]:
+            print(f"tiers: {component.name} {compiler}", file=sys.stderr)
+            started = time.time()
+            # The tier's log line is at info; the rest stays at warn.
+            env = {"RUST_LOG": "warn,wasmloop::worker::tier=info"}
+            with wasmloop(f"tier-{compiler}", component, extra=[f"--compiler={compiler}"], env=env) as server:
+                first = time.time() - started
+                live = "-"
+                if compiler == "auto":
+                    deadline = time.time() + 180
+                    while time.time() < deadline:
+                        server.log.seek(0)
+                        if b"optimized tier live" in server.log.read():
+                            live = f"{(time.time() - started) * 1000:.0f} ms"
+                            break
+                        time.sleep(0.05)
+            lines.append(f"| `{component.name}` | {compiler} | {first * 1000:.0f} ms | {live} |")
+    lines += ["", "Requests on each compiler's code, fresh sandbox per request (`GET /`):", "",
+              "| component | `--compiler` | connections | req/s | p50 ms | p99 ms | CPU µs/req | failed |",
+              "|---|---|---|---|---|---|---|---|"]
+    cases = [(WASM / "bench_async.wasm", 64), (WASM / "bench_sync.wasm", 64)] + ([(large, 8)] if large else [])
+    for component, conns in cases:
+        for compiler in ["cranelift", "winch"]:
+            print(f"tiers: {component.name} on {compiler}", file=sys.stderr)
+            with wasmloop(f"run-{compiler}", component, extra=[f"--compiler={compiler}"]) as server:
+                r = measure(server, "/", conns, cfg)
+            lines.append(f"| `{component.name}` | {compiler} | {conns} | {r['rps']:.0f} | {r['p50']:.2f} | {r['p99']:.2f} | {r['cpu_us']:.0f} | {r['failed']} |")
+    return "\n".join(lines) + "\n"
+
+
 def memory_in_flight(cfg):
     hold = max(6, int(cfg.seconds) + 2)
     lines = ["### Memory per 1,000 in-flight async requests", "",
@@ -437,6 +477,7 @@ def main():
     sections.append(instantiation())
     sections.append(deploy_to_first_response(cfg.large))
     sections.append(python_reuse(cfg.large, cfg))
+    sections.append(tiers(cfg.large, cfg))
     sections.append(memory_in_flight(cfg))
 
     cpu = open("/proc/cpuinfo").read()

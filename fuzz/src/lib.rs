@@ -10,6 +10,7 @@ use hyper_util::rt::TokioIo;
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use wasmloop::metrics::recorder::Recorder;
+use wasmloop::model::compiler::Compiler;
 use wasmloop::model::mode::ModeChoice;
 use wasmloop::runtime::engine::{self, EngineSizing};
 use wasmloop::runtime::sandbox::Limits;
@@ -38,7 +39,7 @@ const HANDLER: &str = r#"(component
 /// The engine `wasmloop compile` uses.
 pub fn compile_engine() -> &'static wasmtime::Engine {
     static ENGINE: OnceLock<wasmtime::Engine> = OnceLock::new();
-    ENGINE.get_or_init(|| engine::build_for_compile().expect("an engine"))
+    ENGINE.get_or_init(|| engine::build_for_compile(Compiler::Cranelift).expect("an engine"))
 }
 
 /// Small limits for trial instantiations, so a spinning start ends fast.
@@ -69,6 +70,7 @@ fn defaults() -> Defaults {
         kept_instances: Arc::new(Slots::new(0)),
         workers: 1,
         reuse: Default::default(),
+        compiler: Compiler::Cranelift,
     }
 }
 
@@ -81,7 +83,7 @@ pub fn apps() -> &'static [Arc<App>] {
             pool_slots: 4,
             kept_slots: 0,
             max_memory: 16 << 20,
-        })
+        }, Compiler::Cranelift)
         .expect("an engine");
         let dir = std::env::temp_dir().join(format!("wasmloop-fuzz-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("a temporary directory");
@@ -91,7 +93,7 @@ pub fn apps() -> &'static [Arc<App>] {
             .map(|name| {
                 let path = dir.join(format!("{name}.wasm"));
                 std::fs::write(&path, &wasm).expect("the component written");
-                Arc::new(App::from_file(&engine, &path, &defaults()).expect("the app loads"))
+                Arc::new(App::from_file(&engine, Compiler::Cranelift, &path, &defaults()).expect("the app loads"))
             })
             .collect()
     })

@@ -13,6 +13,7 @@ use std::time::Duration;
 use anyhow::bail;
 use clap::ValueEnum;
 
+use crate::model::compiler::Compiler;
 use crate::model::mode::ModeChoice;
 use crate::model::quota::Quotas;
 use crate::model::reuse::{Reuse, ReuseMode, parse_range};
@@ -37,6 +38,14 @@ fn parse_admin_listen(value: &str) -> Result<AdminListen, String> {
         .parse()
         .map(AdminListen::At)
         .map_err(|e| format!("{e}: give HOST:PORT or `off`"))
+}
+
+/// `--compiler`: one compiler, or tiers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CompilerChoice {
+    Auto,
+    Cranelift,
+    Winch,
 }
 
 /// Format of the log lines written to stderr.
@@ -177,6 +186,14 @@ pub struct ServeConfig {
     /// stops): the process to send HUP, TTIN, TTOU and TERM to.
     #[arg(long = "pid", env = "WASMLOOP_PID_FILE")]
     pub pid_file: Option<PathBuf>,
+
+    /// Which compiler makes the guests' machine code. `auto`: serving one component,
+    /// Winch (the baseline compiler, several times faster to compile) first so the
+    /// server answers sooner, then Cranelift (optimizing) in the background at a low
+    /// priority, swapped in for new requests when ready; with a registry or a
+    /// manifest, Cranelift. `cranelift` or `winch`: that one alone.
+    #[arg(long, env = "WASMLOOP_COMPILER", value_enum, default_value_t = CompilerChoice::Auto)]
+    pub compiler: CompilerChoice,
 
     /// Log no line per request (`wasmloop::access`); failures still count in the
     /// metrics.
@@ -351,6 +368,18 @@ fn parse_reuse_range(text: &str) -> Result<(u64, u64), String> {
 }
 
 impl ServeConfig {
+    /// The compiler a worker starts with, and the one it switches to in the
+    /// background, if any.
+    pub fn tiers(&self) -> (Compiler, Option<Compiler>) {
+        match self.compiler {
+            CompilerChoice::Auto if self.component.is_some() => {
+                (Compiler::Winch, Some(Compiler::Cranelift))
+            }
+            CompilerChoice::Auto | CompilerChoice::Cranelift => (Compiler::Cranelift, None),
+            CompilerChoice::Winch => (Compiler::Winch, None),
+        }
+    }
+
     /// The admin listener's address: the flag's, else the mode's default (see
     /// `--admin-listen`).
     pub fn admin_listen(&self) -> AdminListen {

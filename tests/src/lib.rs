@@ -102,9 +102,16 @@ impl Server {
     }
 
     /// Tests run side by side: each server's admin listener takes a free port too.
+    /// And one compiler, unless the test names one: with tiers (`--compiler auto`,
+    /// serving a component) the app is replaced by its optimized tier a moment after
+    /// start, which tests that follow instances or fuel would see (tests/tiers.rs
+    /// tests the tiers themselves).
     fn default_admin_listener(&mut self) {
         if !self.args.iter().any(|a| a.starts_with("--admin-listen")) {
             self.args.push("--admin-listen=127.0.0.1:0".into());
+        }
+        if !self.args.iter().any(|a| a.starts_with("--compiler")) {
+            self.args.push("--compiler=cranelift".into());
         }
     }
 

@@ -212,7 +212,11 @@ async fn a_route_means_one_thing_or_is_refused() {
     // Nothing was deployed by the refused forms; the meant ones work.
     for (args, host, path) in [
         (&["--route", "/count"][..], None, "/count"),
-        (&["--host", "127.0.0.1", "--route", "/sleep"][..], None, "/sleep?ms=1"),
+        (
+            &["--host", "127.0.0.1", "--route", "/sleep"][..],
+            None,
+            "/sleep?ms=1",
+        ),
         (&["--route", "acme.test/"][..], Some("acme.test"), "/"),
     ] {
         let out = server.cli(

@@ -5,6 +5,7 @@
 
 use std::time::{Duration, Instant};
 
+use wasmloop::model::compiler::Compiler;
 use wasmloop::model::mode::ModeChoice;
 use wasmloop::runtime::component::{self, HandlerPre};
 use wasmloop::runtime::engine::{self, EngineSizing};
@@ -20,12 +21,15 @@ fn main() -> anyhow::Result<()> {
         .map(|n| n.parse())
         .transpose()?
         .unwrap_or(20_000);
-    let engine = engine::build(EngineSizing {
-        loop_slots: 64,
-        pool_slots: 64,
-        kept_slots: 0,
-        max_memory: 128 << 20,
-    })?;
+    let engine = engine::build(
+        EngineSizing {
+            loop_slots: 64,
+            pool_slots: 64,
+            kept_slots: 0,
+            max_memory: 128 << 20,
+        },
+        Compiler::Cranelift,
+    )?;
     let handler = component::load(&engine, path.as_ref(), ModeChoice::Auto)?;
     let limits = Limits {
         fuel: 1_000_000_000,

@@ -17,6 +17,7 @@ use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 
 use crate::model::app::sha256_hex;
+use crate::model::compiler::Compiler;
 use crate::model::mode::{Mode, ModeChoice};
 use crate::runtime::{component, engine};
 
@@ -202,6 +203,8 @@ pub struct CompileLimits {
     /// the most a component may use to start.
     pub guest_fuel: u64,
     pub guest_max_memory: u64,
+    /// The compiler.
+    pub compiler: Compiler,
 }
 
 /// Exit codes of `wasmloop compile`, telling the master which status to answer.
@@ -226,6 +229,7 @@ pub async fn compile(
         .arg(format!("--max-memory={}", limits.max_memory))
         .arg(format!("--guest-fuel={}", limits.guest_fuel))
         .arg(format!("--guest-max-memory={}", limits.guest_max_memory))
+        .arg(format!("--compiler={}", limits.compiler))
         // The child compiles one file; the registry's credentials are not its business.
         .env_remove("WASMLOOP_REGISTRY")
         .stdin(Stdio::null())
@@ -300,6 +304,9 @@ pub struct CompileArgs {
     /// Linear memory the trial instantiation may reach, in bytes.
     #[arg(long)]
     pub guest_max_memory: u64,
+    /// The compiler to use.
+    #[arg(long, value_enum, default_value_t = Compiler::Cranelift)]
+    pub compiler: Compiler,
 }
 
 /// `wasmloop compile`: validates, compiles, classifies and links one component,
@@ -323,11 +330,12 @@ pub fn run_compile(args: &CompileArgs) -> std::process::ExitCode {
     if let Err(e) = setrlimit(Resource::RLIMIT_AS, args.max_memory.min(hard), hard) {
         return fail(1, format!("failed to cap the compiler's memory: {e}"));
     }
+
     let bytes = match std::fs::read(&args.component) {
         Ok(bytes) => bytes,
         Err(e) => return fail(1, format!("failed to read the upload: {e}")),
     };
-    let engine = match engine::build_for_compile() {
+    let engine = match engine::build_for_compile(args.compiler) {
         Ok(engine) => engine,
         Err(e) => return fail(1, format!("{e:#}")),
     };

@@ -78,7 +78,8 @@ impl DeployContext {
             })?),
         };
         let admin_token = admin_token(config)?;
-        let engine_key = engine::compatibility_key(&engine::build_for_compile()?);
+        let (compiler, _) = config.tiers();
+        let engine_key = engine::compatibility_key(&engine::build_for_compile(compiler)?, compiler);
         Ok(DeployContext {
             registry,
             data,
@@ -96,6 +97,7 @@ impl DeployContext {
                 max_memory: config.compile_max_memory,
                 guest_fuel: config.fuel,
                 guest_max_memory: config.max_memory,
+                compiler,
             },
             quotas: config.default_quotas(),
             compiles: CompileQueue::new(

@@ -5,6 +5,7 @@
 //! I/O, no Wasmtime, and no import of any other module of the crate.
 
 pub mod app;
+pub mod compiler;
 pub mod host;
 pub mod manifest;
 pub mod mode;

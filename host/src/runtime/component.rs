@@ -164,9 +164,11 @@ pub fn prepare(
 pub fn try_instantiate(engine: &Engine, handler: &Handler, limits: &Limits) -> anyhow::Result<()> {
     let app: Arc<str> = "deploy-check".into();
     let mut store = Sandbox::store(engine, limits, &app, "deploy-check")?;
-    // Nothing advances the epoch in the compiler: fuel bounds the work, and the
-    // compiler's own timeout the wall-clock time.
-    store.set_epoch_deadline(u64::MAX);
+    // Fuel bounds the work, and the caller's timeout (the compiler's, or the worker's
+    // start-up) the wall-clock time: no epoch deadline. The engine's epoch may already
+    // be ticking (a worker's optimized tier loads while it serves): the deadline is a
+    // delta added to it, so far from u64::MAX.
+    store.set_epoch_deadline(u64::MAX / 2);
     let started = match &handler.pre {
         HandlerPre::ProxySync(pre) => pre.instantiate(&mut store).map(drop),
         HandlerPre::ProxyAsync(pre) => in_runtime(pre.instantiate_async(&mut store)).map(drop),

@@ -1,5 +1,7 @@
-//! The one Wasmtime `Engine` a worker uses for both execution modes, and the epoch
-//! ticker that drives preemption and deadlines.
+//! The Wasmtime `Engine` a worker uses for both execution modes (one per compiler:
+//! Winch, the baseline compiler that compiles several times faster, and Cranelift,
+//! the optimizing one; their code never mixes), and the epoch ticker that drives
+//! preemption and deadlines.
 //!
 //! Fuel is on for every store (the CPU budget), epoch interruption is on for every
 //! store (loop guests yield at each tick, pool guests trap at their deadline), and the
@@ -13,7 +15,11 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+pub use crate::model::compiler::Compiler;
+use wasmtime::{
+    Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Strategy,
+};
 
 /// How many requests the engine must be able to hold at once.
 #[derive(Debug, Clone, Copy)]
@@ -28,8 +34,9 @@ pub struct EngineSizing {
     pub max_memory: usize,
 }
 
-/// Builds the engine: fuel, epochs, component-model async, pooling allocator.
-pub fn build(sizing: EngineSizing) -> anyhow::Result<Engine> {
+/// Builds the engine: fuel, epochs, component-model async, pooling allocator, code
+/// from `compiler`.
+pub fn build(sizing: EngineSizing, compiler: Compiler) -> anyhow::Result<Engine> {
     let instances = sizing.loop_slots + sizing.pool_slots + sizing.kept_slots;
     let mut pool = PoolingAllocationConfig::new();
     pool.total_component_instances(instances)
@@ -54,18 +61,22 @@ pub fn build(sizing: EngineSizing) -> anyhow::Result<Engine> {
         .table_keep_resident(64 << 10)
         .pagemap_scan(Enabled::Auto);
 
-    let mut config = base_config();
+    let mut config = base_config(compiler);
     config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     Engine::new(&config)
         .map_err(anyhow::Error::from)
         .context("failed to configure the WebAssembly engine")
 }
 
-/// What every engine shares, and all that decides how code is compiled: an artifact
-/// compiled by one engine built on it loads into any other.
-fn base_config() -> Config {
+/// What every engine of one compiler shares, and all that decides how code is
+/// compiled: an artifact compiled by one engine built on it loads into any other.
+fn base_config(compiler: Compiler) -> Config {
     let mut config = Config::new();
     config
+        .strategy(match compiler {
+            Compiler::Cranelift => Strategy::Cranelift,
+            Compiler::Winch => Strategy::Winch,
+        })
         .wasm_component_model_async(true)
         .consume_fuel(true)
         .epoch_interruption(true);
@@ -73,24 +84,29 @@ fn base_config() -> Config {
 }
 
 /// An engine that compiles and never instantiates: for `wasmloop compile`, whose
-/// artifacts the workers' pooling engines load.
-pub fn build_for_compile() -> anyhow::Result<Engine> {
-    Engine::new(&base_config())
+/// artifacts the workers' pooling engines of the same compiler load.
+pub fn build_for_compile(compiler: Compiler) -> anyhow::Result<Engine> {
+    Engine::new(&base_config(compiler))
         .map_err(anyhow::Error::from)
         .context("failed to configure the WebAssembly engine")
 }
 
 /// Names the engine settings an artifact was compiled for; part of its cache key.
-pub fn compatibility_key(engine: &Engine) -> String {
+pub fn compatibility_key(engine: &Engine, compiler: Compiler) -> String {
     use std::hash::{Hash as _, Hasher as _};
     // SipHash with fixed keys: the same settings give the same key in every process.
     #[expect(deprecated, reason = "a stable hash across processes is the point")]
     let mut hasher = std::hash::SipHasher::new();
     engine.precompile_compatibility_hash().hash(&mut hasher);
-    format!("{:016x}", hasher.finish())
+    // The compiler is named too, whether or not Wasmtime's hash covers it: one
+    // compiler's artifact must never be taken for the other's.
+    match compiler {
+        Compiler::Winch => format!("{:016x}-winch", hasher.finish()),
+        Compiler::Cranelift => format!("{:016x}", hasher.finish()),
+    }
 }
 
-/// Advances the engine's epoch on a plain OS thread (never a runtime thread, so a busy
+/// Advances the engines' epochs on a plain OS thread (never a runtime thread, so a busy
 /// loop cannot delay the tick that makes its guest yield). Stops when dropped.
 pub struct EpochTicker {
     stop: Arc<AtomicBool>,
@@ -98,7 +114,7 @@ pub struct EpochTicker {
 }
 
 impl EpochTicker {
-    pub fn start(engine: Engine, interval: Duration) -> anyhow::Result<Self> {
+    pub fn start(engines: Vec<Engine>, interval: Duration) -> anyhow::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::Builder::new()
@@ -107,7 +123,9 @@ impl EpochTicker {
                 #[expect(clippy::disallowed_methods, reason = "the ticker's own OS thread")]
                 while !flag.load(Ordering::Relaxed) {
                     std::thread::sleep(interval);
-                    engine.increment_epoch();
+                    for engine in &engines {
+                        engine.increment_epoch();
+                    }
                 }
             })
             .context("failed to start the epoch ticker thread")?;

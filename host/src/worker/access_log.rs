@@ -9,6 +9,7 @@ use http::header::{CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderValue, Response, StatusCode};
 
 use crate::metrics::recorder::{Finished, Recorder};
+use crate::model::compiler::Compiler;
 use crate::model::mode::Mode;
 use crate::runtime::error::{Fault, RequestError};
 use crate::worker::body::{self, ResponseBody};
@@ -21,6 +22,8 @@ pub struct AccessLog {
     pub method: String,
     pub path: String,
     pub mode: Option<Mode>,
+    /// The compiler of the code that served it (`winch` on the baseline tier).
+    pub compiler: Option<Compiler>,
     pub start: Instant,
     pub app: Arc<str>,
     pub version: u64,
@@ -64,6 +67,9 @@ impl AccessLog {
         });
         let duration_ms = (duration.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0;
         let mode = self.mode.map_or_else(|| "-".to_string(), |m| m.to_string());
+        let compiler = self
+            .compiler
+            .map_or_else(|| "-".to_string(), |c| c.to_string());
         let (id, method, path, app, version, status) = (
             &self.id,
             &self.method,
@@ -74,14 +80,14 @@ impl AccessLog {
         );
         match error {
             None => tracing::info!(
-                target: "wasmloop::access", id, method, path, status, app, version, %mode, duration_ms, fuel, "request"
+                target: "wasmloop::access", id, method, path, status, app, version, %mode, %compiler, duration_ms, fuel, "request"
             ),
             Some(err) if err.classify().2 == Fault::Host => tracing::error!(
-                target: "wasmloop::access", id, method, path, status, app, version, %mode, duration_ms, fuel,
+                target: "wasmloop::access", id, method, path, status, app, version, %mode, %compiler, duration_ms, fuel,
                 cause = err.cause(), error = %err, "request"
             ),
             Some(err) => tracing::warn!(
-                target: "wasmloop::access", id, method, path, status, app, version, %mode, duration_ms, fuel,
+                target: "wasmloop::access", id, method, path, status, app, version, %mode, %compiler, duration_ms, fuel,
                 cause = err.cause(), error = %err, "request"
             ),
         }

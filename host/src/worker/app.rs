@@ -18,6 +18,7 @@ use wasmtime::Engine;
 use crate::config::ServeConfig;
 use crate::metrics::recorder::app_load_failed;
 use crate::model::app::{ActiveApp, sha256_hex};
+use crate::model::compiler::Compiler;
 use crate::model::mode::{Mode, ModeChoice};
 use crate::model::reuse::Reuse;
 use crate::model::tenant::TenantLimits;
@@ -48,6 +49,8 @@ pub struct App {
     pub tenant_slots: Option<Arc<TenantSlots>>,
     /// Instances kept for the next request, when the app reuses them.
     pub instances: Instances,
+    /// The compiler its code came from (its engine's).
+    pub compiler: Compiler,
 }
 
 /// The server-wide defaults and ceilings an app's settings are resolved against.
@@ -77,6 +80,8 @@ pub struct Defaults {
     pub workers: u64,
     /// The reuse contract of the component `serve FILE` serves.
     pub reuse: Reuse,
+    /// The compiler of the engine deployed apps are loaded into.
+    pub compiler: Compiler,
 }
 
 impl Defaults {
@@ -112,6 +117,7 @@ impl Defaults {
             workers: config.worker_count() as u64,
             // Checked when the configuration was validated.
             reuse: config.reuse.reuse().unwrap_or_default(),
+            compiler: config.tiers().0,
         }
     }
 
@@ -148,14 +154,33 @@ impl Defaults {
 
 impl App {
     /// Loads, checks, links and once instantiates the component a single-file `serve`
-    /// names. Blocks (reads and compiles): call it before the loop runs.
-    pub fn from_file(engine: &Engine, path: &Path, defaults: &Defaults) -> anyhow::Result<App> {
+    /// names, compiled by `engine` (whose compiler is `compiler`). Blocks (reads and
+    /// compiles): call it before the loop runs.
+    pub fn from_file(
+        engine: &Engine,
+        compiler: Compiler,
+        path: &Path,
+        defaults: &Defaults,
+    ) -> anyhow::Result<App> {
         let handler = component::load(engine, path, defaults.mode)?;
+        App::from_handler(engine, compiler, path, handler, defaults)
+    }
+
+    /// The app of a single-file `serve` from its already compiled `handler`: checked
+    /// by one instantiation. Blocks: call it off the loop.
+    pub fn from_handler(
+        engine: &Engine,
+        compiler: Compiler,
+        path: &Path,
+        handler: Handler,
+        defaults: &Defaults,
+    ) -> anyhow::Result<App> {
         tracing::info!(
             component = %path.display(),
             export = %handler.export,
             export_is_async = handler.export_is_async,
             mode = %handler.mode,
+            %compiler,
             "loaded component"
         );
         let name: Arc<str> = path
@@ -185,6 +210,7 @@ impl App {
                 defaults.kept_instances.clone(),
                 vec![defaults.worker_memory.clone()],
             ),
+            compiler,
         })
     }
 
@@ -254,6 +280,7 @@ impl App {
                 defaults.kept_instances.clone(),
                 vec![defaults.worker_memory.clone(), kept_memory],
             ),
+            compiler: defaults.compiler,
         })
         .inspect(|app| {
             tracing::info!(

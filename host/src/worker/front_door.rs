@@ -255,6 +255,7 @@ impl Server {
             method: req.method().to_string(),
             path: req.uri().path().to_string(),
             mode: app.as_ref().map(|a| a.mode()),
+            compiler: app.as_ref().map(|a| a.compiler),
             start,
             app: app.as_ref().map_or_else(|| "-".into(), |a| a.name.clone()),
             version: app.as_ref().map_or(0, |a| a.version),

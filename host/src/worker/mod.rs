@@ -18,6 +18,7 @@ pub mod front_door;
 pub mod master_link;
 pub mod routes;
 pub mod run;
+pub mod tier;
 
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -30,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{AdminListen, ServeConfig};
 use crate::metrics::recorder::Recorder;
+use crate::model::compiler::Compiler;
 use crate::model::mode::Mode;
 use crate::protocol;
 use crate::runtime::engine::{self, EngineSizing, EpochTicker};
@@ -56,20 +58,30 @@ pub fn run_process(config: ServeConfig) -> anyhow::Result<()> {
         .set_nonblocking(true)
         .context("failed to make the listener non-blocking")?;
 
-    let engine = engine::build(EngineSizing {
+    let sizing = EngineSizing {
         loop_slots: u32::try_from(config.limit_concurrency).unwrap_or(u32::MAX),
         pool_slots: u32::try_from(config.threads).unwrap_or(u32::MAX),
         kept_slots: instances::KEPT_PER_WORKER,
         max_memory: usize::try_from(config.max_memory).context("--max-memory does not fit")?,
-    })?;
+    };
+    // With tiers, the component is served from the baseline engine first and the
+    // optimized engine takes over once its compile is done (tier.rs).
+    let (compiler, optimized) = config.tiers();
+    let engine = engine::build(sizing, compiler)?;
+    let optimized = optimized
+        .map(|compiler| anyhow::Ok((engine::build(sizing, compiler)?, compiler)))
+        .transpose()?;
     let addresses = address_policy(&config, listener.local_addr()?);
-    let served = Served::load(&config, &engine, addresses)?;
+    let served = Served::load(&config, &engine, compiler, addresses)?;
     let recorder = Arc::new(Recorder::default());
     let pool = match served.needs_pool {
         true => Some(start_pool(&config, recorder.clone())?),
         false => None,
     };
-    let _ticker = EpochTicker::start(engine.clone(), config.epoch_interval)?;
+    let engines = std::iter::once(engine.clone())
+        .chain(optimized.as_ref().map(|(engine, _)| engine.clone()))
+        .collect();
+    let _ticker = EpochTicker::start(engines, config.epoch_interval)?;
 
     let tls = match config.tls_files() {
         Some((cert, key)) => Some(tls::acceptor(cert, key, tls::PUBLIC_ALPN)?),
@@ -85,7 +97,12 @@ pub fn run_process(config: ServeConfig) -> anyhow::Result<()> {
         let listener =
             TcpListener::from_std(listener).context("failed to register the listener")?;
         let listening = Listening { listener, tls };
-        anyhow::Ok(on_the_loop(&config, engine, served, pool, recorder, listening).await)
+        anyhow::Ok(
+            on_the_loop(
+                &config, engine, optimized, served, pool, recorder, listening,
+            )
+            .await,
+        )
     })?;
     drop(local);
     // Tokio's stdin reader is a blocking thread stuck in `read` until the master
@@ -113,13 +130,14 @@ impl Served {
     fn load(
         config: &ServeConfig,
         engine: &wasmtime::Engine,
+        compiler: Compiler,
         addresses: AddressPolicy,
     ) -> anyhow::Result<Served> {
         let defaults = Defaults::from_config(config, addresses);
         let mut tenants = TenantMap::new();
         let (table, needs_pool) = match &config.component {
             Some(path) => {
-                let app = Arc::new(App::from_file(engine, path, &defaults)?);
+                let app = Arc::new(App::from_file(engine, compiler, path, &defaults)?);
                 let needs_pool = app.mode() == Mode::Pool;
                 (RouteTable::single(app), needs_pool)
             }
@@ -191,6 +209,7 @@ fn start_pool(config: &ServeConfig, recorder: Arc<Recorder>) -> anyhow::Result<P
 async fn on_the_loop(
     config: &ServeConfig,
     engine: wasmtime::Engine,
+    optimized: Option<(wasmtime::Engine, Compiler)>,
     served: Served,
     pool: Option<Pool>,
     recorder: Arc<Recorder>,
@@ -219,6 +238,7 @@ async fn on_the_loop(
         timeout_header_read: config.timeout_header_read,
         graceful_timeout: config.graceful_timeout,
     };
+    let served_defaults = served.defaults.clone();
     let master_gone = CancellationToken::new();
     let (applied_tx, applied_rx) = tokio::sync::mpsc::unbounded_channel();
     let reporter = tokio::task::spawn_local(master_link::report_to_master(
@@ -238,6 +258,18 @@ async fn on_the_loop(
         ))),
     };
     let lag_probe = tokio::task::spawn_local(probe_loop_lag(server.clone()));
+    let upgrade = match (&config.component, optimized) {
+        (Some(path), Some((engine, compiler))) => Some(tokio::task::spawn_local(tier::optimize(
+            server.clone(),
+            tier::Optimize {
+                path: path.clone(),
+                engine,
+                compiler,
+                defaults: served_defaults.clone(),
+            },
+        ))),
+        _ => None,
+    };
     accept::serve(
         listener,
         server.clone(),
@@ -248,6 +280,9 @@ async fn on_the_loop(
     .await;
     reporter.abort();
     lag_probe.abort();
+    if let Some(upgrade) = upgrade {
+        upgrade.abort();
+    }
     if let Some(tables) = tables {
         tables.abort();
     }

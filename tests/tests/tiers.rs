@@ -1,0 +1,143 @@
+//! Tiered compilation (`--compiler`): serving a component, the server answers on the
+//! baseline tier (Winch) and switches to the optimized one (Cranelift) under load
+//! without a failed request; each compiler serves alone; a registry deploys with the
+//! one it is given. The access log names the compiler of the code behind each request.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use wasmloop_tests::{Running, Server, guests, temp_dir};
+
+/// The `compiler=` of every access line, in order.
+fn compilers(server: &Running) -> Vec<String> {
+    server
+        .log()
+        .lines()
+        .filter(|l| l.contains("wasmloop::access"))
+        .filter_map(|l| l.split("compiler=").nth(1))
+        .map(|rest| rest.split_whitespace().next().unwrap_or("").to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn auto_answers_on_the_baseline_tier_and_switches_under_load_without_a_failure() {
+    for guest in [
+        guests::ASYNC_GUEST,
+        guests::SYNC_GUEST,
+        guests::WSTD_GUEST,
+        guests::HELLO,
+        guests::HELLO_ASYNC,
+    ] {
+        let server = Arc::new(
+            Server::new(guest)
+                .arg("--compiler=auto")
+                .arg("--workers=1")
+                .start()
+                .await,
+        );
+        let stop = Arc::new(AtomicBool::new(false));
+        let load = {
+            let (server, stop) = (server.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut statuses = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    statuses.push(server.get("/").await.status.as_u16());
+                }
+                statuses
+            })
+        };
+        let live = server.wait_for_log(&["optimized tier live"], Duration::from_secs(60));
+        assert!(live.is_some(), "{guest}: {}", server.log());
+        // A few requests more on the optimized tier.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stop.store(true, Ordering::Relaxed);
+        let statuses = load.await.unwrap();
+        assert!(statuses.len() > 10, "{guest}: {statuses:?}");
+        assert!(statuses.iter().all(|s| *s == 200), "{guest}: {statuses:?}");
+        let seen = compilers(&server);
+        // It was ready to serve on Winch before it said it listened, and switched
+        // after; once on Cranelift, no request went back. (A small guest's optimized
+        // tier is often live before the first request: the baseline tier's own
+        // serving is tested with --compiler=winch below.)
+        let log = server.log();
+        let baseline = log.find("compiler=winch").expect("a baseline tier");
+        let listening = log.find("\nlistening on").expect("listening");
+        let optimized = log.find("optimized tier live").expect("the switch");
+        assert!(
+            baseline < listening && listening < optimized,
+            "{guest}: {log}"
+        );
+        let first_cranelift = seen.iter().position(|c| c == "cranelift");
+        assert!(first_cranelift.is_some(), "{guest}: {seen:?}");
+        assert!(
+            seen[first_cranelift.unwrap()..]
+                .iter()
+                .all(|c| c == "cranelift"),
+            "{guest}: {seen:?}"
+        );
+        assert!(
+            seen[..first_cranelift.unwrap()]
+                .iter()
+                .all(|c| c == "winch"),
+            "{guest}: {seen:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn each_compiler_serves_alone() {
+    for compiler in ["cranelift", "winch"] {
+        let server = Server::new(guests::ASYNC_GUEST)
+            .arg(&format!("--compiler={compiler}"))
+            .start()
+            .await;
+        for path in ["/", "/sleep?ms=5", "/count"] {
+            assert_eq!(server.get(path).await.status, 200, "{compiler} {path}");
+        }
+        // Preemption and fuel hold on both.
+        assert_eq!(server.get("/spin?ms=20").await.status, 200, "{compiler}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let seen = compilers(&server);
+        assert!(
+            !seen.is_empty() && seen.iter().all(|c| c == compiler),
+            "{seen:?}"
+        );
+        assert!(
+            !server.has_log(&["optimized tier"]),
+            "{compiler}: {}",
+            server.log()
+        );
+    }
+    let server = Server::new(guests::ASYNC_GUEST)
+        .arg("--compiler=winch")
+        .arg("--fuel=100000000")
+        .start()
+        .await;
+    assert_eq!(server.get("/forever").await.text(), "cpu_limit\n");
+}
+
+#[tokio::test]
+async fn a_registry_deploys_with_the_compiler_it_is_given() {
+    let dir = temp_dir("tiers-registry");
+    let server = Server::registry(&dir).arg("--compiler=winch").start().await;
+    let token = server.create_tenant("acme", "{}").await;
+    let reply = server
+        .deploy(&token, "hello", guests::SYNC_GUEST, "route=acme.test/")
+        .await;
+    assert_eq!(reply.status, 201, "{}", reply.text());
+    let reply = server.get_host("acme.test", "/").await;
+    assert_eq!(reply.text(), "hello from sync\n");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(compilers(&server), ["winch"]);
+    // Its artifacts are the Winch engine's, apart from Cranelift's.
+    let artifacts: Vec<_> = std::fs::read_dir(dir.join("artifacts"))
+        .map(|d| d.filter_map(Result::ok).map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        artifacts
+            .iter()
+            .any(|name| name.to_string_lossy().contains("winch")),
+        "{artifacts:?}"
+    );
+}
