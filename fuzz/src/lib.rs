@@ -78,12 +78,15 @@ fn defaults() -> Defaults {
 pub fn apps() -> &'static [Arc<App>] {
     static APPS: OnceLock<Vec<Arc<App>>> = OnceLock::new();
     APPS.get_or_init(|| {
-        let engine = engine::build(EngineSizing {
-            loop_slots: 16,
-            pool_slots: 4,
-            kept_slots: 0,
-            max_memory: 16 << 20,
-        }, Compiler::Cranelift)
+        let engine = engine::build(
+            EngineSizing {
+                loop_slots: 16,
+                pool_slots: 4,
+                kept_slots: 0,
+                max_memory: 16 << 20,
+            },
+            Compiler::Cranelift,
+        )
         .expect("an engine");
         let dir = std::env::temp_dir().join(format!("wasmloop-fuzz-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("a temporary directory");
@@ -93,7 +96,10 @@ pub fn apps() -> &'static [Arc<App>] {
             .map(|name| {
                 let path = dir.join(format!("{name}.wasm"));
                 std::fs::write(&path, &wasm).expect("the component written");
-                Arc::new(App::from_file(&engine, Compiler::Cranelift, &path, &defaults()).expect("the app loads"))
+                Arc::new(
+                    App::from_file(&engine, Compiler::Cranelift, &path, &defaults())
+                        .expect("the app loads"),
+                )
             })
             .collect()
     })
