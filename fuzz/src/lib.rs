@@ -17,7 +17,7 @@ use wasmloop::runtime::sandbox::Limits;
 use wasmloop::worker::accept::{ConnLimits, LocalExec, http_builder};
 use wasmloop::worker::admission::Slots;
 use wasmloop::worker::app::{App, Defaults};
-use wasmloop::worker::front_door::{FrontDoor, Server};
+use wasmloop::worker::front_door::{FrontDoor, Peer, Server};
 use wasmloop::worker::routes::RouteTable;
 use wasmloop::worker::run::on_pool::Pool;
 
@@ -123,6 +123,7 @@ thread_local! {
                 max_body: 1 << 20,
                 limit_concurrency: 64,
                 memory: Arc::new(Slots::new(1 << 30)),
+                proxies: Default::default(),
             },
             recorder,
         );
@@ -154,7 +155,14 @@ pub fn serve_connection(bytes: &[u8]) {
             let server = front.server.clone();
             let authority: Authority = "127.0.0.1:8080".parse().expect("an authority");
             let service = hyper::service::service_fn(move |req| {
-                server.clone().handle(req, authority.clone())
+                server.clone().handle(
+                    req,
+                    authority.clone(),
+                    Peer {
+                        addr: ([127, 0, 0, 1], 40000).into(),
+                        tls: false,
+                    },
+                )
             });
             let connection = front
                 .builder

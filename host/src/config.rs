@@ -15,6 +15,7 @@ use clap::ValueEnum;
 
 use crate::model::compiler::Compiler;
 use crate::model::mode::ModeChoice;
+use crate::model::proxies::TrustedProxies;
 use crate::model::quota::Quotas;
 use crate::model::reuse::{Reuse, ReuseMode, parse_range};
 use crate::model::text::{parse_key_value, parse_size};
@@ -194,6 +195,21 @@ pub struct ServeConfig {
     /// manifest, Cranelift. `cranelift` or `winch`: that one alone.
     #[arg(long, env = "WASMLOOP_COMPILER", value_enum, default_value_t = CompilerChoice::Auto)]
     pub compiler: CompilerChoice,
+
+    /// Trust `Forwarded` / `X-Forwarded-For` / `X-Forwarded-Proto` from the proxies of
+    /// --forwarded-allow-ips for the client's address and scheme (on by default, as in
+    /// Uvicorn); this turns it off.
+    #[arg(long, env = "WASMLOOP_NO_PROXY_HEADERS")]
+    pub no_proxy_headers: bool,
+
+    /// Proxies whose forwarding headers are trusted: IPs, CIDR ranges, comma-separated,
+    /// or `*` for any peer. From other peers those headers are removed.
+    #[arg(
+        long,
+        env = "WASMLOOP_FORWARDED_ALLOW_IPS",
+        default_value = "127.0.0.1"
+    )]
+    pub forwarded_allow_ips: String,
 
     /// Log no line per request (`wasmloop::access`); failures still count in the
     /// metrics.
@@ -408,6 +424,7 @@ impl ServeConfig {
     /// Checks the settings against each other; called before anything binds.
     pub fn validate(&self) -> anyhow::Result<()> {
         self.reuse.reuse()?;
+        TrustedProxies::parse(!self.no_proxy_headers, &self.forwarded_allow_ips)?;
         if self.workers == Some(0) {
             bail!("--workers must be at least 1");
         }

@@ -6,7 +6,7 @@ use std::io::{BufRead as _, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use wasmloop_tests::{HttpClient, Server, binary, guests, temp_dir};
+use wasmloop_tests::{HttpClient, Running, Server, binary, guests, temp_dir};
 
 /// `wasmloop serve ARGS` as an operator types it: no flag added.
 fn serve(args: &[&str]) -> Child {
@@ -280,5 +280,91 @@ async fn the_pid_file_names_the_master_and_goes_with_it() {
     assert!(
         !all.iter().any(|l| l.contains("wasmloop::access")),
         "--no-access-log: {all:?}"
+    );
+}
+
+/// `GET /whoami` with `headers`: the guest's view of the client.
+async fn whoami(server: &Running, headers: &[(&str, &str)]) -> String {
+    let mut req = http::Request::get(format!("http://{}/whoami", server.addr));
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    let reply = server
+        .client()
+        .request(
+            req.body(http_body_util::Full::new(bytes::Bytes::new()))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    reply.text().trim().to_string()
+}
+
+#[tokio::test]
+async fn proxy_headers_count_only_from_trusted_proxies() {
+    let forwarded = [
+        ("x-forwarded-for", "203.0.113.7, 127.0.0.1"),
+        ("x-forwarded-proto", "https"),
+        ("x-real-ip", "6.6.6.6"),
+    ];
+    // The tests' client is 127.0.0.1, the default trusted proxy: the client is the
+    // address before it, over https; the guest sees the chain and x-real-ip.
+    let server = Server::new(guests::SYNC_GUEST).start().await;
+    assert_eq!(
+        whoami(&server, &forwarded).await,
+        "x-real-ip=203.0.113.7 x-forwarded-for=203.0.113.7, 127.0.0.1 forwarded=- scheme=https"
+    );
+    // RFC 7239's Forwarded, with a port and IPv6 brackets.
+    assert_eq!(
+        whoami(
+            &server,
+            &[("forwarded", r#"for="[2001:db8::7]:4711";proto=https"#)]
+        )
+        .await,
+        r#"x-real-ip=2001:db8::7 x-forwarded-for=- forwarded=for="[2001:db8::7]:4711";proto=https scheme=https"#
+    );
+    // Without forwarding headers: the peer.
+    assert_eq!(
+        whoami(&server, &[]).await,
+        "x-real-ip=127.0.0.1 x-forwarded-for=- forwarded=- scheme=http"
+    );
+    assert!(
+        server
+            .wait_for_log(
+                &["client=\"203.0.113.7\"", "path=\"/whoami\""],
+                Duration::from_secs(10)
+            )
+            .is_some(),
+        "{}",
+        server.log()
+    );
+
+    // A peer that is not a trusted proxy cannot name another client, to the guest or
+    // the log: its forwarding headers are gone and x-real-ip is its own address.
+    let server = Server::new(guests::SYNC_GUEST)
+        .arg("--forwarded-allow-ips=10.0.0.0/8")
+        .start()
+        .await;
+    assert_eq!(
+        whoami(&server, &forwarded).await,
+        "x-real-ip=127.0.0.1 x-forwarded-for=- forwarded=- scheme=http"
+    );
+    // So with the headers off.
+    let server = Server::new(guests::SYNC_GUEST)
+        .arg("--no-proxy-headers")
+        .start()
+        .await;
+    assert_eq!(
+        whoami(&server, &forwarded).await,
+        "x-real-ip=127.0.0.1 x-forwarded-for=- forwarded=- scheme=http"
+    );
+    // A list that is not one is refused at start.
+    let (status, output) = Server::new(guests::SYNC_GUEST)
+        .arg("--forwarded-allow-ips=10.0.0.0/8,proxy.internal")
+        .start_expecting_failure();
+    assert!(!status.success());
+    assert!(
+        output.contains("\"proxy.internal\" is not an IP address"),
+        "{output}"
     );
 }

@@ -108,6 +108,16 @@ async fn both_listeners_speak_tls_only() {
         assert_eq!(got.as_deref(), Some(expected));
         assert_eq!((status, body.as_str()), (200, "hello from sync\n"));
     }
+    // The guest is told the scheme the client used.
+    let (_, status, whoami) = get_tls(
+        server.addr,
+        client_config(&certfile, &[b"http/1.1"]),
+        "/whoami",
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(whoami.trim_end().ends_with("scheme=https"), "{whoami}");
     // The admin listener: probes, and /metrics with the token.
     let admin_tls = client_config(&certfile, &[b"http/1.1"]);
     assert_eq!(

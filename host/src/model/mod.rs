@@ -9,6 +9,7 @@ pub mod compiler;
 pub mod host;
 pub mod manifest;
 pub mod mode;
+pub mod proxies;
 pub mod quota;
 pub mod reuse;
 pub mod route;

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::worker::body::WithGuard;
-use crate::worker::front_door::Server;
+use crate::worker::front_door::{Peer, Server};
 
 /// Connection settings of a worker.
 #[derive(Debug, Clone)]
@@ -64,7 +64,7 @@ pub async fn serve(
 
     tokio::pin!(shutdown);
     loop {
-        let (stream, _peer) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok(conn) => conn,
@@ -81,6 +81,8 @@ pub async fn serve(
             server: server.clone(),
             builder: builder.clone(),
             local: local.clone(),
+            peer,
+            tls: tls.is_some(),
             keep_alive: limits.timeout_keep_alive,
             stopping: stopping.clone(),
         };
@@ -147,6 +149,9 @@ struct Connection {
     server: Rc<Server>,
     builder: Rc<auto::Builder<LocalExec>>,
     local: Authority,
+    peer: std::net::SocketAddr,
+    /// Whether the connection is TLS: the guest sees `https`.
+    tls: bool,
     keep_alive: Duration,
     stopping: CancellationToken,
 }
@@ -159,6 +164,8 @@ where
         server,
         builder,
         local,
+        peer,
+        tls,
         keep_alive,
         stopping,
     } = connection;
@@ -178,7 +185,7 @@ where
             let local = local.clone();
             let open = OpenRequest::enter(&activity);
             async move {
-                let response = server.handle(req, local).await?;
+                let response = server.handle(req, local, Peer { addr: peer, tls }).await?;
                 Ok::<_, std::convert::Infallible>(response.map(|b| WithGuard::new(b, open)))
             }
         })

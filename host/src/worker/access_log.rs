@@ -24,6 +24,8 @@ pub struct AccessLog {
     pub mode: Option<Mode>,
     /// The compiler of the code that served it (`winch` on the baseline tier).
     pub compiler: Option<Compiler>,
+    /// The client's address (see worker/proxy.rs).
+    pub client: String,
     pub start: Instant,
     pub app: Arc<str>,
     pub version: u64,
@@ -70,6 +72,7 @@ impl AccessLog {
         let compiler = self
             .compiler
             .map_or_else(|| "-".to_string(), |c| c.to_string());
+        let client = &self.client;
         let (id, method, path, app, version, status) = (
             &self.id,
             &self.method,
@@ -80,14 +83,14 @@ impl AccessLog {
         );
         match error {
             None => tracing::info!(
-                target: "wasmloop::access", id, method, path, status, app, version, %mode, %compiler, duration_ms, fuel, "request"
+                target: "wasmloop::access", id, client, method, path, status, app, version, %mode, %compiler, duration_ms, fuel, "request"
             ),
             Some(err) if err.classify().2 == Fault::Host => tracing::error!(
-                target: "wasmloop::access", id, method, path, status, app, version, %mode, %compiler, duration_ms, fuel,
+                target: "wasmloop::access", id, client, method, path, status, app, version, %mode, %compiler, duration_ms, fuel,
                 cause = err.cause(), error = %err, "request"
             ),
             Some(err) => tracing::warn!(
-                target: "wasmloop::access", id, method, path, status, app, version, %mode, %compiler, duration_ms, fuel,
+                target: "wasmloop::access", id, client, method, path, status, app, version, %mode, %compiler, duration_ms, fuel,
                 cause = err.cause(), error = %err, "request"
             ),
         }

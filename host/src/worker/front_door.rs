@@ -8,6 +8,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,15 +25,26 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use crate::metrics::recorder::Recorder;
 use crate::metrics::{Gauges, Snapshot};
 use crate::model::mode::Mode;
+use crate::model::proxies::TrustedProxies;
 use crate::runtime::error::RequestError;
 use crate::worker::access_log::{AccessLog, error_response, header_value, plain};
 use crate::worker::admission::{Admission, Refusal, Slots, Worker};
 use crate::worker::app::App;
 use crate::worker::body::{self, RequestBody, ResponseBody};
+use crate::worker::proxy;
 use crate::worker::routes::RouteTable;
 use crate::worker::run::on_loop;
 use crate::worker::run::on_pool::{Job, Pool};
 use crate::worker::run::{self, Outcome, RunContext};
+
+/// The far end of a connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer {
+    /// Its address, or a trusted proxy's.
+    pub addr: SocketAddr,
+    /// Whether it speaks TLS to us.
+    pub tls: bool,
+}
 
 /// Limits the front door applies before a guest runs.
 #[derive(Debug, Clone)]
@@ -43,6 +55,8 @@ pub struct FrontDoor {
     pub limit_concurrency: usize,
     /// Bytes of guest memory this worker's requests may grow to together.
     pub memory: Arc<Slots>,
+    /// The proxies whose forwarding headers name the client.
+    pub proxies: TrustedProxies,
 }
 
 /// A worker's request handling: the route table, the pool, and the worker's
@@ -165,11 +179,14 @@ impl Server {
     /// the response head under the deadline, then answer and finish in the background.
     pub async fn handle(
         self: Rc<Self>,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
         local: Authority,
+        peer: Peer,
     ) -> Result<Response<ResponseBody>, Infallible> {
         let start = Instant::now();
-        let (app, log) = self.route(&req, start);
+        let client = proxy::resolve(&self.front.proxies, peer.addr, req.headers_mut());
+        let (app, mut log) = self.route(&req, start);
+        log.client = client.address;
         let Some(app) = app else {
             return Ok(log.finish_with(plain(StatusCode::NOT_FOUND, "no_app")));
         };
@@ -197,7 +214,7 @@ impl Server {
                 limit: self.front.max_body,
             }));
         }
-        let req = match with_absolute_uri(req, &local) {
+        let req = match with_absolute_uri(req, &local, peer.tls || client.https) {
             Ok(req) => req,
             Err(cause) => return Ok(log.finish_with(plain(StatusCode::BAD_REQUEST, cause))),
         };
@@ -256,6 +273,7 @@ impl Server {
             path: req.uri().path().to_string(),
             mode: app.as_ref().map(|a| a.mode()),
             compiler: app.as_ref().map(|a| a.compiler),
+            client: String::new(),
             start,
             app: app.as_ref().map_or_else(|| "-".into(), |a| a.name.clone()),
             version: app.as_ref().map_or(0, |a| a.version),
@@ -405,6 +423,7 @@ fn has_dot_segments(path: &str) -> bool {
 fn with_absolute_uri(
     req: Request<Incoming>,
     local: &Authority,
+    https: bool,
 ) -> Result<Request<Incoming>, &'static str> {
     if let Some(authority) = req.uri().authority() {
         let agrees = req.headers().get(HOST).is_none_or(|host| {
@@ -426,7 +445,7 @@ fn with_absolute_uri(
     };
     let (mut parts, body) = req.into_parts();
     let mut uri = parts.uri.into_parts();
-    uri.scheme = Some(Scheme::HTTP);
+    uri.scheme = Some(if https { Scheme::HTTPS } else { Scheme::HTTP });
     uri.authority = Some(authority);
     if uri.path_and_query.is_none() {
         uri.path_and_query = Some("/".parse().expect("`/` is a valid path"));

@@ -16,6 +16,7 @@ pub mod app;
 pub mod body;
 pub mod front_door;
 pub mod master_link;
+pub mod proxy;
 pub mod routes;
 pub mod run;
 pub mod tier;
@@ -33,6 +34,7 @@ use crate::config::{AdminListen, ServeConfig};
 use crate::metrics::recorder::Recorder;
 use crate::model::compiler::Compiler;
 use crate::model::mode::Mode;
+use crate::model::proxies::TrustedProxies;
 use crate::protocol;
 use crate::runtime::engine::{self, EngineSizing, EpochTicker};
 use crate::runtime::outbound::AddressPolicy;
@@ -220,6 +222,8 @@ async fn on_the_loop(
         max_body: config.max_body,
         limit_concurrency: config.limit_concurrency,
         memory: served.defaults.worker_memory.clone(),
+        proxies: TrustedProxies::parse(!config.no_proxy_headers, &config.forwarded_allow_ips)
+            .unwrap_or_default(),
     };
     let server = match config.max_requests {
         0 => Server::new(served.table, pool, front, recorder),

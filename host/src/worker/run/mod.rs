@@ -98,6 +98,19 @@ impl Lease {
     }
 }
 
+/// The scheme the guest is told: `https` when the connection is TLS or a trusted
+/// proxy says the client used it (the front door put it in the URI).
+pub fn scheme_of<B>(
+    req: &http::Request<B>,
+) -> wasmtime_wasi_http::p2::bindings::http::types::Scheme {
+    use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+    if req.uri().scheme() == Some(&http::uri::Scheme::HTTPS) {
+        Scheme::Https
+    } else {
+        Scheme::Http
+    }
+}
+
 /// The fuel a request's store burned of its app's budget.
 pub fn fuel_used(app: &App, store: &Store<Sandbox>) -> u64 {
     app.limits

@@ -19,7 +19,6 @@ use http::Request;
 use tokio::sync::oneshot;
 use wasmtime::{Store, UpdateDeadline};
 use wasmtime_wasi_http::WasiHttpView as _;
-use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 
 use crate::runtime::component::HandlerPre;
 use crate::runtime::error::RequestError;
@@ -31,7 +30,7 @@ use crate::worker::run::instances::Instance;
 use crate::worker::run::pump::send_and_pump;
 use crate::worker::run::{
     Head, Lease, Outcome, OutparamResult, Reply, RunContext, answer_unanswered, fuel_used,
-    outparam_head,
+    outparam_head, scheme_of,
 };
 
 /// Starts the request as a task on the current loop (a `LocalSet`). The head and the
@@ -250,7 +249,7 @@ async fn drive_proxy(
     let data = store.data_mut();
     let req = data
         .http()
-        .new_incoming_request(Scheme::Http, req)
+        .new_incoming_request(scheme_of(&req), req)
         .map_err(|e| RequestError::Host(e.into()))?;
     let out = data
         .http()

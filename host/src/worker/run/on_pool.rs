@@ -21,7 +21,6 @@ use http::Request;
 use tokio::sync::oneshot;
 use wasmtime::UpdateDeadline;
 use wasmtime_wasi_http::WasiHttpView as _;
-use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 
 use crate::metrics::recorder::Recorder;
 use crate::runtime::component::HandlerPre;
@@ -31,7 +30,7 @@ use crate::worker::app::App;
 use crate::worker::body::RequestBody;
 use crate::worker::run::instances::Instance;
 use crate::worker::run::{
-    Head, Lease, Outcome, Reply, RunContext, answer_unanswered, fuel_used, outparam_head,
+    Head, Lease, Outcome, Reply, RunContext, answer_unanswered, fuel_used, outparam_head, scheme_of,
 };
 
 /// One request waiting for, or running on, a pool thread.
@@ -254,7 +253,7 @@ fn call(
             wasmtime::bail!("a kept instance of another kind");
         };
         let http = store.data_mut();
-        let req = http.http().new_incoming_request(Scheme::Http, req)?;
+        let req = http.http().new_incoming_request(scheme_of(&req), req)?;
         let out = http
             .http()
             .new_response_outparam_from_callback(move |set| {

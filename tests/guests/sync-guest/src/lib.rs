@@ -17,6 +17,7 @@
 //! | `/config?key=K` | the value of configuration variable K (wasi:config), or 404 |
 //! | `/fetch?to=HOST:PORT` | GETs `http://HOST:PORT/upstream` and answers with its body, or 502 and the error |
 //! | `/fetch?to=HOST:PORT&timeout_s=N` | the same with every timeout of the request set to N s |
+//! | `/whoami` | `x-real-ip=.. x-forwarded-for=.. forwarded=.. scheme=..`: what the host told the guest of the client (`-` when absent) |
 //! | `/count` | `N ID`: how many requests this instance has counted, this one included, and a random id of the instance (state kept across requests when the host reuses the instance) |
 
 use wasip2::clocks::monotonic_clock;
@@ -192,6 +193,35 @@ impl Guest for Handler {
                     hoard.push(vec![1u8; 1 << 20]);
                     std::hint::black_box(&hoard);
                 }
+            }
+            "/whoami" => {
+                // What the host says of the client: its x-real-ip, the forwarding
+                // headers it let through, and the scheme of the request's URI.
+                let headers = req.headers();
+                let get = |name: &str| {
+                    let values: Vec<String> = headers
+                        .get(name)
+                        .iter()
+                        .map(|v| String::from_utf8_lossy(v).into_owned())
+                        .collect();
+                    if values.is_empty() {
+                        "-".to_string()
+                    } else {
+                        values.join(",")
+                    }
+                };
+                let scheme = match req.scheme() {
+                    Some(wasip2::http::types::Scheme::Https) => "https",
+                    Some(wasip2::http::types::Scheme::Http) => "http",
+                    _ => "-",
+                };
+                let text = format!(
+                    "x-real-ip={} x-forwarded-for={} forwarded={} scheme={scheme}\n",
+                    get("x-real-ip"),
+                    get("x-forwarded-for"),
+                    get("forwarded"),
+                );
+                respond(out, 200, text.as_bytes());
             }
             "/count" => {
                 let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
