@@ -197,9 +197,12 @@ mod tests {
         assert!(client.https);
         assert_eq!(strip_port("192.0.2.1:80"), "192.0.2.1");
         assert_eq!(strip_port("2001:db8::2"), "2001:db8::2");
-        assert!(Proxies::new(true, "not-an-ip").is_err());
         // An IPv4 peer on an IPv6 socket is the same peer.
-        let v4 = Proxies::new(true, "127.0.0.1").unwrap();
-        assert!(v4.trusts("::ffff:127.0.0.1".parse().unwrap()));
+        let v4 = TrustedProxies::parse(true, "127.0.0.1").unwrap();
+        let mut h = headers(&[("x-forwarded-for", "203.0.113.9")]);
+        assert_eq!(
+            resolve(&v4, "[::ffff:127.0.0.1]:4000".parse().unwrap(), &mut h).address,
+            "203.0.113.9"
+        );
     }
 }
