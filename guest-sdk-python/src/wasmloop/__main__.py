@@ -1,0 +1,7 @@
+"""`python -m wasmloop build [app.py] [-o app.wasm]`."""
+
+import sys
+
+from wasmloop.build import main
+
+sys.exit(main())
