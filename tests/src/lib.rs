@@ -25,6 +25,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 pub mod pg;
+pub mod python;
 
 /// Paths of the guest components, built from source by build.rs.
 pub mod guests {
