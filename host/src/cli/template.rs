@@ -1,7 +1,9 @@
-//! `wasmloop new`: writes a handler crate that builds as it is. The crate depends on
-//! `wasmloop-sdk`, targets `wasm32-wasip2` through `.cargo/config.toml`, and is its own
-//! Cargo workspace so that it builds wherever it is created. The handler sources are
-//! `host/templates/{sync,async}.rs`.
+//! `wasmloop new`: writes a handler project that builds as it is. In Rust (the
+//! default) a crate that depends on `wasmloop-sdk`, targets `wasm32-wasip2` through
+//! `.cargo/config.toml`, and is its own Cargo workspace so that it builds wherever it
+//! is created; in Python (`--lang python`) an `app.py` for the `wasmloop` package
+//! (guest-sdk-python/), built with `python -m wasmloop build`. The handler sources
+//! are `host/templates/{sync,async}.{rs,py}`.
 
 use std::path::{Path, PathBuf};
 
@@ -12,29 +14,58 @@ use anyhow::{Context as _, bail};
 pub struct NewArgs {
     /// The crate's name; also the directory created for it.
     pub name: String,
-    /// Write an `async fn` handler (runs on the event loop) instead of a plain `fn`
-    /// (runs on the thread pool).
+    /// Write an `async fn` / `async def` handler (runs on the event loop) instead of
+    /// a plain `fn` / `def` (runs on the thread pool).
     #[arg(long = "async")]
     pub is_async: bool,
+    /// The language of the handler.
+    #[arg(long, value_enum, default_value_t = Lang::Rust)]
+    pub lang: Lang,
     /// Directory to create the crate in (default: the current directory).
     #[arg(long, default_value = ".")]
     pub dir: PathBuf,
-    /// Depend on the SDK at this path (a checkout's `guest-sdk`) instead of the
-    /// release of the SDK that matches this binary. The path is written as given,
-    /// made absolute.
+    /// Use the SDK at this path (a checkout's `guest-sdk`, or `guest-sdk-python` with
+    /// `--lang python`) instead of the release of the SDK that matches this binary.
+    /// The path is written as given, made absolute.
     #[arg(long, env = "WASMLOOP_SDK_PATH")]
     pub sdk_path: Option<PathBuf>,
 }
 
-/// `wasmloop new`: writes the crate and says how to build and serve it.
+/// The languages `wasmloop new` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Lang {
+    /// A crate using `wasmloop-sdk` (guest-sdk/).
+    Rust,
+    /// An `app.py` using the `wasmloop` package (guest-sdk-python/).
+    Python,
+}
+
+/// `wasmloop new`: writes the project and says how to build and serve it.
 pub fn run(args: &NewArgs) -> anyhow::Result<()> {
     let template = Template {
         name: args.name.clone(),
         is_async: args.is_async,
-        sdk: SdkSource::find(args.sdk_path.as_deref())?,
+        lang: args.lang,
+        sdk: SdkSource::find(args.sdk_path.as_deref(), args.lang)?,
     };
     let dir = args.dir.join(&args.name);
     template.write(&dir)?;
+    if args.lang == Lang::Python {
+        let style = if args.is_async {
+            "async def handlers: they run on the event loop"
+        } else {
+            "def handlers: they run on the thread pool"
+        };
+        println!("Created {} ({style}).", dir.display());
+        println!();
+        println!("    cd {}", dir.display());
+        for line in template.python_setup() {
+            println!("    {line}");
+        }
+        println!("    .venv/bin/python -m wasmloop build");
+        println!("    wasmloop serve app.wasm");
+        return Ok(());
+    }
     let style = if args.is_async {
         "an async fn handler: it runs on the event loop"
     } else {
@@ -71,16 +102,17 @@ impl SdkSource {
     /// `--sdk-path` if given; else the registry release of this binary's version. (Never
     /// the sources this binary was built from: a path into one machine's checkout
     /// builds nowhere else.)
-    pub fn find(explicit: Option<&Path>) -> anyhow::Result<SdkSource> {
+    pub fn find(explicit: Option<&Path>, lang: Lang) -> anyhow::Result<SdkSource> {
         if let Some(path) = explicit {
             let path = path
                 .canonicalize()
                 .with_context(|| format!("failed to find the SDK at {}", path.display()))?;
-            if !path.join("Cargo.toml").is_file() {
-                bail!(
-                    "{} is not the wasmloop-sdk crate (no Cargo.toml)",
-                    path.display()
-                );
+            let (marker, what) = match lang {
+                Lang::Rust => ("Cargo.toml", "the wasmloop-sdk crate"),
+                Lang::Python => ("pyproject.toml", "the wasmloop Python package"),
+            };
+            if !path.join(marker).is_file() {
+                bail!("{} is not {what} (no {marker})", path.display());
             }
             return Ok(SdkSource::Path(path));
         }
@@ -102,6 +134,8 @@ pub struct Template {
     pub name: String,
     /// An `async fn` handler (the loop) instead of a plain `fn` (the pool).
     pub is_async: bool,
+    /// The handler's language.
+    pub lang: Lang,
     /// Where `wasmloop-sdk` comes from.
     pub sdk: SdkSource,
 }
@@ -137,7 +171,51 @@ impl Template {
         self.name.replace('-', "_")
     }
 
+    /// The commands that make the Python project's environment.
+    pub fn python_setup(&self) -> Vec<String> {
+        let package = match &self.sdk {
+            SdkSource::Path(path) => format!("{:?}", path.display().to_string()),
+            SdkSource::Version(version) => format!("\"wasmloop=={version}\""),
+        };
+        vec![
+            "python3 -m venv .venv".to_string(),
+            format!(".venv/bin/pip install {package}   # the SDK and componentize-py"),
+        ]
+    }
+
+    fn python_files(&self) -> Vec<(&'static str, String)> {
+        let source = if self.is_async {
+            include_str!("../../templates/async.py")
+        } else {
+            include_str!("../../templates/sync.py")
+        };
+        let style = if self.is_async {
+            "`async def` handlers: wasmloop runs them on its event loop"
+        } else {
+            "plain `def` handlers: wasmloop runs them on its thread pool"
+        };
+        let readme = format!(
+            "# {name}\n\nA wasmloop app with {style}.\n\n```sh\n{setup}\n             .venv/bin/python -m wasmloop build   # writes app.wasm\n             wasmloop serve app.wasm\ncurl http://127.0.0.1:8080/hello/world\n```\n\n             Pure-Python dependencies go in requirements.txt; the build bundles them. \
+             Native extensions (numpy, pydantic-core) cannot run in a component.\n",
+            name = self.name,
+            setup = self.python_setup().join("\n"),
+        );
+        vec![
+            ("app.py", source.replace("{{name}}", &self.name)),
+            (
+                "requirements.txt",
+                "# Pure-Python packages the app imports; `python -m wasmloop build` bundles them.\n"
+                    .to_string(),
+            ),
+            (".gitignore", "/.venv\n__pycache__/\n*.wasm\n".to_string()),
+            ("README.md", readme),
+        ]
+    }
+
     fn files(&self) -> Vec<(&'static str, String)> {
+        if self.lang == Lang::Python {
+            return self.python_files();
+        }
         let source = if self.is_async {
             include_str!("../../templates/async.rs")
         } else {
@@ -225,6 +303,7 @@ mod tests {
         let template = Template {
             name: "my-app".into(),
             is_async: true,
+            lang: Lang::Rust,
             sdk: SdkSource::Version("0.1.0".into()),
         };
         let files = template.files();
@@ -235,5 +314,26 @@ mod tests {
         assert!(source.contains("async fn handle"));
         assert!(source.contains("release/my_app.wasm"));
         assert!(!source.contains("{{"));
+    }
+
+    #[test]
+    fn the_python_template_names_its_style_and_the_package() {
+        for is_async in [false, true] {
+            let template = Template {
+                name: "py-app".into(),
+                is_async,
+                lang: Lang::Python,
+                sdk: SdkSource::Version("0.1.0".into()),
+            };
+            let files = template.files();
+            let app = &files[0].1;
+            assert_eq!(app.contains("async def hello"), is_async, "{app}");
+            assert!(app.contains("getLogger(\"py-app\")"), "{app}");
+            let readme = &files.last().unwrap().1;
+            assert!(
+                readme.contains("pip install \"wasmloop==0.1.0\""),
+                "{readme}"
+            );
+        }
     }
 }
