@@ -43,6 +43,8 @@ NATIVE = ROOT / "target/release/native-hello"
 INSTANTIATE = ROOT / "target/release/instantiate"
 WASMTIME = ROOT / "target/bench-tools/bin/wasmtime"
 UVICORN = ROOT / "target/bench-venv/bin/uvicorn"
+# bench/python-sdk's apps, built by bench/run.sh with the Python SDK.
+PY_SYNC, PY_ASYNC = ROOT / "target/bench-py-sync.wasm", ROOT / "target/bench-py-async.wasm"
 SERVER_CPU, LOAD_CPU = "0", "1"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -195,7 +197,20 @@ LABELS = {
     "wasmtime": "wasmtime serve 48.0.8 (0.2 component)",
     "uvicorn": "Uvicorn + FastAPI (uvloop, httptools)",
     "mixed": "wasmloop: async hello on the loop, /cpu on the pool",
+    "py-pool": "wasmloop, Python SDK, `def` (pool)",
+    "py-loop": "wasmloop, Python SDK, `async def` (loop)",
+    "py-pool-serial": "wasmloop, Python SDK, `def`, `--reuse=serial`",
+    "py-loop-serial": "wasmloop, Python SDK, `async def`, `--reuse=serial`",
+    "py-loop-concurrent": "wasmloop, Python SDK, `async def`, `--reuse=concurrent`",
 }
+
+SYSTEMS.update({
+    "py-pool": lambda: wasmloop("py-pool", PY_SYNC),
+    "py-loop": lambda: wasmloop("py-loop", PY_ASYNC),
+    "py-pool-serial": lambda: wasmloop("py-pool-serial", PY_SYNC, extra=["--reuse=serial"]),
+    "py-loop-serial": lambda: wasmloop("py-loop-serial", PY_ASYNC, extra=["--reuse=serial"]),
+    "py-loop-concurrent": lambda: wasmloop("py-loop-concurrent", PY_ASYNC, extra=["--reuse=concurrent"]),
+})
 
 
 def to_ms(text):
@@ -433,6 +448,42 @@ def tiers(large, cfg):
     return "\n".join(lines) + "\n"
 
 
+def python_sdk(cfg):
+    """Python hello in both SDK styles, fresh and reused, next to Uvicorn + FastAPI with
+    the same routes; and the seed's pitfall for each."""
+    if not (PY_SYNC.exists() and PY_ASYNC.exists()):
+        return ""
+    rows = []
+    for name in ["uvicorn", "py-pool", "py-loop", "py-pool-serial", "py-loop-serial", "py-loop-concurrent"]:
+        print(f"python sdk: {name}", file=sys.stderr)
+        with SYSTEMS[name]() as server:
+            r = measure(server, "/", 8, cfg)
+            worker = descendants(server.proc.pid)
+            r["worker_mib"] = rss_kib(worker[-1] if worker else server.proc.pid, "VmHWM") / 1024
+            rows.append((name, r))
+    uvicorn = rows[0][1]["rps"]
+    lines = ["### Python: the SDK's two styles next to Uvicorn + FastAPI", "",
+             "`GET /` answering `Hello, world!` from bench/python-sdk (built with the Python SDK, componentize-py 0.25.1, "
+             "CPython in the component) and from bench/python/app.py under Uvicorn; 8 connections, one worker. "
+             "Peak RSS is the serving process's (wasmloop's worker; Uvicorn's own).", "",
+             "| system | req/s | vs Uvicorn | p50 ms | p99 ms | CPU µs/req | peak RSS MiB | failed |", "|---|---|---|---|---|---|---|---|"]
+    for name, r in rows:
+        lines.append(f"| {LABELS[name]} | {r['rps']:.0f} | {r['rps'] / uvicorn:.2f}x | {r['p50']:.2f} | {r['p99']:.2f} | "
+                     f"{r['cpu_us']:.0f} | {r['worker_mib']:.0f} | {r['failed']} |")
+    pit = []
+    for name in ["uvicorn", "py-loop", "py-loop-concurrent"]:
+        print(f"python sdk pitfall: {name}", file=sys.stderr)
+        with SYSTEMS[name]() as server:
+            pit.append((name, latency_under(server, "/spin?ms=50", 1, cfg)))
+    lines += ["", "The seed's pitfall: four connections send `GET /` while one keeps `GET /spin?ms=50` (an `async def` "
+              "computing 50 ms without an await) running on the same worker.", "",
+              "| system | idle p50 / p99 ms | with the spinner p50 / p99 ms | p99 added ms |", "|---|---|---|---|"]
+    for name, (idle, busy, _) in pit:
+        lines.append(f"| {LABELS[name]} | {idle['p50']:.2f} / {idle['p99']:.2f} | {busy['p50']:.2f} / {busy['p99']:.2f} | "
+                     f"{busy['p99'] - idle['p99']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
 def memory_in_flight(cfg):
     hold = max(6, int(cfg.seconds) + 2)
     lines = ["### Memory per 1,000 in-flight async requests", "",
@@ -458,14 +509,21 @@ def main():
     parser.add_argument("--quick", action="store_true", help="every scenario once, 2 s each: a smoke test")
     parser.add_argument("--out", type=Path, help="write the results between the markers of this Markdown file")
     parser.add_argument("--large", type=Path, help="a component over 10 MB for the deploy measurement")
+    parser.add_argument("--only", help="comma-separated sections to run (python, tiers); with --out they replace "
+                        "their own tables in the results and the rest stays")
     cfg = parser.parse_args()
     cfg.runs, cfg.seconds = (1, 2) if cfg.quick else (3, 10)
     cfg.duration, cfg.warmup = f"{cfg.seconds}s", ("1s" if cfg.quick else "3s")
-    for tool, path in [("wrk", shutil.which("wrk")), ("wasmloop", WASMLOOP), ("wasmtime", WASMTIME), ("uvicorn", UVICORN)]:
+    needed = [("wrk", shutil.which("wrk")), ("wasmloop", WASMLOOP), ("uvicorn", UVICORN)]
+    if not cfg.only:
+        needed.append(("wasmtime", WASMTIME))
+    for tool, path in needed:
         if not path or not Path(path).exists():
             raise SystemExit(f"{tool} is missing; run bench/run.sh, which installs it")
 
     started = time.time()
+    if cfg.only:
+        return run_only(cfg, started)
     sections = []
     reuse_rows = ["loop-serial", "pool-serial", "loop-concurrent", "wasmtime-p3", "wasmtime-p3-fresh"]
     hello, got = throughput("Hello", "/", 64, ["native", "loop", "pool", "wasmtime", "uvicorn", *reuse_rows], cfg)
@@ -478,14 +536,10 @@ def main():
     sections.append(deploy_to_first_response(cfg.large))
     sections.append(python_reuse(cfg.large, cfg))
     sections.append(tiers(cfg.large, cfg))
+    sections.append(python_sdk(cfg))
     sections.append(memory_in_flight(cfg))
 
-    cpu = open("/proc/cpuinfo").read()
-    model = re.search(r"model name\s*:\s*(.*)", cpu)
-    header = (f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} vCPU ({model.group(1) if model else 'unknown CPU'}), "
-              f"Linux {os.uname().release}; {'quick smoke run' if cfg.quick else f'{cfg.runs} runs of {cfg.duration} after a {cfg.warmup} warm-up, medians'}; "
-              f"server on CPU {SERVER_CPU}, wrk on CPU {LOAD_CPU}; whole run {time.time() - started:.0f} s. Command: `bench/run.sh{' --quick' if cfg.quick else ''}`.\n")
-    report = header + "\n" + "\n".join(sections)
+    report = describe(cfg, started, "") + "\n" + "\n".join(sections)
     print(report)
     if cfg.out and not cfg.quick:
         text = cfg.out.read_text()
@@ -498,6 +552,43 @@ def main():
         if any(int(f) for f in failed):
             raise SystemExit("quick run: some requests failed")
         print("quick run: every scenario ran", file=sys.stderr)
+
+
+def describe(cfg, started, only):
+    cpu = open("/proc/cpuinfo").read()
+    model = re.search(r"model name\s*:\s*(.*)", cpu)
+    flags = (" --quick" if cfg.quick else "") + (f" --only {only}" if only else "")
+    return (f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} vCPU ({model.group(1) if model else 'unknown CPU'}), "
+            f"Linux {os.uname().release}; {'quick smoke run' if cfg.quick else f'{cfg.runs} runs of {cfg.duration} after a {cfg.warmup} warm-up, medians'}; "
+            f"server on CPU {SERVER_CPU}, wrk on CPU {LOAD_CPU}; {'these sections' if only else 'whole run'} {time.time() - started:.0f} s. "
+            f"Command: `bench/run.sh{flags}`.\n")
+
+
+def run_only(cfg, started):
+    """Runs the named sections; with --out, each replaces the section of the same title
+    in the results (the rest of which keep their own run's header), preceded by a line
+    saying when and how these were measured."""
+    known = {"python": lambda: python_sdk(cfg), "tiers": lambda: tiers(cfg.large, cfg)}
+    names = cfg.only.split(",")
+    for name in names:
+        if name not in known:
+            raise SystemExit(f"--only: unknown section {name!r} (known: {', '.join(known)})")
+    sections = [known[name]() for name in names]
+    note = "_" + describe(cfg, started, cfg.only).strip() + "_\n"
+    print("\n".join([note, *sections]))
+    if not cfg.out or cfg.quick:
+        return
+    text = cfg.out.read_text()
+    start, end = "<!-- results:start -->", "<!-- results:end -->"
+    head, block, tail = text[: text.index(start) + len(start)], text[text.index(start) + len(start): text.index(end)], text[text.index(end):]
+    for section in filter(None, sections):
+        title = section.splitlines()[0]
+        fresh = note + "\n" + section
+        pattern = re.compile(r"(?:_Measured[^\n]*_\n\n)?" + re.escape(title) + r"\n.*?(?=\n_Measured|\n### |\Z)", re.S)
+        block, n = pattern.subn(lambda _: fresh.rstrip("\n"), block, count=1)
+        if not n:
+            block = block.rstrip("\n") + "\n\n" + fresh
+    cfg.out.write_text(head + block.rstrip("\n") + "\n\n" + tail)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@
 #
 #   bench/run.sh            # the full run
 #   bench/run.sh --quick    # every scenario once, briefly: checks that it all runs
+#   bench/run.sh --only python,tiers   # just those sections, replacing their tables
 #
 # Needs wrk (Debian: apt-get install wrk) and python3. Installs into target/:
 # wasmtime-cli (cargo install, target/bench-tools), FastAPI and Uvicorn
@@ -24,8 +25,11 @@ cargo build --release -q -p wasmloop -p wasmloop-bench
 cargo build --release -q --manifest-path examples/Cargo.toml --target wasm32-wasip2
 cargo build --release -q --manifest-path bench/guests/Cargo.toml --target wasm32-wasip2
 
+only=
+case " $* " in *" --only "*) only=1 ;; esac
+
 tools=target/bench-tools
-if ! "$tools/bin/wasmtime" --version 2>/dev/null | grep -q "48.0.8"; then
+if [ -z "$only" ] && ! "$tools/bin/wasmtime" --version 2>/dev/null | grep -q "48.0.8"; then
   cargo install wasmtime-cli --version 48.0.8 --locked --root "$tools"
 fi
 
@@ -50,5 +54,16 @@ if [ ! -f "$large" ]; then
   mv "$work/app.wasm" "$large"
   rm -rf "$work"
 fi
+
+# bench/python-sdk's apps, built with the Python SDK as its README says (setuptools
+# builds in the tree: a stale build/ would be installed too).
+pysdk=target/python-sdk/venv
+[ -x "$pysdk/bin/python" ] || python3 -m venv "$pysdk"
+rm -rf guest-sdk-python/build guest-sdk-python/src/wasmloop.egg-info
+"$pysdk/bin/pip" install -q --disable-pip-version-check ./guest-sdk-python
+for style in sync async; do
+  (cd "bench/python-sdk/$style" && "$OLDPWD/$pysdk/bin/python" -m wasmloop build \
+    -o "$OLDPWD/target/bench-py-$style.wasm" >/dev/null)
+done
 
 exec python3 bench/compare.py --out docs/benchmarks.md --large "$large" "$@"
