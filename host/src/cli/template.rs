@@ -63,7 +63,7 @@ pub fn run(args: &NewArgs) -> anyhow::Result<()> {
             println!("    {line}");
         }
         println!("    .venv/bin/python -m wasmloop build");
-        println!("    wasmloop serve app.wasm");
+        println!("    wasmloop serve --reuse serial app.wasm");
         return Ok(());
     }
     let style = if args.is_async {
@@ -195,8 +195,20 @@ impl Template {
             "plain `def` handlers: wasmloop runs them on its thread pool"
         };
         let readme = format!(
-            "# {name}\n\nA wasmloop app with {style}.\n\n```sh\n{setup}\n             .venv/bin/python -m wasmloop build   # writes app.wasm\n             wasmloop serve app.wasm\ncurl http://127.0.0.1:8080/hello/world\n```\n\n             Pure-Python dependencies go in requirements.txt; the build bundles them. \
-             Native extensions (numpy, pydantic-core) cannot run in a component.\n",
+            "# {name}
+
+A wasmloop app with {style}.
+
+```sh
+{setup}
+.venv/bin/python -m wasmloop build          # writes app.wasm
+wasmloop serve --reuse serial app.wasm      # CPython starts once per instance
+curl http://127.0.0.1:8080/hello/world
+```
+
+Pure-Python dependencies go in requirements.txt; the build bundles them. Native
+extensions (numpy, pydantic-core) cannot run in a component.
+",
             name = self.name,
             setup = self.python_setup().join("\n"),
         );
