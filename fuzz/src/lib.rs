@@ -124,6 +124,8 @@ thread_local! {
                 limit_concurrency: 64,
                 memory: Arc::new(Slots::new(1 << 30)),
                 proxies: Default::default(),
+                keep_request_id: wasmloop::config::KeepRequestId::Always,
+                log_query: true,
             },
             recorder,
         );

@@ -49,6 +49,17 @@ pub enum CompilerChoice {
     Winch,
 }
 
+/// `--keep-request-id`: whose `X-Request-Id` becomes the request's id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum KeepRequestId {
+    /// Always make a new id.
+    Never,
+    /// Keep a well-formed id from a trusted proxy (`--forwarded-allow-ips`).
+    Proxies,
+    /// Keep a well-formed id from any client.
+    Always,
+}
+
 /// Format of the log lines written to stderr.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -215,6 +226,16 @@ pub struct ServeConfig {
     /// metrics.
     #[arg(long, env = "WASMLOOP_NO_ACCESS_LOG")]
     pub no_access_log: bool,
+
+    /// Leave the query string out of the access log (it may carry tokens).
+    #[arg(long, env = "WASMLOOP_NO_ACCESS_LOG_QUERY")]
+    pub no_access_log_query: bool,
+
+    /// Whose incoming `X-Request-Id` (1-128 characters of letters, digits and
+    /// `-_.:/+=@~`) becomes the request's id in the log, the guest's request and the
+    /// response; any other request gets a new one.
+    #[arg(long, env = "WASMLOOP_KEEP_REQUEST_ID", value_enum, default_value_t = KeepRequestId::Proxies)]
+    pub keep_request_id: KeepRequestId,
 
     /// Length of the listen queue of the shared socket.
     #[arg(long, env = "WASMLOOP_BACKLOG", default_value_t = 2048)]

@@ -368,3 +368,101 @@ async fn proxy_headers_count_only_from_trusted_proxies() {
         "{output}"
     );
 }
+
+/// `GET /request-id` with `headers`: the id the guest was given, and the response's.
+async fn request_id(server: &Running, headers: &[(&str, &str)]) -> (String, String) {
+    let mut req = http::Request::get(format!("http://{}/request-id?token=s3cret", server.addr));
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    let reply = server
+        .client()
+        .request(
+            req.body(http_body_util::Full::new(bytes::Bytes::new()))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let header = reply.headers["x-request-id"].to_str().unwrap().to_string();
+    (reply.text().trim().to_string(), header)
+}
+
+#[tokio::test]
+async fn request_ids_are_kept_from_trusted_proxies_and_the_access_log_says_who_asked() {
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    // The tests' client is 127.0.0.1, a trusted proxy by default: its well-formed id
+    // is the request's id, for the guest, the response and the log.
+    let server = Server::new(guests::SYNC_GUEST).start().await;
+    let (guest, header) = request_id(
+        &server,
+        &[
+            ("x-request-id", "lb-7f3a:42"),
+            ("user-agent", "probe/1.0"),
+            ("traceparent", traceparent),
+        ],
+    )
+    .await;
+    assert_eq!(
+        (guest.as_str(), header.as_str()),
+        ("lb-7f3a:42", "lb-7f3a:42")
+    );
+    let line = server
+        .wait_for_log(
+            &["id=\"lb-7f3a:42\"", "wasmloop::access"],
+            Duration::from_secs(10),
+        )
+        .unwrap_or_else(|| panic!("no access line\n{}", server.log()));
+    for field in [
+        "path=\"/request-id\"",
+        "query=\"token=s3cret\"",
+        "http=\"1.1\"",
+        "user_agent=\"probe/1.0\"",
+        "trace_id=\"4bf92f3577b34da6a3ce929d0e0e4736\"",
+        "client=\"127.0.0.1\"",
+    ] {
+        assert!(line.contains(field), "{field}: {line}");
+    }
+    assert!(
+        line.contains(&format!("host=\"{}\"", server.addr)),
+        "{line}"
+    );
+    // A malformed one (it could break a log line or a header) is replaced, and the
+    // guest sees the new one, not the client's.
+    for bad in ["has space", "x\"y", &"a".repeat(129)] {
+        let (guest, header) = request_id(&server, &[("x-request-id", bad)]).await;
+        assert_ne!(guest, bad);
+        assert_eq!(guest, header);
+        assert_eq!(guest.len(), 16, "{guest}");
+    }
+
+    // From a peer that is not a trusted proxy, or with keeping off: a new id.
+    for flags in [
+        &["--forwarded-allow-ips=10.0.0.0/8"][..],
+        &["--keep-request-id=never"][..],
+    ] {
+        let mut server = Server::new(guests::SYNC_GUEST);
+        for flag in flags {
+            server = server.arg(flag);
+        }
+        let server = server.arg("--no-access-log-query").start().await;
+        let (guest, header) = request_id(&server, &[("x-request-id", "chosen-by-client")]).await;
+        assert_ne!(guest, "chosen-by-client", "{flags:?}");
+        assert_eq!(guest, header);
+        let line = server
+            .wait_for_log(
+                &[&format!("id=\"{guest}\""), "wasmloop::access"],
+                Duration::from_secs(10),
+            )
+            .unwrap_or_else(|| panic!("no access line\n{}", server.log()));
+        assert!(line.contains("query=\"<redacted>\""), "{line}");
+        assert!(!server.log().contains("s3cret"), "{flags:?}");
+    }
+    // Any client's id, when the operator says so.
+    let server = Server::new(guests::SYNC_GUEST)
+        .arg("--forwarded-allow-ips=10.0.0.0/8")
+        .arg("--keep-request-id=always")
+        .start()
+        .await;
+    let (guest, _) = request_id(&server, &[("x-request-id", "chosen-by-client")]).await;
+    assert_eq!(guest, "chosen-by-client");
+}

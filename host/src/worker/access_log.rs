@@ -21,6 +21,15 @@ pub struct AccessLog {
     pub id: String,
     pub method: String,
     pub path: String,
+    /// The query string (`<redacted>` with `--no-access-log-query`), empty if none.
+    pub query: String,
+    /// The host the request named (authority or `Host`).
+    pub host: String,
+    /// The HTTP version: `1.1`, `2`...
+    pub http: &'static str,
+    pub user_agent: String,
+    /// The trace id of a valid W3C `traceparent`, empty if none.
+    pub trace_id: String,
     pub mode: Option<Mode>,
     /// The compiler of the code that served it (`winch` on the baseline tier).
     pub compiler: Option<Compiler>,
@@ -72,7 +81,14 @@ impl AccessLog {
         let compiler = self
             .compiler
             .map_or_else(|| "-".to_string(), |c| c.to_string());
-        let client = &self.client;
+        let (client, query, host, http, user_agent, trace_id) = (
+            &self.client,
+            &self.query,
+            &self.host,
+            self.http,
+            &self.user_agent,
+            &self.trace_id,
+        );
         let (id, method, path, app, version, status) = (
             &self.id,
             &self.method,
@@ -83,14 +99,14 @@ impl AccessLog {
         );
         match error {
             None => tracing::info!(
-                target: "wasmloop::access", id, client, method, path, status, app, version, %mode, %compiler, duration_ms, fuel, "request"
+                target: "wasmloop::access", id, client, host, method, path, query, http, status, app, version, %mode, %compiler, duration_ms, fuel, user_agent, trace_id, "request"
             ),
             Some(err) if err.classify().2 == Fault::Host => tracing::error!(
-                target: "wasmloop::access", id, client, method, path, status, app, version, %mode, %compiler, duration_ms, fuel,
+                target: "wasmloop::access", id, client, host, method, path, query, http, status, app, version, %mode, %compiler, duration_ms, fuel, user_agent, trace_id,
                 cause = err.cause(), error = %err, "request"
             ),
             Some(err) => tracing::warn!(
-                target: "wasmloop::access", id, client, method, path, status, app, version, %mode, %compiler, duration_ms, fuel,
+                target: "wasmloop::access", id, client, host, method, path, query, http, status, app, version, %mode, %compiler, duration_ms, fuel, user_agent, trace_id,
                 cause = err.cause(), error = %err, "request"
             ),
         }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use http::header::{CONTENT_LENGTH, HOST};
+use http::header::{CONTENT_LENGTH, HOST, HeaderName, USER_AGENT};
 use http::uri::{Authority, Scheme};
 use http::{Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt as _;
@@ -22,6 +22,7 @@ use hyper::body::Incoming;
 use tokio::sync::oneshot;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
+use crate::config::KeepRequestId;
 use crate::metrics::recorder::Recorder;
 use crate::metrics::{Gauges, Snapshot};
 use crate::model::mode::Mode;
@@ -57,6 +58,10 @@ pub struct FrontDoor {
     pub memory: Arc<Slots>,
     /// The proxies whose forwarding headers name the client.
     pub proxies: TrustedProxies,
+    /// Whose `X-Request-Id` is kept as the request's id.
+    pub keep_request_id: KeepRequestId,
+    /// Whether the access log shows the query string.
+    pub log_query: bool,
 }
 
 /// A worker's request handling: the route table, the pool, and the worker's
@@ -185,8 +190,18 @@ impl Server {
     ) -> Result<Response<ResponseBody>, Infallible> {
         let start = Instant::now();
         let client = proxy::resolve(&self.front.proxies, peer.addr, req.headers_mut());
-        let (app, mut log) = self.route(&req, start);
+        let kept_id = match self.front.keep_request_id {
+            KeepRequestId::Always => request_id(req.headers()),
+            KeepRequestId::Proxies if self.front.proxies.trusts(peer.addr.ip()) => {
+                request_id(req.headers())
+            }
+            _ => None,
+        };
+        let (app, mut log) = self.route(&req, start, kept_id);
         log.client = client.address;
+        // The guest is given the id the log and the response carry.
+        req.headers_mut()
+            .insert(X_REQUEST_ID, header_value(&log.id));
         let Some(app) = app else {
             return Ok(log.finish_with(plain(StatusCode::NOT_FOUND, "no_app")));
         };
@@ -255,8 +270,13 @@ impl Server {
     }
 
     /// Route: the app for the request's host and path, and its access log line.
-    fn route(&self, req: &Request<Incoming>, start: Instant) -> (Option<Arc<App>>, AccessLog) {
-        let id = self.ids.next();
+    fn route(
+        &self,
+        req: &Request<Incoming>,
+        start: Instant,
+        kept_id: Option<String>,
+    ) -> (Option<Arc<App>>, AccessLog) {
+        let id = kept_id.unwrap_or_else(|| self.ids.next());
         if self.quota == Some(self.served()) {
             self.quota_reached.notify_one();
         }
@@ -271,6 +291,20 @@ impl Server {
             id,
             method: req.method().to_string(),
             path: req.uri().path().to_string(),
+            query: match req.uri().query() {
+                Some(query) if self.front.log_query => query.to_string(),
+                Some(_) => "<redacted>".to_string(),
+                None => String::new(),
+            },
+            host: host.to_string(),
+            http: version_name(req.version()),
+            user_agent: req
+                .headers()
+                .get(USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string(),
+            trace_id: trace_id(req.headers()),
             mode: app.as_ref().map(|a| a.mode()),
             compiler: app.as_ref().map(|a| a.compiler),
             client: String::new(),
@@ -407,6 +441,60 @@ fn content_length(req: &Request<Incoming>) -> Option<u64> {
         .ok()
 }
 
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// A well-formed incoming `X-Request-Id`: one value of 1-128 characters, each a
+/// letter, a digit or one of `-_.:/+=@~` (so it cannot break a log line or a header).
+fn request_id(headers: &http::HeaderMap) -> Option<String> {
+    let mut values = headers.get_all(X_REQUEST_ID).iter();
+    let value = values.next()?.to_str().ok()?;
+    let ok = values.next().is_none()
+        && (1..=128).contains(&value.len())
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:/+=@~".contains(&b));
+    ok.then(|| value.to_string())
+}
+
+/// The trace id of a valid W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`, ids not
+/// all zero), for the access log; the guest gets the header as sent.
+fn trace_id(headers: &http::HeaderMap) -> String {
+    let Some(value) = headers.get("traceparent").and_then(|v| v.to_str().ok()) else {
+        return String::new();
+    };
+    let parts: Vec<&str> = value.trim().split('-').collect();
+    let hex = |s: &str, n: usize| {
+        s.len() == n
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    let valid = parts.len() >= 4
+        && hex(parts[0], 2)
+        && parts[0] != "ff"
+        && hex(parts[1], 32)
+        && hex(parts[2], 16)
+        && hex(parts[3], 2)
+        && parts[1].bytes().any(|b| b != b'0')
+        && parts[2].bytes().any(|b| b != b'0')
+        && (parts[0] != "00" || parts.len() == 4);
+    if valid {
+        parts[1].to_string()
+    } else {
+        String::new()
+    }
+}
+
+fn version_name(version: http::Version) -> &'static str {
+    match version {
+        http::Version::HTTP_09 => "0.9",
+        http::Version::HTTP_10 => "1.0",
+        http::Version::HTTP_11 => "1.1",
+        http::Version::HTTP_2 => "2",
+        http::Version::HTTP_3 => "3",
+        _ => "?",
+    }
+}
+
 /// Whether a path has `.` or `..` segments, which proxies in front may resolve
 /// differently than the route table does: refused rather than guessed at.
 fn has_dot_segments(path: &str) -> bool {
@@ -474,5 +562,68 @@ impl RequestIds {
         let n = self.next.get();
         self.next.set(n + 1);
         format!("{:016x}", self.base.wrapping_add(n))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> http::HeaderMap {
+        let mut map = http::HeaderMap::new();
+        for (k, v) in pairs {
+            map.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                http::HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        map
+    }
+
+    #[test]
+    fn only_a_well_formed_request_id_is_kept() {
+        let id = |v: &str| request_id(&headers(&[("x-request-id", v)]));
+        assert_eq!(
+            id("abc-123_x.y:z/+=@~").as_deref(),
+            Some("abc-123_x.y:z/+=@~")
+        );
+        assert_eq!(id(&"a".repeat(128)).map(|s| s.len()), Some(128));
+        for bad in [
+            "",
+            "has space",
+            "quote\"",
+            "semi;colon",
+            "ü",
+            &"a".repeat(129),
+        ] {
+            assert_eq!(id(bad), None, "{bad:?}");
+        }
+        // Two values: which one would be meant? Neither.
+        let two = headers(&[("x-request-id", "a"), ("x-request-id", "b")]);
+        assert_eq!(request_id(&two), None);
+        assert_eq!(request_id(&headers(&[])), None);
+    }
+
+    #[test]
+    fn a_trace_id_comes_from_a_valid_traceparent_only() {
+        let t = |v: &str| trace_id(&headers(&[("traceparent", v)]));
+        let good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert_eq!(t(good), "4bf92f3577b34da6a3ce929d0e0e4736");
+        // A later version may carry more fields.
+        assert_eq!(
+            t("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra"),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        for bad in [
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "00-4bf92f35-00f067aa0ba902b7-01",
+            "garbage",
+        ] {
+            assert_eq!(t(bad), "", "{bad}");
+        }
     }
 }

@@ -224,6 +224,8 @@ async fn on_the_loop(
         memory: served.defaults.worker_memory.clone(),
         proxies: TrustedProxies::parse(!config.no_proxy_headers, &config.forwarded_allow_ips)
             .unwrap_or_default(),
+        keep_request_id: config.keep_request_id,
+        log_query: !config.no_access_log_query,
     };
     let server = match config.max_requests {
         0 => Server::new(served.table, pool, front, recorder),

@@ -18,6 +18,7 @@
 //! | `/fetch?to=HOST:PORT` | GETs `http://HOST:PORT/upstream` and answers with its body, or 502 and the error |
 //! | `/fetch?to=HOST:PORT&timeout_s=N` | the same with every timeout of the request set to N s |
 //! | `/whoami` | `x-real-ip=.. x-forwarded-for=.. forwarded=.. scheme=..`: what the host told the guest of the client (`-` when absent) |
+//! | `/request-id` | the `x-request-id` the guest was given |
 //! | `/count` | `N ID`: how many requests this instance has counted, this one included, and a random id of the instance (state kept across requests when the host reuses the instance) |
 
 use wasip2::clocks::monotonic_clock;
@@ -222,6 +223,15 @@ impl Guest for Handler {
                     get("forwarded"),
                 );
                 respond(out, 200, text.as_bytes());
+            }
+            "/request-id" => {
+                let id = req
+                    .headers()
+                    .get("x-request-id")
+                    .first()
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+                    .unwrap_or_else(|| "-".into());
+                respond(out, 200, format!("{id}\n").as_bytes());
             }
             "/count" => {
                 let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
