@@ -134,17 +134,14 @@ async fn a_spinning_async_guest_counts_forced_yields_and_loop_lag() {
         .await;
     assert!(cpu.is_some_and(|s| s >= 0.3), "{cpu:?}");
 
-    let pid = server.worker_pids()[0];
+    // Labelled by the worker's slot (the only worker: 0), not its pid, so the series
+    // stay the same across worker restarts.
     let metrics = server.metrics().await;
     let total = metrics
-        .get(&format!(
-            r#"wasmloop_loop_lag_seconds_count{{worker="{pid}"}}"#
-        ))
+        .get(r#"wasmloop_loop_lag_seconds_count{worker="0"}"#)
         .unwrap();
     let quick = metrics
-        .get(&format!(
-            r#"wasmloop_loop_lag_seconds_bucket{{le="0.01",worker="{pid}"}}"#
-        ))
+        .get(r#"wasmloop_loop_lag_seconds_bucket{le="0.01",worker="0"}"#)
         .unwrap();
     assert!(
         total - quick >= 5.0,
@@ -290,4 +287,51 @@ async fn doctor_names_a_concurrency_limit() {
         ),
         "{report}"
     );
+}
+
+#[tokio::test]
+async fn per_worker_series_are_labelled_by_slot_and_stay_bounded_across_restarts() {
+    let server = Server::new(guests::ASYNC_GUEST)
+        .arg("--workers=2")
+        .start()
+        .await;
+    let first = server.wait_for_workers(2, Duration::from_secs(30));
+    let lag = |slot: &str| format!(r#"wasmloop_loop_lag_max_seconds{{worker="{slot}"}}"#);
+    let both = server
+        .wait_for_metrics(
+            |m| m.get(&lag("0")).is_some() && m.get(&lag("1")).is_some(),
+            Duration::from_secs(10),
+        )
+        .await;
+    assert!(both.get(&lag("1")).is_some(), "{}", both.0);
+    // Kill each worker in turn: the replacements take the freed slots, and no third
+    // series appears.
+    for pid in first {
+        server.signal_pid(pid, "KILL");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while server.worker_pids().contains(&pid) || server.worker_pids().len() < 2 {
+            assert!(Instant::now() < deadline, "{}", server.log());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    server.wait_for_workers(2, Duration::from_secs(30));
+    let after = server
+        .wait_for_metrics(
+            |m| m.get(&lag("0")).is_some() && m.get(&lag("1")).is_some(),
+            Duration::from_secs(10),
+        )
+        .await;
+    assert!(
+        after.get(&lag("0")).is_some() && after.get(&lag("1")).is_some(),
+        "{}",
+        after.0
+    );
+    assert!(
+        !after.0.contains(r#"worker="2""#),
+        "a third series: {}",
+        after.0
+    );
+    for pid in server.worker_pids() {
+        assert!(!after.0.contains(&format!(r#"worker="{pid}""#)));
+    }
 }

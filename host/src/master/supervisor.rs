@@ -102,6 +102,9 @@ enum Phase {
 }
 
 struct Worker {
+    /// The smallest number no other live worker has: the `worker` label of its
+    /// metric series, which so stays bounded across restarts.
+    slot: usize,
     started: Instant,
     last_report: Instant,
     served: u64,
@@ -301,7 +304,11 @@ impl Master {
                 }
             }
             Report::Beat { served } => worker.served = served,
-            Report::Metrics(snapshot) => lock(&self.admin).aggregate.update(pid, *snapshot),
+            Report::Metrics(snapshot) => {
+                lock(&self.admin)
+                    .aggregate
+                    .update(pid, worker.slot, *snapshot);
+            }
             Report::Applied(generation) => {
                 worker.applied = generation;
                 self.publish_applied();
@@ -605,9 +612,13 @@ impl Master {
             let _ = events.send(Event::Exited(pid, status));
         });
         let now = Instant::now();
+        let slot = (0..)
+            .find(|slot| self.workers.values().all(|w| w.slot != *slot))
+            .unwrap_or_default();
         self.workers.insert(
             pid,
             Worker {
+                slot,
                 started: now,
                 last_report: now,
                 served: 0,

@@ -16,6 +16,9 @@ use crate::metrics::{Counters, Gauges, Histogram, Snapshot};
 #[derive(Debug, Default)]
 pub struct Aggregate {
     live: BTreeMap<u32, Snapshot>,
+    /// Each live worker's slot (0, 1, ...): the per-worker series are labelled by
+    /// it, so their number stays bounded however often workers are replaced.
+    slots: BTreeMap<u32, usize>,
     retired: Counters,
 }
 
@@ -37,8 +40,9 @@ pub struct MasterFacts {
 }
 
 impl Aggregate {
-    pub fn update(&mut self, pid: u32, snapshot: Snapshot) {
+    pub fn update(&mut self, pid: u32, slot: usize, snapshot: Snapshot) {
         self.live.insert(pid, snapshot);
+        self.slots.insert(pid, slot);
     }
 
     /// Forgets the series of apps `keep` refuses, in the exited workers' counters
@@ -55,6 +59,7 @@ impl Aggregate {
         if let Some(last) = self.live.remove(&pid) {
             self.retired.add(&last.counters);
         }
+        self.slots.remove(&pid);
     }
 
     /// Counters of all workers, past and present, and gauges of the live ones.
@@ -83,7 +88,10 @@ impl Aggregate {
             per_worker: self
                 .live
                 .iter()
-                .map(|(pid, s)| (*pid, s.counters.loop_lag.clone(), s.gauges.loop_lag_max))
+                .map(|(pid, s)| {
+                    let slot = self.slots.get(pid).copied().unwrap_or_default();
+                    (slot, s.counters.loop_lag.clone(), s.gauges.loop_lag_max)
+                })
                 .collect(),
             master: master.clone(),
             tenant_view: false,
@@ -178,7 +186,8 @@ impl Aggregate {
 #[derive(Debug)]
 struct Exposition {
     merged: Snapshot,
-    per_worker: Vec<(u32, Histogram, f64)>,
+    /// Each live worker's slot, loop-lag histogram and largest lag.
+    per_worker: Vec<(usize, Histogram, f64)>,
     master: MasterFacts,
     /// Only the per-app series (a tenant's scrape).
     tenant_view: bool,
@@ -448,18 +457,18 @@ impl Exposition {
         Self::histogram(
             e,
             "wasmloop_loop_lag_seconds",
-            "How late each worker's event loop ran a 10 ms probe timer, by worker pid.",
+            "How late each worker's event loop ran a 10 ms probe timer, by worker slot.",
             self.per_worker
                 .iter()
-                .map(|(pid, h, _)| (vec![("worker", pid.to_string())], h)),
+                .map(|(slot, h, _)| (vec![("worker", slot.to_string())], h)),
         )?;
         Self::gauge(
             e,
             "wasmloop_loop_lag_max_seconds",
-            "The largest event-loop lag of each worker in its last second, by worker pid.",
+            "The largest event-loop lag of each worker in its last second, by worker slot.",
             self.per_worker
                 .iter()
-                .map(|(pid, _, max)| (vec![("worker", pid.to_string())], *max)),
+                .map(|(slot, _, max)| (vec![("worker", slot.to_string())], *max)),
         )
     }
 

@@ -377,12 +377,13 @@ mod tests {
         let mut aggregate = Aggregate::default();
         aggregate.update(
             1,
+            0,
             recorder.snapshot(Gauges {
                 in_flight: 4,
                 ..Gauges::default()
             }),
         );
-        aggregate.update(2, recorder.snapshot(Gauges::default()));
+        aggregate.update(2, 1, recorder.snapshot(Gauges::default()));
         let key = ("hello".to_string(), "pool".to_string(), 200);
         assert_eq!(aggregate.merged().counters.requests[&key], 2);
         assert_eq!(aggregate.merged().gauges.in_flight, 4);
@@ -419,8 +420,14 @@ mod tests {
             instantiate_time: Duration::ZERO,
         });
         let mut aggregate = Aggregate::default();
-        aggregate.update(7, recorder.snapshot(Gauges::default()));
+        aggregate.update(7, 0, recorder.snapshot(Gauges::default()));
         let text = aggregate.encode(&MasterFacts::default());
+        // Per-worker series carry the worker's slot, not its pid.
+        assert!(
+            text.contains(r#"wasmloop_loop_lag_max_seconds{worker="0"}"#),
+            "{text}"
+        );
+        assert!(!text.contains(r#"worker="7""#), "{text}");
         for line in [
             r#"wasmloop_requests_total{app="hello",mode="loop",status="503"} 1"#,
             r#"wasmloop_request_failures_total{app="hello",cause="cpu_limit"} 1"#,
