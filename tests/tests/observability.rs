@@ -334,4 +334,31 @@ async fn per_worker_series_are_labelled_by_slot_and_stay_bounded_across_restarts
     for pid in server.worker_pids() {
         assert!(!after.0.contains(&format!(r#"worker="{pid}""#)));
     }
+    // process_* for the master and each worker, by slot; the build.
+    for process in [
+        r#"process="master""#,
+        r#"process="worker",worker="0""#,
+        r#"process="worker",worker="1""#,
+    ] {
+        let rss = after.get(&format!("process_resident_memory_bytes{{{process}}}"));
+        assert!(
+            rss.is_some_and(|b| b > 1e6),
+            "{process}: {rss:?}\n{}",
+            after.0
+        );
+        let fds = after.get(&format!("process_open_fds{{{process}}}"));
+        assert!(fds.is_some_and(|n| n >= 3.0), "{process}: {fds:?}");
+        let started = after.get(&format!("process_start_time_seconds{{{process}}}"));
+        assert!(started.is_some_and(|t| t > 1.7e9), "{process}: {started:?}");
+        assert!(
+            after
+                .get(&format!("process_cpu_seconds_total{{{process}}}"))
+                .is_some()
+        );
+    }
+    let version = env!("CARGO_PKG_VERSION");
+    assert_eq!(
+        after.get(&format!(r#"wasmloop_build_info{{version="{version}"}}"#)),
+        Some(1.0)
+    );
 }

@@ -9,6 +9,7 @@ use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use serde::{Deserialize, Serialize};
 
+use crate::metrics::process::{self, ProcessStats};
 use crate::metrics::{Counters, Gauges, Histogram, Snapshot};
 
 /// The master's view: the latest snapshot of every live worker, and the counters of
@@ -94,9 +95,24 @@ impl Aggregate {
                 })
                 .collect(),
             master: master.clone(),
+            processes: self.processes(),
             tenant_view: false,
         }
         .text()
+    }
+
+    /// The master's (this process's) and each live worker's `process_*` figures.
+    fn processes(&self) -> Vec<(Labels, ProcessStats)> {
+        let master = process::read(std::process::id())
+            .map(|stats| (vec![("process", "master".to_string())], stats));
+        let workers = self.slots.iter().filter_map(|(pid, slot)| {
+            let labels = vec![
+                ("process", "worker".to_string()),
+                ("worker", slot.to_string()),
+            ];
+            process::read(*pid).map(|stats| (labels, stats))
+        });
+        master.into_iter().chain(workers).collect()
     }
 
     /// What `tenant` may see: the series of its own apps (named `tenant/app`), and
@@ -176,6 +192,7 @@ impl Aggregate {
             },
             per_worker: Vec::new(),
             master: MasterFacts::default(),
+            processes: Vec::new(),
             tenant_view: true,
         }
         .text()
@@ -189,6 +206,8 @@ struct Exposition {
     /// Each live worker's slot, loop-lag histogram and largest lag.
     per_worker: Vec<(usize, Histogram, f64)>,
     master: MasterFacts,
+    /// `process_*` figures of the master and each live worker, with their labels.
+    processes: Vec<(Labels, ProcessStats)>,
     /// Only the per-app series (a tenant's scrape).
     tenant_view: bool,
 }
@@ -287,7 +306,8 @@ impl Collector for Exposition {
             return Ok(());
         }
         self.encode_capacity(&mut e)?;
-        self.encode_master(&mut e)
+        self.encode_master(&mut e)?;
+        self.encode_processes(&mut e)
     }
 }
 
@@ -469,6 +489,60 @@ impl Exposition {
             self.per_worker
                 .iter()
                 .map(|(slot, _, max)| (vec![("worker", slot.to_string())], *max)),
+        )
+    }
+
+    /// `process_*` of the master and the workers, and the build.
+    fn encode_processes(&self, e: &mut DescriptorEncoder) -> std::fmt::Result {
+        let each = |f: fn(&ProcessStats) -> f64| {
+            self.processes
+                .iter()
+                .map(move |(labels, stats)| (labels.clone(), f(stats)))
+        };
+        Self::counter(
+            e,
+            "process_cpu_seconds",
+            "User and system CPU time of each process (the master, each worker by slot).",
+            each(|s| s.cpu_seconds),
+        )?;
+        Self::gauge(
+            e,
+            "process_resident_memory_bytes",
+            "Resident memory of each process.",
+            each(|s| s.resident_bytes),
+        )?;
+        Self::gauge(
+            e,
+            "process_virtual_memory_bytes",
+            "Virtual memory of each process (a worker reserves its guests' pooling allocator).",
+            each(|s| s.virtual_bytes),
+        )?;
+        Self::gauge(
+            e,
+            "process_open_fds",
+            "Open file descriptors of each process.",
+            each(|s| s.open_fds),
+        )?;
+        Self::gauge(
+            e,
+            "process_max_fds",
+            "The open file descriptor limit of each process.",
+            each(|s| s.max_fds),
+        )?;
+        Self::gauge(
+            e,
+            "process_start_time_seconds",
+            "Start time of each process, in seconds since the Unix epoch.",
+            each(|s| s.start_time_seconds),
+        )?;
+        Self::gauge(
+            e,
+            "wasmloop_build_info",
+            "Always 1; the version of the running binary is in its label.",
+            [(
+                vec![("version", env!("CARGO_PKG_VERSION").to_string())],
+                1.0,
+            )],
         )
     }
 

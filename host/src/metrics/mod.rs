@@ -11,6 +11,7 @@
 //! sides share: the counters, gauges and histograms.
 
 pub mod exposition;
+pub mod process;
 pub mod recorder;
 
 use std::collections::BTreeMap;
