@@ -76,6 +76,16 @@ pub struct ServeConfig {
     #[arg(env = "WASMLOOP_COMPONENT")]
     pub component: Option<PathBuf>,
 
+    /// A TOML file of these settings, named as the flags without their dashes
+    /// (`workers = 4`, `allow-outbound = ["api.example.com"]`, `no-access-log = true`);
+    /// the environment and the command line override it.
+    #[arg(long, env = "WASMLOOP_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// What the master read from `config`, handed to its workers.
+    #[arg(skip)]
+    pub config_snapshot: Option<String>,
+
     /// Where deployed apps live: the registry (SQLite) and the components and
     /// compiled artifacts, by content hash. Used when no component is given.
     #[arg(long, env = "WASMLOOP_DATA_DIR", default_value = "wasmloop-data")]

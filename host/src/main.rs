@@ -5,13 +5,12 @@
 
 use std::process::ExitCode;
 
-use clap::Parser as _;
 use wasmloop::cli::{self, doctor, template};
-use wasmloop::command::{Cli, Command};
+use wasmloop::command::{self, Command};
 use wasmloop::{deploy, master, worker};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = command::parse();
     let result = match cli.command {
         Command::Serve(config) => master::run(*config),
         Command::Worker(config) => worker::run_process(*config),

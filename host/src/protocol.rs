@@ -107,6 +107,10 @@ pub fn table_line(table: &TableMessage) -> anyhow::Result<String> {
 /// say port 0): `ADDR,ADDR`.
 pub const OWN_LISTENERS_ENV: &str = "WASMLOOP_OWN_LISTENERS";
 
+/// The settings of the master's `--config` file, as it read them (less `registry`),
+/// for its workers: they serve what the master read, not a file edited since.
+pub const CONFIG_SNAPSHOT_ENV: &str = "WASMLOOP_CONFIG_SNAPSHOT";
+
 /// The value of [`OWN_LISTENERS_ENV`] for `listeners`.
 pub fn own_listeners_value(listeners: impl IntoIterator<Item = SocketAddr>) -> String {
     listeners

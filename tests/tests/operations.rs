@@ -466,3 +466,66 @@ async fn request_ids_are_kept_from_trusted_proxies_and_the_access_log_says_who_a
     let (guest, _) = request_id(&server, &[("x-request-id", "chosen-by-client")]).await;
     assert_eq!(guest, "chosen-by-client");
 }
+
+#[tokio::test]
+async fn a_config_file_sets_what_flags_do_not_and_workers_keep_what_the_master_read() {
+    let dir = temp_dir("config-file");
+    let file = dir.join("wasmloop.toml");
+    std::fs::write(
+        &file,
+        "max-body = \"1K\"\nvar = [\"GREETING=from the file\"]\nno-access-log = true\n\
+         compiler = \"winch\"\nworkers = 3\n",
+    )
+    .unwrap();
+    // The harness gives --compiler=cranelift and --workers=1 on the command line:
+    // those win.
+    let server = Server::new(guests::SYNC_GUEST)
+        .arg(&format!("--config={}", file.display()))
+        .start()
+        .await;
+    server.wait_for_workers(1, Duration::from_secs(30));
+    assert_eq!(
+        server.get("/config?key=GREETING").await.text(),
+        "from the file"
+    );
+    let big = server
+        .send(http::Method::POST, "/echo", vec![b'x'; 2048])
+        .await;
+    assert_eq!(big.status, 413, "max-body from the file");
+    assert!(server.has_log(&["compiler=cranelift"]), "{}", server.log());
+    assert!(!server.has_log(&["compiler=winch"]), "{}", server.log());
+    // Workers started later (a reload) serve what the master read, not the file as
+    // it is now.
+    std::fs::write(&file, "var = [\"GREETING=edited\"]\n").unwrap();
+    let before = server.worker_pids();
+    server.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while server.worker_pids().iter().any(|p| before.contains(p)) {
+        assert!(Instant::now() < deadline, "{}", server.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server.wait_for_workers(1, Duration::from_secs(30));
+    assert_eq!(
+        server.get("/config?key=GREETING").await.text(),
+        "from the file"
+    );
+    assert!(
+        !server.log().contains("wasmloop::access"),
+        "no-access-log from the file: {}",
+        server.log()
+    );
+
+    // Mistakes are named, and nothing starts.
+    for (text, says) in [
+        ("wrokers = 2\n", "unknown setting `wrokers`"),
+        ("workers = \"many\"\n", "--workers"),
+        ("workers = [\n", "not valid TOML"),
+    ] {
+        std::fs::write(&file, text).unwrap();
+        let (status, output) = Server::new(guests::SYNC_GUEST)
+            .arg(&format!("--config={}", file.display()))
+            .start_expecting_failure();
+        assert_eq!(status.code(), Some(2), "{text}: {output}");
+        assert!(output.contains(says), "{text}: {output}");
+    }
+}

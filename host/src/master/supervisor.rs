@@ -563,6 +563,7 @@ impl Master {
             .env("LISTEN_FDS", "1")
             .env_remove("LISTEN_PID")
             .env_remove("WASMLOOP_REGISTRY")
+            .env_remove(protocol::CONFIG_SNAPSHOT_ENV)
             .env(protocol::OWN_LISTENERS_ENV, &self.own_listeners)
             .stdin(if self.table.is_some() {
                 Stdio::piped()
@@ -577,6 +578,9 @@ impl Master {
                 child_fd: 3,
             }])
             .context("failed to pass the listener to a worker")?;
+        if let Some(snapshot) = &self.config.config_snapshot {
+            command.env(protocol::CONFIG_SNAPSHOT_ENV, snapshot);
+        }
         let mut child = command.spawn().context("failed to start a worker")?;
         let pid = child.id().context("a worker exited at once")?;
         let stdout = child
