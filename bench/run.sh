@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The benchmark suite: wasmloop next to native hyper, `wasmtime serve` 48.0.8 and
-# Uvicorn + FastAPI on the same machine, in one run (about 15 minutes on 2 cores,
+# Uvicorn + FastAPI on the same machine, in one run (about 30 minutes on 2 cores,
 # plus a one-time ~13 minute build of wasmtime-cli). Writes its tables into
 # docs/benchmarks.md between the results markers; what the scenarios are and how they
 # are measured is in bench/compare.py.
