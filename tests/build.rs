@@ -6,7 +6,15 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const WORKSPACES: &[(&str, &[&str])] = &[
-    ("guests", &["sync_guest", "async_guest", "wstd_guest"]),
+    (
+        "guests",
+        &[
+            "sync_guest",
+            "async_guest",
+            "wstd_guest",
+            "relaxed_simd_guest",
+        ],
+    ),
     ("sdk-guests", &["sdk_sync", "sdk_async"]),
     (
         "../examples",

@@ -141,3 +141,35 @@ async fn a_registry_deploys_with_the_compiler_it_is_given() {
         "{artifacts:?}"
     );
 }
+
+#[tokio::test]
+async fn a_component_the_baseline_cannot_compile_is_served_by_cranelift_alone() {
+    // Relaxed SIMD: Cranelift compiles it, Winch does not.
+    let server = Server::new(guests::RELAXED_SIMD_GUEST)
+        .arg("--compiler=auto")
+        .start()
+        .await;
+    assert_eq!(server.get("/").await.text(), "madd 7\n");
+    let warned = server
+        .wait_for_log(
+            &["the baseline compiler cannot compile"],
+            Duration::from_secs(5),
+        )
+        .unwrap_or_else(|| panic!("{}", server.log()));
+    assert!(
+        warned.contains("relaxed SIMD"),
+        "the reason names the feature: {warned}"
+    );
+    assert!(server.has_log(&["compiler=cranelift"]), "{}", server.log());
+    assert!(
+        !server.has_log(&["optimized tier live"]),
+        "{}",
+        server.log()
+    );
+    // Asked for Winch alone, the server says why it cannot.
+    let (status, output) = Server::new(guests::RELAXED_SIMD_GUEST)
+        .arg("--compiler=winch")
+        .start_expecting_failure();
+    assert!(!status.success());
+    assert!(output.contains("relaxed SIMD"), "{output}");
+}

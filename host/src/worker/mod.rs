@@ -74,7 +74,22 @@ pub fn run_process(config: ServeConfig) -> anyhow::Result<()> {
         .map(|compiler| anyhow::Ok((engine::build(sizing, compiler)?, compiler)))
         .transpose()?;
     let addresses = address_policy(&config, listener.local_addr()?);
-    let served = Served::load(&config, &engine, compiler, addresses)?;
+    let (served, engine, optimized) =
+        match Served::load(&config, &engine, compiler, addresses.clone()) {
+            Ok(served) => (served, engine, optimized),
+            // The baseline compiler lacks some proposals (relaxed SIMD, tail calls,
+            // GC...): such a component is served by the optimizing tier alone.
+            Err(baseline) if let Some((engine, compiler)) = optimized => {
+                let served = Served::load(&config, &engine, compiler, addresses)?;
+                tracing::warn!(
+                    reason = format!("{baseline:#}"),
+                    "the baseline compiler cannot compile this component; it is served by \
+                     {compiler} alone"
+                );
+                (served, engine, None)
+            }
+            Err(e) => return Err(e),
+        };
     let recorder = Arc::new(Recorder::default());
     let pool = match served.needs_pool {
         true => Some(start_pool(&config, recorder.clone())?),
