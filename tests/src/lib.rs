@@ -299,9 +299,30 @@ pub struct Reply {
     pub elapsed: Duration,
 }
 
+/// What a client can see of a reply, minus what differs per request: the status,
+/// `content-type`, `x-custom`, `allow`, and the body as text.
+pub type Visible = (u16, Option<String>, Option<String>, Option<String>, String);
+
 impl Reply {
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// The parts two styles of one app must answer alike (tests/sdk.rs,
+    /// tests/python_sdk.rs).
+    pub fn visible(&self) -> Visible {
+        let header = |name: &str| {
+            self.headers
+                .get(name)
+                .map(|v| v.to_str().unwrap_or("<binary>").to_string())
+        };
+        (
+            self.status.as_u16(),
+            header("content-type"),
+            header("x-custom"),
+            header("allow"),
+            self.text(),
+        )
     }
 }
 

@@ -283,9 +283,9 @@ async fn the_pid_file_names_the_master_and_goes_with_it() {
     );
 }
 
-/// `GET /whoami` with `headers`: the guest's view of the client.
-async fn whoami(server: &Running, headers: &[(&str, &str)]) -> String {
-    let mut req = http::Request::get(format!("http://{}/whoami", server.addr));
+/// `GET path` with `headers`, which must answer 200.
+async fn get_with(server: &Running, path: &str, headers: &[(&str, &str)]) -> wasmloop_tests::Reply {
+    let mut req = http::Request::get(format!("http://{}{path}", server.addr));
     for (name, value) in headers {
         req = req.header(*name, *value);
     }
@@ -297,7 +297,16 @@ async fn whoami(server: &Running, headers: &[(&str, &str)]) -> String {
         )
         .await;
     assert_eq!(reply.status, 200, "{}", reply.text());
-    reply.text().trim().to_string()
+    reply
+}
+
+/// `GET /whoami` with `headers`: the guest's view of the client.
+async fn whoami(server: &Running, headers: &[(&str, &str)]) -> String {
+    get_with(server, "/whoami", headers)
+        .await
+        .text()
+        .trim()
+        .to_string()
 }
 
 #[tokio::test]
@@ -371,18 +380,7 @@ async fn proxy_headers_count_only_from_trusted_proxies() {
 
 /// `GET /request-id` with `headers`: the id the guest was given, and the response's.
 async fn request_id(server: &Running, headers: &[(&str, &str)]) -> (String, String) {
-    let mut req = http::Request::get(format!("http://{}/request-id?token=s3cret", server.addr));
-    for (name, value) in headers {
-        req = req.header(*name, *value);
-    }
-    let reply = server
-        .client()
-        .request(
-            req.body(http_body_util::Full::new(bytes::Bytes::new()))
-                .unwrap(),
-        )
-        .await;
-    assert_eq!(reply.status, 200, "{}", reply.text());
+    let reply = get_with(server, "/request-id?token=s3cret", headers).await;
     let header = reply.headers["x-request-id"].to_str().unwrap().to_string();
     (reply.text().trim().to_string(), header)
 }

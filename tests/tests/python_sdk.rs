@@ -21,23 +21,6 @@ async fn serve(component: &str, flags: &[&str]) -> Running {
     server.start().await
 }
 
-/// What a client sees of a reply.
-fn visible(reply: &Reply) -> (u16, Option<String>, Option<String>, Option<String>, String) {
-    let header = |name: &str| {
-        reply
-            .headers
-            .get(name)
-            .map(|v| v.to_str().unwrap_or("<binary>").to_string())
-    };
-    (
-        reply.status.as_u16(),
-        header("content-type"),
-        header("x-custom"),
-        header("allow"),
-        reply.text(),
-    )
-}
-
 /// (method, path, content type, body) -> (status, content type, body).
 type Case = (
     Method,
@@ -127,8 +110,12 @@ async fn def_and_async_def_apps_answer_alike_and_right() {
     assert!(async_.has_log(&["mode=loop"]), "{}", async_.log());
 
     for (method, path, ct, body, status, content_type, expected) in CASES {
-        let a = visible(&send(&sync, method, path, *ct, body.as_bytes()).await);
-        let b = visible(&send(&async_, method, path, *ct, body.as_bytes()).await);
+        let a = send(&sync, method, path, *ct, body.as_bytes())
+            .await
+            .visible();
+        let b = send(&async_, method, path, *ct, body.as_bytes())
+            .await
+            .visible();
         assert_eq!(a, b, "{method} {path}: the two styles differ");
         assert_eq!(a.0, *status, "{method} {path}: {a:?}");
         assert_eq!(
