@@ -383,20 +383,40 @@ impl DeployContext {
 
     /// Lets the admin token through, and refuses anything else.
     pub(crate) fn admin(&self, token: Option<String>) -> Result<(), Refused> {
-        if token.is_some_and(|t| self.is_admin_token(&t)) {
-            Ok(())
-        } else {
-            Err(Refused::new(unauthorized()))
+        match token {
+            Some(t) if self.is_admin_token(&t) => Ok(()),
+            Some(_) => Err(Refused::new(unauthorized(
+                "this call needs the admin token, and the token sent is not it \
+                 (a tenant token manages its own apps, not tenants or hosts)",
+            ))),
+            None => Err(Refused::new(unauthorized(
+                "this call needs the admin token: send `Authorization: Bearer TOKEN` \
+                 (`wasmloop --token`, or WASMLOOP_TOKEN)",
+            ))),
         }
     }
 
+    /// The tenant whose token this is; a 401 that says what is wrong otherwise.
     pub async fn tenant(self: &Arc<Self>, token: Option<String>) -> Result<Tenant, Refused> {
         let Some(token) = token else {
-            return Err(Refused::new(unauthorized()));
+            return Err(Refused::new(unauthorized(
+                "this call needs a tenant token: send `Authorization: Bearer TOKEN` \
+                 (`wasmloop --token`, or WASMLOOP_TOKEN; `wasmloop tenant create` prints one)",
+            )));
         };
+        if self.is_admin_token(&token) {
+            return Err(Refused::new(unauthorized(
+                "this call needs a tenant token, and the admin token was sent: the admin \
+                 token manages tenants and hosts; apps belong to a tenant, so use the \
+                 token `wasmloop tenant create` printed for it",
+            )));
+        }
         match self.blocking(move |r| r.authenticate(&token)).await? {
             Some(tenant) => Ok(tenant),
-            None => Err(Refused::new(unauthorized())),
+            None => Err(Refused::new(unauthorized(
+                "this call needs a tenant token, and the token sent is no tenant's \
+                 (mistyped, or its tenant was deleted)",
+            ))),
         }
     }
 }

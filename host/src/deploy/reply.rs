@@ -139,11 +139,10 @@ pub fn no_content() -> Reply {
     response
 }
 
-pub fn unauthorized() -> Reply {
-    let mut response = error(
-        StatusCode::UNAUTHORIZED,
-        "missing or invalid token: send `Authorization: Bearer TOKEN`",
-    );
+/// A 401 whose message says which kind of token the call needs and what was wrong
+/// with the one sent (if any).
+pub fn unauthorized(message: &str) -> Reply {
+    let mut response = error(StatusCode::UNAUTHORIZED, message);
     response.headers_mut().insert(
         http::header::WWW_AUTHENTICATE,
         http::HeaderValue::from_static("Bearer"),

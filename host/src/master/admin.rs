@@ -296,6 +296,12 @@ async fn reader(
             if token.as_deref().is_some_and(|t| ctx.is_admin_token(t)) {
                 return Ok(Reader::Operator);
             }
+            if token.is_none() {
+                return Err(unauthorized(
+                    "this call needs the admin token (every series) or a tenant token \
+                     (that tenant's series): send `Authorization: Bearer TOKEN`",
+                ));
+            }
             match ctx.tenant(token).await {
                 Ok(tenant) => Ok(Reader::Tenant(tenant.name)),
                 Err(Refused(reply)) => Err(*reply),
@@ -306,7 +312,10 @@ async fn reader(
             "the server is waiting for its registry; try again shortly\n",
         )),
         (None, false) if guard.token.is_none() => Ok(Reader::Operator),
-        (None, false) => Err(unauthorized()),
+        (None, false) => Err(unauthorized(
+            "this listener needs the admin token (--admin-token-file or WASMLOOP_ADMIN_TOKEN \
+             of `wasmloop serve`): send `Authorization: Bearer TOKEN`",
+        )),
     }
 }
 
