@@ -584,7 +584,7 @@ impl Running {
             .args(args)
             .env("WASMLOOP_SERVER", format!("http://{admin}"))
             .env("WASMLOOP_TOKEN", token)
-            .env("WASMLOOP_CONFIG", "/dev/null")
+            .env("WASMLOOP_CLI_CONFIG", "/dev/null")
             .output()
             .expect("failed to run the wasmloop CLI")
     }
@@ -650,8 +650,9 @@ impl Running {
     pub fn doctor(&self) -> String {
         let admin = self.admin.expect("the server has an admin listener");
         let output = Command::new(binary())
-            .args(["doctor", "--admin"])
-            .arg(format!("http://{admin}"))
+            .args(["doctor", "--server"])
+            .arg(admin.to_string())
+            .env("WASMLOOP_CLI_CONFIG", "/dev/null")
             .env("WASMLOOP_ADMIN_TOKEN", ADMIN_TOKEN)
             .output()
             .expect("failed to run wasmloop doctor");

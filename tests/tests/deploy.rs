@@ -221,6 +221,143 @@ async fn the_cli_deploys_lists_rolls_back_and_deletes() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
 }
 
+/// What a person at a terminal meets: a bare `host:port` for the server, a 401 that
+/// names the token the call needs, aligned tables with times and human sizes, and the
+/// per-app limits as deploy flags.
+#[tokio::test]
+async fn the_cli_speaks_plainly() {
+    let dir = temp_dir("cli-plain");
+    let server = Server::registry(&dir).start().await;
+    let admin = server.admin.expect("an admin listener");
+    let cli = |token: Option<&str>, args: &[&str]| {
+        let mut command = std::process::Command::new(wasmloop_tests::binary());
+        command
+            .args(args)
+            .arg(format!("--server={admin}"))
+            .env_remove("WASMLOOP_TOKEN")
+            .env_remove("WASMLOOP_SERVER")
+            .env("WASMLOOP_CLI_CONFIG", "/dev/null");
+        if let Some(token) = token {
+            command.arg(format!("--token={token}"));
+        }
+        let out = command.output().expect("the CLI runs");
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        (out.status.success(), text(&out.stdout), text(&out.stderr))
+    };
+    let (ok, stdout, stderr) = cli(Some(ADMIN_TOKEN), &["tenant", "create", "plain"]);
+    assert!(
+        ok,
+        "host:port without a scheme reaches the server: {stderr}"
+    );
+    let token = stdout.lines().last().unwrap().trim().to_string();
+
+    // Each 401 says which token the call needs and what was wrong with the one sent.
+    let (ok, _, stderr) = cli(None, &["apps"]);
+    assert!(
+        !ok && stderr.contains("401") && stderr.contains("needs a tenant token"),
+        "{stderr}"
+    );
+    let (ok, _, stderr) = cli(Some(ADMIN_TOKEN), &["apps"]);
+    assert!(
+        !ok && stderr.contains("the admin token was sent"),
+        "{stderr}"
+    );
+    let (ok, _, stderr) = cli(Some("wlt_9_nope"), &["apps"]);
+    assert!(!ok && stderr.contains("no tenant's"), "{stderr}");
+    let (ok, _, stderr) = cli(Some(&token), &["tenant", "list"]);
+    assert!(
+        !ok && stderr.contains("needs the admin token") && stderr.contains("is not it"),
+        "{stderr}"
+    );
+    let (ok, _, stderr) = cli(None, &["host", "list"]);
+    assert!(!ok && stderr.contains("needs the admin token"), "{stderr}");
+    // A server address that is no address is named before anything is sent.
+    let out = std::process::Command::new(wasmloop_tests::binary())
+        .args(["apps", "--server=ftp://x:1"])
+        .env("WASMLOOP_CLI_CONFIG", "/dev/null")
+        .output()
+        .expect("the CLI runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("http or https"),
+        "{stderr}"
+    );
+
+    // The per-app limits are flags of deploy, and reach the version's settings.
+    let (ok, stdout, stderr) = cli(
+        Some(&token),
+        &[
+            "deploy",
+            "--app",
+            "limited",
+            "--fuel",
+            "123456789",
+            "--max-memory",
+            "32M",
+            "--timeout",
+            "1500ms",
+            "--max-in-flight",
+            "7",
+            guests::SDK_SYNC,
+        ],
+    );
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("Deployed limited version 1"), "{stdout}");
+    assert!(
+        stderr.contains(" KiB)") || stderr.contains(" MiB)"),
+        "a human size: {stderr}"
+    );
+    let versions = server
+        .admin_get_with("/v1/apps/limited/versions", Some(&token))
+        .await;
+    let settings = &json(&versions)["versions"][0]["settings"];
+    assert_eq!(settings["fuel"], 123_456_789, "{settings}");
+    assert_eq!(settings["max_memory"], 32 << 20, "{settings}");
+    assert_eq!(settings["timeout_ms"], 1500, "{settings}");
+    assert_eq!(settings["max_in_flight"], 7, "{settings}");
+    let (ok, _, stderr) = cli(
+        Some(&token),
+        &["deploy", "--manifest", "wasmloop.toml", "--fuel", "1"],
+    );
+    assert!(
+        !ok && stderr.contains("--fuel does not go with --manifest"),
+        "{stderr}"
+    );
+    let (ok, _, _) = cli(
+        Some(&token),
+        &["deploy", "--app", "second-app", guests::SDK_SYNC],
+    );
+    assert!(ok);
+
+    // Tables: every column starts where its heading does, times are UTC, sizes human.
+    for args in [&["apps"][..], &["versions", "limited"][..]] {
+        let (ok, stdout, stderr) = cli(Some(&token), args);
+        assert!(ok, "{stderr}");
+        let lines: Vec<&str> = stdout.lines().collect();
+        assert!(lines.len() >= 2, "{stdout}");
+        let created = lines[0].find("CREATED").expect("a CREATED column");
+        for line in &lines[1..] {
+            let when = &line[created..created + 19];
+            assert!(
+                when.starts_with("20")
+                    && when.as_bytes()[10] == b' '
+                    && when.ends_with(char::is_numeric),
+                "`{when}` is not a time in its column:\n{stdout}"
+            );
+        }
+    }
+    let (_, stdout, _) = cli(Some(&token), &["versions", "limited"]);
+    assert!(
+        stdout.contains(" KiB") || stdout.contains(" MiB"),
+        "{stdout}"
+    );
+    let (_, stdout, _) = cli(Some(&token), &["apps"]);
+    let rows: Vec<&str> = stdout.lines().collect();
+    let routes = rows[0].find("ROUTES").unwrap();
+    assert!(rows[1][routes..].starts_with("/limited"), "{stdout}");
+    assert!(rows[2][routes..].starts_with("/second-app"), "{stdout}");
+}
+
 #[tokio::test]
 async fn twenty_deploys_under_load_fail_no_request() {
     let dir = temp_dir("hot-swap");

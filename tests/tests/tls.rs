@@ -178,7 +178,7 @@ async fn the_cli_deploys_over_https_trusting_a_given_ca() {
                 format!("https://localhost:{}", admin.port()),
             )
             .env("WASMLOOP_TOKEN", ADMIN_TOKEN)
-            .env("WASMLOOP_CONFIG", "/dev/null");
+            .env("WASMLOOP_CLI_CONFIG", "/dev/null");
         if let Some(ca) = cacert {
             command.arg(format!("--cacert={}", ca.display()));
         }

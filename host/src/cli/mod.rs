@@ -1,6 +1,7 @@
 //! The CLI side of the admin API: `wasmloop tenant`, `deploy`, `apps`, `versions`,
-//! `rollback`, `delete`. The server URL and token come from flags, else the
-//! environment (`WASMLOOP_SERVER`, `WASMLOOP_TOKEN`), else a config file
+//! `rollback`, `delete`, `doctor`. The server's admin address (`--server`, a URL or
+//! `host:port`) and the token come from flags, else the environment
+//! (`WASMLOOP_SERVER`, `WASMLOOP_TOKEN`), else a config file
 //! (`~/.config/wasmloop/cli.toml` with `server = "..."` and `token = "..."`).
 
 pub mod doctor;
@@ -21,19 +22,20 @@ use crate::model::manifest::Manifest;
 use crate::model::mode::ModeChoice;
 use crate::model::route::{normalize_route, parse_route};
 use crate::model::tenant::TenantLimits;
-use crate::model::text::{parse_key_value, parse_size};
+use crate::model::text::{format_size, parse_key_value, parse_size};
 
 /// Where the admin API is and who is asking.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Connection {
-    /// The server's admin listener.
-    #[arg(long, env = "WASMLOOP_SERVER", global = true)]
+    /// The server's admin listener: a URL (`https://admin.example.com:9090`) or
+    /// `host:port` for plain http [default: http://127.0.0.1:9090].
+    #[arg(long, env = "WASMLOOP_SERVER", global = true, alias = "admin")]
     pub server: Option<String>,
-    /// A tenant token (apps) or the admin token (tenants).
+    /// A tenant token (apps) or the admin token (tenants, hosts, doctor).
     #[arg(long, env = "WASMLOOP_TOKEN", global = true, hide_env_values = true)]
     pub token: Option<String>,
     /// A TOML file with `server` and `token` (default: ~/.config/wasmloop/cli.toml).
-    #[arg(long, env = "WASMLOOP_CONFIG", global = true)]
+    #[arg(long = "cli-config", env = "WASMLOOP_CLI_CONFIG", global = true)]
     pub config: Option<PathBuf>,
     /// A PEM file of CA certificates to trust for an https server (besides the web's
     /// roots), for one whose certificate a private CA signed.
@@ -68,10 +70,7 @@ impl Connection {
             .clone()
             .or(file.server)
             .unwrap_or_else(|| "http://127.0.0.1:9090".to_string());
-        Ok((
-            server.trim_end_matches('/').to_string(),
-            self.token.clone().or(file.token),
-        ))
+        Ok((server_url(&server)?, self.token.clone().or(file.token)))
     }
 
     /// Sends one request and returns the status and the JSON answer.
@@ -147,6 +146,30 @@ impl Connection {
     }
 }
 
+/// The admin address as a URL without a trailing slash: `host:port` (or `[::1]:9090`)
+/// means plain http; a URL must be http or https and name a host.
+fn server_url(server: &str) -> anyhow::Result<String> {
+    let server = server.trim().trim_end_matches('/');
+    let url = if server.contains("://") {
+        server.to_string()
+    } else {
+        format!("http://{server}")
+    };
+    let uri: http::Uri = url.parse().with_context(|| {
+        format!(
+            "`{server}` is not an admin address: give host:port or a URL (http://127.0.0.1:9090)"
+        )
+    })?;
+    match uri.scheme_str() {
+        Some("http" | "https") => {}
+        _ => bail!("`{server}` is not an admin address: the scheme must be http or https"),
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        bail!("`{server}` is not an admin address: it names no host");
+    }
+    Ok(url)
+}
+
 /// `wasmloop tenant ...`.
 #[derive(Debug, clap::Subcommand)]
 pub enum TenantCommand {
@@ -202,13 +225,14 @@ pub fn host(conn: &Connection, command: &HostCommand) -> anyhow::Result<()> {
         }
         HostCommand::List => {
             let value = conn.expect(Method::GET, "/v1/hosts", None)?;
+            let mut table = Table::new(&["HOST", "TENANT"]);
             for binding in value["hosts"].as_array().into_iter().flatten() {
-                println!(
-                    "{}\t{}",
-                    binding["pattern"].as_str().unwrap_or_default(),
-                    binding["tenant"].as_str().unwrap_or_default()
-                );
+                table.row(vec![
+                    binding["pattern"].as_str().unwrap_or_default().to_string(),
+                    binding["tenant"].as_str().unwrap_or_default().to_string(),
+                ]);
             }
+            print!("{table}");
         }
     }
     Ok(())
@@ -237,6 +261,21 @@ pub struct DeployArgs {
     /// `loop` or `pool` to override the export's type.
     #[arg(long, value_enum)]
     pub mode: Option<ModeChoice>,
+    /// Fuel (WebAssembly work units) one request may burn (default: the server's
+    /// --fuel).
+    #[arg(long)]
+    pub fuel: Option<u64>,
+    /// Linear memory one instance may grow to, e.g. `64M` (default: the server's
+    /// --max-memory).
+    #[arg(long, value_parser = parse_size)]
+    pub max_memory: Option<u64>,
+    /// How long one request may take, e.g. `2s`, `500ms` (default: the server's
+    /// --timeout).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub timeout: Option<Duration>,
+    /// Requests of this app in flight on each worker (default: the tenant's limit).
+    #[arg(long)]
+    pub max_in_flight: Option<u64>,
     /// Deploy every app of a wasmloop.toml.
     #[arg(long, conflicts_with = "file")]
     pub manifest: Option<PathBuf>,
@@ -329,6 +368,21 @@ pub fn tenant(conn: &Connection, command: &TenantCommand) -> anyhow::Result<()> 
 
 pub fn deploy(conn: &Connection, args: &DeployArgs) -> anyhow::Result<()> {
     if let Some(path) = &args.manifest {
+        let per_app_flags = [
+            ("--app", args.app.is_some()),
+            ("--route", !args.routes.is_empty()),
+            ("--host", args.host.is_some()),
+            ("--var", !args.vars.is_empty()),
+            ("--allow-outbound", !args.allow_outbound.is_empty()),
+            ("--mode", args.mode.is_some()),
+            ("--fuel", args.fuel.is_some()),
+            ("--max-memory", args.max_memory.is_some()),
+            ("--timeout", args.timeout.is_some()),
+            ("--max-in-flight", args.max_in_flight.is_some()),
+        ];
+        if let Some((flag, _)) = per_app_flags.iter().find(|(_, set)| *set) {
+            bail!("{flag} does not go with --manifest: each app's settings come from the manifest");
+        }
         let manifest = Manifest::load(path)?;
         for app in &manifest.apps {
             upload(conn, &app.name, &app.component, app.settings()?)?;
@@ -365,6 +419,12 @@ pub fn deploy(conn: &Connection, args: &DeployArgs) -> anyhow::Result<()> {
         routes,
         allow_outbound: args.allow_outbound.clone(),
         mode: args.mode,
+        fuel: args.fuel,
+        max_memory: args.max_memory,
+        timeout_ms: args
+            .timeout
+            .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
+        max_in_flight: args.max_in_flight,
         reuse: args.reuse.reuse()?,
         ..AppSettings::default()
     };
@@ -388,9 +448,9 @@ fn upload(conn: &Connection, app: &str, file: &Path, settings: AppSettings) -> a
     body.extend_from_slice(&bytes);
     body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
     eprintln!(
-        "Uploading {} ({:.1} KiB) as app {app}, then validating and compiling it...",
+        "Uploading {} ({}) as app {app}, then validating and compiling it...",
         file.display(),
-        bytes.len() as f64 / 1024.0
+        format_size(bytes.len() as u64)
     );
     let started = Instant::now();
     let content_type = format!("multipart/form-data; boundary={boundary}");
@@ -464,42 +524,120 @@ fn describe_routes(routes: &Value) -> String {
 
 pub fn apps(conn: &Connection) -> anyhow::Result<()> {
     let value = conn.expect(Method::GET, "/v1/apps", None)?;
-    println!("{:<24} {:>7} {:>8}  ROUTES", "APP", "ACTIVE", "VERSIONS");
+    let mut table = Table::new(&[
+        "APP",
+        ">ACTIVE",
+        ">VERSIONS",
+        "DEPLOYED",
+        "CREATED",
+        "ROUTES",
+    ]);
     for app in value["apps"].as_array().into_iter().flatten() {
-        println!(
-            "{:<24} {:>7} {:>8}  {}",
-            app["name"].as_str().unwrap_or_default(),
+        table.row(vec![
+            app["name"].as_str().unwrap_or_default().to_string(),
             app["active_version"]
                 .as_u64()
                 .map_or("-".to_string(), |v| v.to_string()),
-            app["versions"],
+            app["versions"].to_string(),
+            app["deployed_at"]
+                .as_u64()
+                .map_or("-".to_string(), format_time),
+            app["created_at"]
+                .as_u64()
+                .map_or("-".to_string(), format_time),
             describe_routes(&app["routes"]),
-        );
+        ]);
     }
+    print!("{table}");
     Ok(())
 }
 
 pub fn versions(conn: &Connection, app: &str) -> anyhow::Result<()> {
     let value = conn.expect(Method::GET, &format!("/v1/apps/{app}/versions"), None)?;
-    println!(
-        "{:>7}  {:<6} {:<5} {:>10}  SHA-256",
-        "VERSION", "ACTIVE", "MODE", "SIZE"
-    );
+    let mut table = Table::new(&[">VERSION", "ACTIVE", "MODE", ">SIZE", "CREATED", "SHA-256"]);
     for v in value["versions"].as_array().into_iter().flatten() {
-        println!(
-            "{:>7}  {:<6} {:<5} {:>10}  {}",
-            v["number"],
+        table.row(vec![
+            v["number"].to_string(),
             if v["active"] == Value::Bool(true) {
-                "*"
+                "*".to_string()
             } else {
-                ""
+                String::new()
             },
-            v["mode"].as_str().unwrap_or_default(),
-            v["size"],
-            v["sha256"].as_str().unwrap_or_default(),
-        );
+            v["mode"].as_str().unwrap_or_default().to_string(),
+            v["size"].as_u64().map_or("-".to_string(), format_size),
+            v["created_at"]
+                .as_u64()
+                .map_or("-".to_string(), format_time),
+            v["sha256"].as_str().unwrap_or_default().to_string(),
+        ]);
     }
+    print!("{table}");
     Ok(())
+}
+
+/// A time from the API (seconds since the Unix epoch) in UTC, to the second.
+fn format_time(seconds: u64) -> String {
+    let time = std::time::UNIX_EPOCH + Duration::from_secs(seconds);
+    humantime::format_rfc3339_seconds(time)
+        .to_string()
+        .replacen('T', " ", 1)
+}
+
+/// A table for a terminal: every column as wide as its widest cell, numbers aligned
+/// right (a heading starting with `>`), two spaces between columns, no trailing spaces.
+struct Table {
+    headings: Vec<String>,
+    right: Vec<bool>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    fn new(headings: &[&str]) -> Self {
+        Self {
+            headings: headings
+                .iter()
+                .map(|h| h.trim_start_matches('>').to_string())
+                .collect(),
+            right: headings.iter().map(|h| h.starts_with('>')).collect(),
+            rows: Vec::new(),
+        }
+    }
+
+    fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+}
+
+impl std::fmt::Display for Table {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let width = |i: usize| {
+            std::iter::once(&self.headings)
+                .chain(&self.rows)
+                .filter_map(|row| row.get(i))
+                .map(|cell| cell.chars().count())
+                .max()
+                .unwrap_or(0)
+        };
+        let widths: Vec<usize> = (0..self.headings.len()).map(width).collect();
+        for row in std::iter::once(&self.headings).chain(&self.rows) {
+            let mut line = String::new();
+            for (i, cell) in row.iter().enumerate() {
+                if i > 0 {
+                    line.push_str("  ");
+                }
+                let pad = widths[i].saturating_sub(cell.chars().count());
+                if self.right[i] {
+                    line.extend(std::iter::repeat_n(' ', pad));
+                    line.push_str(cell);
+                } else {
+                    line.push_str(cell);
+                    line.extend(std::iter::repeat_n(' ', pad));
+                }
+            }
+            writeln!(f, "{}", line.trim_end())?;
+        }
+        Ok(())
+    }
 }
 
 pub fn rollback(conn: &Connection, app: &str, version: Option<u64>) -> anyhow::Result<()> {

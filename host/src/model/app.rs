@@ -67,6 +67,12 @@ pub struct AppInfo {
     pub active_version: Option<u64>,
     pub versions: u64,
     pub routes: Vec<Route>,
+    /// When the app was created (seconds since the Unix epoch).
+    #[serde(default)]
+    pub created_at: u64,
+    /// When its active version was deployed, if it has one.
+    #[serde(default)]
+    pub deployed_at: Option<u64>,
 }
 
 /// What the workers serve: one entry per app with an active version.

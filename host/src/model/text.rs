@@ -1,6 +1,7 @@
 //! The small text forms every front end accepts the same way: sizes (`64K`, `128M`)
 //! and `KEY=VALUE` pairs. Flags, the admin API's query strings, manifests and the CLI
-//! all parse through here, so one spelling works everywhere.
+//! all parse through here, so one spelling works everywhere; sizes are also written
+//! back for people here (`17.6 MiB`).
 
 use anyhow::{Context as _, bail};
 
@@ -36,6 +37,21 @@ pub fn parse_size(text: &str) -> anyhow::Result<u64> {
         .with_context(|| format!("size `{text}` is too large"))
 }
 
+/// Writes `bytes` for a person: `512 B`, `4.0 KiB`, `17.6 MiB`, `1.2 GiB`.
+pub fn format_size(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -66,5 +82,15 @@ mod tests {
         assert_eq!(parse_size("1G").unwrap(), 1 << 30);
         assert!(parse_size("ten").is_err());
         assert!(parse_size("99999999999G").is_err());
+    }
+
+    #[test]
+    fn sizes_are_written_for_people() {
+        assert_eq!(format_size(0), "0 B");
+        assert_eq!(format_size(1023), "1023 B");
+        assert_eq!(format_size(1024), "1.0 KiB");
+        assert_eq!(format_size(18_454_000), "17.6 MiB");
+        assert_eq!(format_size(3 << 30), "3.0 GiB");
+        assert_eq!(format_size(u64::MAX), "16777216.0 TiB");
     }
 }

@@ -615,7 +615,9 @@ impl Registry for SqliteRegistry {
     fn apps(&self, tenant: &Tenant) -> Result<Vec<AppInfo>> {
         self.with(|db| {
             let mut stmt = db.prepare(
-                "SELECT a.id, a.name, a.active_version, (SELECT COUNT(*) FROM versions v WHERE v.app_id = a.id)
+                "SELECT a.id, a.name, a.active_version, (SELECT COUNT(*) FROM versions v WHERE v.app_id = a.id),
+                        a.created_at,
+                        (SELECT v.created_at FROM versions v WHERE v.app_id = a.id AND v.number = a.active_version)
                  FROM apps a WHERE a.tenant_id = ?1 ORDER BY a.name",
             )?;
             let rows = stmt
@@ -625,11 +627,13 @@ impl Registry for SqliteRegistry {
                         r.get::<_, String>(1)?,
                         r.get::<_, Option<i64>>(2)?,
                         r.get::<_, i64>(3)?,
+                        r.get::<_, i64>(4)?,
+                        r.get::<_, Option<i64>>(5)?,
                     ))
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             let mut apps = Vec::new();
-            for (id, name, active, versions) in rows {
+            for (id, name, active, versions, created_at, deployed_at) in rows {
                 let mut stmt =
                     db.prepare("SELECT host, prefix FROM routes WHERE app_id = ?1 ORDER BY host, prefix")?;
                 let routes = stmt
@@ -647,6 +651,8 @@ impl Registry for SqliteRegistry {
                     active_version: active.map(|v| v as u64),
                     versions: versions as u64,
                     routes,
+                    created_at: created_at as u64,
+                    deployed_at: deployed_at.map(|t| t as u64),
                 });
             }
             Ok(apps)

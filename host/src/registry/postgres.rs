@@ -636,7 +636,9 @@ impl Registry for PostgresRegistry {
     fn apps(&self, tenant: &Tenant) -> Result<Vec<AppInfo>> {
         self.with(|db| {
             let rows = db.query(
-                "SELECT a.id, a.name, a.active_version, (SELECT COUNT(*) FROM versions v WHERE v.app_id = a.id)
+                "SELECT a.id, a.name, a.active_version, (SELECT COUNT(*) FROM versions v WHERE v.app_id = a.id),
+                        a.created_at,
+                        (SELECT v.created_at FROM versions v WHERE v.app_id = a.id AND v.number = a.active_version)
                  FROM apps a WHERE a.tenant_id = $1 ORDER BY a.name",
                 &[&tenant.id],
             )?;
@@ -663,6 +665,8 @@ impl Registry for PostgresRegistry {
                     active_version: row.get::<_, Option<i64>>(2).map(|v| v as u64),
                     versions: row.get::<_, i64>(3) as u64,
                     routes,
+                    created_at: row.get::<_, i64>(4) as u64,
+                    deployed_at: row.get::<_, Option<i64>>(5).map(|t| t as u64),
                 });
             }
             Ok(apps)
