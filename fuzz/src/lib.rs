@@ -161,7 +161,7 @@ pub fn serve_connection(bytes: &[u8]) {
                     req,
                     authority.clone(),
                     Peer {
-                        addr: ([127, 0, 0, 1], 40000).into(),
+                        addr: Some(([127, 0, 0, 1], 40000).into()),
                         tls: false,
                     },
                 )

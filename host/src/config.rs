@@ -14,6 +14,7 @@ use anyhow::bail;
 use clap::ValueEnum;
 
 use crate::model::compiler::Compiler;
+use crate::model::listen::{Bind, DEFAULT_LISTEN, parse_fd};
 use crate::model::mode::ModeChoice;
 use crate::model::proxies::TrustedProxies;
 use crate::model::quota::Quotas;
@@ -171,10 +172,31 @@ pub struct ServeConfig {
     #[arg(long, env = "WASMLOOP_TENANT_SHARE", default_value_t = 0.5)]
     pub tenant_share: f64,
 
-    /// Address to listen on. Port 0 picks a free port; the bound address is printed
-    /// as `listening on http://ADDR`.
-    #[arg(long, env = "WASMLOOP_LISTEN", default_value = "127.0.0.1:8080")]
-    pub listen: SocketAddr,
+    /// Address to listen on [default: 127.0.0.1:8080, unless --bind, --uds or --fd
+    /// name the listeners]. Port 0 picks a free port; each bound address is printed as
+    /// `listening on http://ADDR` (`listening on unix:PATH` for a unix socket).
+    #[arg(long, env = "WASMLOOP_LISTEN")]
+    pub listen: Option<Bind>,
+
+    /// A listener, as Gunicorn's `-b`: `IP:PORT`, `[::1]:PORT`, `unix:PATH` or
+    /// `fd://N`. Repeatable (or comma-separated); every worker serves them all.
+    #[arg(
+        short = 'b',
+        long = "bind",
+        env = "WASMLOOP_BIND",
+        value_delimiter = ','
+    )]
+    pub bind: Vec<Bind>,
+
+    /// Listen on a unix domain socket at this path, as Uvicorn's `--uds` (a stale
+    /// socket file left by a crash is replaced; the file is removed at exit).
+    #[arg(long, env = "WASMLOOP_UDS")]
+    pub uds: Option<PathBuf>,
+
+    /// Listen on a socket this process was started with, by descriptor number, as
+    /// Uvicorn's `--fd` (from a process manager that bound it).
+    #[arg(long, env = "WASMLOOP_FD", value_parser = parse_fd)]
+    pub fd: Option<i32>,
 
     /// Address of the admin listener (`/metrics`, `/doctor`, `/healthz`, and the
     /// deploy API with a registry), or `off`. Keep it on a private interface. Default:
@@ -223,12 +245,13 @@ pub struct ServeConfig {
     #[arg(long, env = "WASMLOOP_NO_PROXY_HEADERS")]
     pub no_proxy_headers: bool,
 
-    /// Proxies whose forwarding headers are trusted: IPs, CIDR ranges, comma-separated,
+    /// Proxies whose forwarding headers are trusted: IPs, CIDR ranges, `unix` (peers
+    /// on a unix-socket listener, local processes as loopback's are), comma-separated,
     /// or `*` for any peer. From other peers those headers are removed.
     #[arg(
         long,
         env = "WASMLOOP_FORWARDED_ALLOW_IPS",
-        default_value = "127.0.0.1"
+        default_value = "127.0.0.1,unix"
     )]
     pub forwarded_allow_ips: String,
 
@@ -453,7 +476,33 @@ impl ServeConfig {
     }
 
     /// Checks the settings against each other; called before anything binds.
+    /// Every public listener, in the order named, with the flag that named it:
+    /// --listen, --bind, --uds, --fd; the default address when none is named.
+    pub fn binds(&self) -> Vec<(Bind, &'static str)> {
+        let binds: Vec<(Bind, &'static str)> = self
+            .listen
+            .iter()
+            .map(|b| (b.clone(), "--listen"))
+            .chain(self.bind.iter().map(|b| (b.clone(), "--bind")))
+            .chain(self.uds.clone().map(|p| (Bind::Unix(p), "--uds")))
+            .chain(self.fd.map(|fd| (Bind::Fd(fd), "--fd")))
+            .collect();
+        if binds.is_empty() {
+            let default = DEFAULT_LISTEN.parse().expect("the default address parses");
+            vec![(default, "--listen")]
+        } else {
+            binds
+        }
+    }
+
     pub fn validate(&self) -> anyhow::Result<()> {
+        let binds = self.binds();
+        for (i, (bind, flag)) in binds.iter().enumerate() {
+            let any_port = matches!(bind, Bind::Tcp(addr) if addr.port() == 0);
+            if !any_port && let Some((_, first)) = binds[..i].iter().find(|(b, _)| b == bind) {
+                bail!("the listener {bind} is named twice ({first}, then {flag})");
+            }
+        }
         self.reuse.reuse()?;
         TrustedProxies::parse(!self.no_proxy_headers, &self.forwarded_allow_ips)?;
         if self.workers == Some(0) {

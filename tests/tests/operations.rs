@@ -527,3 +527,193 @@ async fn a_config_file_sets_what_flags_do_not_and_workers_keep_what_the_master_r
         assert!(output.contains(says), "{text}: {output}");
     }
 }
+
+/// One raw HTTP/1.0 GET over a unix socket (so the body is not chunked); returns the
+/// status line and the body.
+fn get_over_unix(
+    path: &std::path::Path,
+    target: &str,
+    headers: &[(&str, &str)],
+) -> (String, String) {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::os::unix::net::UnixStream::connect(path).expect("the socket accepts");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut request = format!("GET {target} HTTP/1.0\r\nhost: app.test\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let status = head.lines().next().unwrap_or_default().to_string();
+    (status, body.to_string())
+}
+
+#[tokio::test]
+async fn every_listener_named_is_served_and_a_unix_socket_goes_with_the_server() {
+    let dir = temp_dir("listeners");
+    let socket = dir.join("app.sock");
+    // --listen (the harness's), a second TCP listener by -b, and a unix socket.
+    let mut server = Server::new(guests::SYNC_GUEST)
+        .arg("-b=127.0.0.1:0")
+        .arg(&format!("--uds={}", socket.display()))
+        .start()
+        .await;
+    let unix_line = format!("listening on unix:{}", socket.display());
+    assert!(server.has_log(&[&unix_line]), "{}", server.log());
+    let log = server.log();
+    let tcp: Vec<std::net::SocketAddr> = log
+        .lines()
+        .filter_map(|l| l.strip_prefix("listening on http://"))
+        .map(|a| a.parse().expect("an address"))
+        .collect();
+    assert_eq!(tcp.len(), 2, "{log}");
+    assert_ne!(tcp[0], tcp[1]);
+    for addr in &tcp {
+        assert_eq!(
+            HttpClient::new(*addr).get("/").await.text(),
+            "hello from sync\n"
+        );
+    }
+
+    // Over the socket: the peer has no address (none for the guest, `unix` in the
+    // log); as a local process it is a trusted proxy by default.
+    let (status, body) = tokio::task::spawn_blocking({
+        let socket = socket.clone();
+        move || get_over_unix(&socket, "/whoami", &[])
+    })
+    .await
+    .unwrap();
+    assert_eq!(status, "HTTP/1.0 200 OK", "{body}");
+    assert_eq!(
+        body.trim(),
+        "x-real-ip=- x-forwarded-for=- forwarded=- scheme=http"
+    );
+    assert!(
+        server.has_log(&["client=\"unix\"", "path=\"/whoami\""]),
+        "{}",
+        server.log()
+    );
+    let (_, body) = tokio::task::spawn_blocking({
+        let socket = socket.clone();
+        move || {
+            get_over_unix(
+                &socket,
+                "/whoami",
+                &[
+                    ("x-forwarded-for", "203.0.113.9"),
+                    ("x-forwarded-proto", "https"),
+                ],
+            )
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        body.trim(),
+        "x-real-ip=203.0.113.9 x-forwarded-for=203.0.113.9 forwarded=- scheme=https"
+    );
+
+    // The socket file is the server's: removed when it stops.
+    server.signal("TERM");
+    assert!(server.wait_exit(Duration::from_secs(30)).is_some());
+    assert!(!socket.exists(), "the socket file outlived the server");
+}
+
+#[tokio::test]
+async fn a_socket_file_is_replaced_only_when_nobody_listens_on_it() {
+    let dir = temp_dir("stale-socket");
+    let path = dir.join("app.sock");
+    let uds = format!("--uds={}", path.display());
+
+    // A live socket (another server) is refused, and left alone.
+    let live = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let (status, output) = Server::new(guests::SYNC_GUEST)
+        .arg(&uds)
+        .start_expecting_failure();
+    assert!(!status.success());
+    assert!(output.contains("another server listens there"), "{output}");
+    assert!(path.exists());
+    // The same file after a crash (nobody listens): replaced, and served.
+    drop(live);
+    let server = Server::new(guests::SYNC_GUEST).arg(&uds).start().await;
+    let (status, _) = tokio::task::spawn_blocking(move || get_over_unix(&path, "/", &[]))
+        .await
+        .unwrap();
+    assert_eq!(status, "HTTP/1.0 200 OK");
+    drop(server);
+
+    // A file that is not a socket is never removed.
+    let file = dir.join("notes.txt");
+    std::fs::write(&file, "keep me").unwrap();
+    let (status, output) = Server::new(guests::SYNC_GUEST)
+        .arg(&format!("-b=unix:{}", file.display()))
+        .start_expecting_failure();
+    assert!(!status.success());
+    assert!(output.contains("exists and is not a socket"), "{output}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep me");
+
+    // One listener named twice is a mistake; two free ports are not.
+    let (status, output) = Server::new(guests::SYNC_GUEST)
+        .arg(&uds)
+        .arg(&format!("--bind=unix:{}", dir.join("app.sock").display()))
+        .start_expecting_failure();
+    assert!(!status.success());
+    assert!(
+        output.contains("named twice (--bind, then --uds)"),
+        "{output}"
+    );
+}
+
+#[tokio::test]
+async fn a_socket_handed_over_by_descriptor_is_served() {
+    use command_fds::{CommandFdExt as _, FdMapping};
+    // A process manager binds the socket and starts the server with it as fd 7.
+    let bound = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = bound.local_addr().unwrap();
+    let mut command = Command::new(binary());
+    command
+        .args(["serve", "--fd=7", "--admin-listen=off", "--workers=2"])
+        .arg(guests::SYNC_GUEST)
+        .env_remove("RUST_LOG")
+        .env_remove("WASMLOOP_LISTEN")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .fd_mappings(vec![FdMapping {
+            parent_fd: bound.into(),
+            child_fd: 7,
+        }])
+        .unwrap();
+    let mut child = command.spawn().expect("wasmloop starts");
+    let lines = read_until(&mut child, |l| l.starts_with("listening on"));
+    assert_eq!(
+        address(&lines, "listening on"),
+        Some(addr.to_string()),
+        "{lines:?}"
+    );
+    let client = HttpClient::new(addr);
+    for _ in 0..10 {
+        assert_eq!(client.get("/").await.text(), "hello from sync\n");
+    }
+    stop(child);
+
+    // A descriptor that is not there, or a standard stream, is refused with a reason.
+    for (fd, says) in [("--fd=50", "no descriptor 50"), ("--fd=1", "3 or more")] {
+        let output = Command::new(binary())
+            .args(["serve", fd, "--admin-listen=off"])
+            .arg(guests::SYNC_GUEST)
+            .stdin(Stdio::null())
+            .output()
+            .expect("wasmloop runs");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            !output.status.success() && stderr.contains(says),
+            "{fd}: {stderr}"
+        );
+    }
+}

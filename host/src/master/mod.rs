@@ -1,8 +1,10 @@
-//! The master process: [`supervisor`] binds the listener, runs and replaces the
-//! worker processes and carries out the signal table; [`admin`] is its admin listener
+//! The master process: [`listeners`] binds the public sockets, [`supervisor`] runs
+//! and replaces the worker processes that share them and carries out the signal
+//! table; [`admin`] is its admin listener
 //! (probes, metrics, the doctor, and the deploy API of [`crate::deploy`]).
 
 pub mod admin;
+pub mod listeners;
 pub mod supervisor;
 
 pub use supervisor::run;

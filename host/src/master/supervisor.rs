@@ -1,11 +1,12 @@
-//! The master process: binds the listener once, runs `--workers` worker processes that
-//! inherit it, watches their heartbeats, replaces the ones that die or hang, and
-//! carries out the signal table (docs/operations.md). It runs no guest code.
+//! The master process: binds the listeners once ([`listeners`]), runs `--workers`
+//! worker processes that inherit them, watches their heartbeats, replaces the ones
+//! that die or hang, and carries out the signal table (docs/operations.md). It runs no
+//! guest code.
 //!
 //! Workers are this binary re-executed as `wasmloop worker ARGS` with the listening
-//! socket as file descriptor 3 (systemd's `LISTEN_FDS` convention) and their stdout
-//! piped back: one [`Report`] per line. The kernel spreads connections across the
-//! workers' `accept` calls on the one shared socket; there are no per-worker
+//! sockets as file descriptors 3, 4, ... (systemd's `LISTEN_FDS` convention) and their
+//! stdout piped back: one [`Report`] per line. The kernel spreads connections across
+//! the workers' `accept` calls on each shared socket; there are no per-worker
 //! `SO_REUSEPORT` sockets, whose closing would reset the connections queued on them.
 //!
 //! Replacing a worker (SIGHUP for all of them, `--max-requests` for one) is one step
@@ -17,7 +18,6 @@
 //! never served stops on it.
 
 use std::collections::BTreeMap;
-use std::os::fd::AsFd as _;
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -35,6 +35,7 @@ use crate::config::{AdminListen, LogFormat, ServeConfig};
 use crate::deploy::context::DeployContext;
 use crate::doctor;
 use crate::master::admin::{self, AdminGuard, AdminState, ApiSlot, SharedState, lock};
+use crate::master::listeners::{self, Listener, in_use_hint};
 use crate::metrics::exposition::MasterFacts;
 use crate::model::app::{ActiveApp, Version};
 use crate::model::mode::Mode;
@@ -129,8 +130,8 @@ struct Master {
     config: ServeConfig,
     /// Arguments a worker is started with (this process's, `serve` -> `worker`).
     worker_args: Vec<std::ffi::OsString>,
-    /// The shared socket; closed when the master stops.
-    listener: Option<std::net::TcpListener>,
+    /// The shared sockets; closed when the master stops.
+    listeners: Vec<Listener>,
     target: usize,
     workers: BTreeMap<u32, Worker>,
     /// A new worker started to replace an old one, and the old one.
@@ -158,7 +159,7 @@ struct Master {
 impl Master {
     async fn new(config: ServeConfig) -> anyhow::Result<Master> {
         let worker_args = worker_args()?;
-        let listener = bind(&config)?;
+        let listeners = listeners::bind_all(&config)?;
         let admin = Arc::new(Mutex::new(admin_state(&config)));
         let registry_mode = config.component.is_none() && config.manifest.is_none();
         let api = if registry_mode {
@@ -169,9 +170,8 @@ impl Master {
         // The admin listener answers from the start: /livez and /readyz while a node
         // waits for its registry, /v1 once it has it.
         let admin_addr = start_admin_listener(&config, &admin, &api)?;
-        let own_listeners = protocol::own_listeners_value(
-            std::iter::once(listener.local_addr()?).chain(admin_addr),
-        );
+        let own_listeners =
+            protocol::own_listeners_value(listeners.iter().filter_map(|l| l.tcp).chain(admin_addr));
         if config.registry.is_some() {
             lock(&admin).not_ready = Some("waiting for the registry".into());
         }
@@ -191,7 +191,7 @@ impl Master {
             target: config.worker_count(),
             config,
             worker_args,
-            listener: Some(listener),
+            listeners,
             workers: BTreeMap::new(),
             replacing: None,
             events_tx,
@@ -332,18 +332,9 @@ impl Master {
         if !self.announced && serving >= self.target {
             self.announced = true;
             self.publish_gauges();
-            // The one line scripts wait for, once every worker serves.
-            if let Some(listener) = &self.listener {
-                let scheme = if self.config.tls_files().is_some() {
-                    "https"
-                } else {
-                    "http"
-                };
-                announce(
-                    self.config.log_format,
-                    "listening on",
-                    &format!("{scheme}://{}", listener.local_addr()?),
-                );
+            // The line scripts wait for, once every worker serves: one per listener.
+            for listener in &self.listeners {
+                announce(self.config.log_format, "listening on", listener.shown());
             }
         }
         Ok(())
@@ -543,13 +534,24 @@ impl Master {
     /// Starts one worker and the task that relays its reports and its exit.
     fn spawn(&mut self) -> anyhow::Result<u32> {
         let exe = std::env::current_exe().context("failed to find the wasmloop binary")?;
-        let listener = self
-            .listener
-            .as_ref()
-            .context("the master is stopping")?
-            .as_fd()
-            .try_clone_to_owned()
-            .context("failed to share the listener")?;
+        if self.listeners.is_empty() {
+            bail!("the master is stopping");
+        }
+        let mappings = self
+            .listeners
+            .iter()
+            .zip(3..)
+            .map(|(listener, child_fd)| {
+                Ok(FdMapping {
+                    parent_fd: listener
+                        .as_fd()
+                        .try_clone_to_owned()
+                        .context("failed to share a listener")?,
+                    child_fd,
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let listen_fds = mappings.len().to_string();
         let mut command = tokio::process::Command::new(exe);
         if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
             // Wasmtime makes an error (and, with RUST_BACKTRACE=1, captures a
@@ -560,7 +562,7 @@ impl Master {
         }
         command
             .args(&self.worker_args)
-            .env("LISTEN_FDS", "1")
+            .env("LISTEN_FDS", listen_fds)
             .env_remove("LISTEN_PID")
             .env_remove("WASMLOOP_REGISTRY")
             .env_remove(protocol::CONFIG_SNAPSHOT_ENV)
@@ -573,11 +575,8 @@ impl Master {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
-            .fd_mappings(vec![FdMapping {
-                parent_fd: listener,
-                child_fd: 3,
-            }])
-            .context("failed to pass the listener to a worker")?;
+            .fd_mappings(mappings)
+            .context("failed to pass the listeners to a worker")?;
         if let Some(snapshot) = &self.config.config_snapshot {
             command.env(protocol::CONFIG_SNAPSHOT_ENV, snapshot);
         }
@@ -646,7 +645,7 @@ impl Master {
         }
         // The workers have their own copies of the socket; closing ours lets the
         // kernel refuse new connections once they have closed theirs.
-        self.listener = None;
+        self.listeners.clear();
         let deadline = Instant::now() + self.config.graceful_timeout + Duration::from_secs(2);
         self.wait_for_exits(deadline).await;
         Ok(())
@@ -658,7 +657,7 @@ impl Master {
         for &pid in self.workers.keys() {
             send(pid, Signal::SIGQUIT);
         }
-        self.listener = None;
+        self.listeners.clear();
         self.wait_for_exits(Instant::now() + Duration::from_secs(2))
             .await;
         Ok(())
@@ -869,36 +868,6 @@ fn follow_registry(
         }
     });
     Ok(())
-}
-
-fn bind(config: &ServeConfig) -> anyhow::Result<std::net::TcpListener> {
-    use socket2::{Domain, Socket, Type};
-    let addr = config.listen;
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
-    socket.set_reuse_address(true)?;
-    socket.bind(&addr.into()).map_err(|e| {
-        anyhow::anyhow!(
-            "failed to listen on {addr} (--listen): {e}{}",
-            in_use_hint(&e, "--listen")
-        )
-    })?;
-    let backlog = i32::try_from(config.backlog).unwrap_or(i32::MAX);
-    socket
-        .listen(backlog)
-        .with_context(|| format!("failed to listen on {addr}"))?;
-    Ok(socket.into())
-}
-
-/// What to do about an address another process holds, naming the flag.
-fn in_use_hint(error: &std::io::Error, flag: &str) -> String {
-    if error.kind() == std::io::ErrorKind::AddrInUse {
-        format!(
-            ". Another server (another wasmloop?) listens there: give {flag}=127.0.0.1:0 \
-             for any free port (the bound address is printed), or another address"
-        )
-    } else {
-        String::new()
-    }
 }
 
 fn send(pid: u32, signal: Signal) {

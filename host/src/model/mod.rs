@@ -7,6 +7,7 @@
 pub mod app;
 pub mod compiler;
 pub mod host;
+pub mod listen;
 pub mod manifest;
 pub mod mode;
 pub mod proxies;

@@ -16,7 +16,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -43,68 +43,91 @@ pub struct ConnLimits {
 /// accepted just before the stop.
 const FIRST_REQUEST_GRACE: Duration = Duration::from_millis(500);
 
-/// Serves `listener` until `shutdown` resolves, then drains: stops accepting, lets
-/// requests in flight finish within `graceful_timeout`, and returns. Must run inside
-/// a `LocalSet`.
+/// A listener as inherited from the master, before the loop runs.
+pub enum Inherited {
+    Tcp(std::net::TcpListener),
+    Unix(std::os::unix::net::UnixListener),
+}
+
+/// A public listener on the loop: TCP, or a unix domain socket.
+pub enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+impl Listener {
+    /// Registers an inherited (non-blocking) listener with the loop.
+    pub fn from_std(listener: Inherited) -> io::Result<Listener> {
+        Ok(match listener {
+            Inherited::Tcp(l) => Listener::Tcp(TcpListener::from_std(l)?),
+            Inherited::Unix(l) => Listener::Unix(UnixListener::from_std(l)?),
+        })
+    }
+
+    /// The authority a request without one is taken to name.
+    fn authority(&self) -> Authority {
+        match self {
+            Listener::Tcp(l) => l
+                .local_addr()
+                .ok()
+                .and_then(|addr| Authority::try_from(addr.to_string()).ok())
+                .unwrap_or_else(|| Authority::from_static("localhost")),
+            Listener::Unix(_) => Authority::from_static("localhost"),
+        }
+    }
+}
+
+/// What every accept loop of a worker shares.
+struct Accepting {
+    server: Rc<Server>,
+    builder: Rc<auto::Builder<LocalExec>>,
+    tls: Option<TlsAcceptor>,
+    limits: ConnLimits,
+    /// Cancelled when the worker drains: connections finish what they have.
+    stopping: CancellationToken,
+    connections: TaskTracker,
+}
+
+/// Serves every listener until `shutdown` resolves, then drains: stops accepting,
+/// lets requests in flight finish within `graceful_timeout`, and returns. Must run
+/// inside a `LocalSet`.
 pub async fn serve(
-    listener: TcpListener,
+    listeners: Vec<Listener>,
     server: Rc<Server>,
     limits: ConnLimits,
     tls: Option<TlsAcceptor>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let local = match listener.local_addr() {
-        Ok(addr) => Authority::try_from(addr.to_string())
-            .unwrap_or_else(|_| Authority::from_static("localhost")),
-        Err(_) => Authority::from_static("localhost"),
-    };
-    let builder = Rc::new(http_builder(&limits));
-    let stopping = CancellationToken::new();
-    let connections = TaskTracker::new();
-
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, peer) = tokio::select! {
-            () = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
-        let connection = Connection {
-            server: server.clone(),
-            builder: builder.clone(),
-            local: local.clone(),
-            peer,
-            tls: tls.is_some(),
-            keep_alive: limits.timeout_keep_alive,
-            stopping: stopping.clone(),
-        };
-        match &tls {
-            None => {
-                connections.spawn_local(serve_connection(stream, connection));
-            }
-            Some(acceptor) => {
-                let (acceptor, handshake) = (acceptor.clone(), limits.timeout_header_read);
-                connections.spawn_local(async move {
-                    // A handshake that does not finish in time is a slow head.
-                    match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
-                        Ok(Ok(stream)) => serve_connection(stream, connection).await,
-                        Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!("TLS handshake timed out"),
-                    }
-                });
-            }
-        }
+    let accepting = Rc::new(Accepting {
+        server: server.clone(),
+        builder: Rc::new(http_builder(&limits)),
+        tls,
+        limits: limits.clone(),
+        stopping: CancellationToken::new(),
+        connections: TaskTracker::new(),
+    });
+    let stop_accepting = CancellationToken::new();
+    let loops: Vec<_> = listeners
+        .into_iter()
+        .map(|listener| {
+            tokio::task::spawn_local(accept_loop(
+                listener,
+                accepting.clone(),
+                stop_accepting.clone(),
+            ))
+        })
+        .collect();
+    shutdown.await;
+    stop_accepting.cancel();
+    for accept in loops {
+        // Each loop returns at once when told; its listener closes with it.
+        let _ = accept.await;
     }
-
-    drop(listener);
+    let Accepting {
+        stopping,
+        connections,
+        ..
+    } = &*accepting;
     let open = connections.len();
     tracing::info!(
         connections = open,
@@ -121,6 +144,82 @@ pub async fn serve(
             in_flight = server.in_flight(),
             "graceful timeout passed; closing what is left"
         );
+    }
+}
+
+/// Accepts connections on one listener until `stop` is cancelled.
+async fn accept_loop(listener: Listener, accepting: Rc<Accepting>, stop: CancellationToken) {
+    let local = listener.authority();
+    loop {
+        let accepted = tokio::select! {
+            () = stop.cancelled() => return,
+            accepted = accept(&listener) => accepted,
+        };
+        match accepted {
+            Ok((Stream::Tcp(stream), peer)) => {
+                let _ = stream.set_nodelay(true);
+                accepting.spawn(stream, local.clone(), Some(peer));
+            }
+            Ok((Stream::Unix(stream), _)) => accepting.spawn(stream, local.clone(), None),
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+async fn accept(listener: &Listener) -> io::Result<(Stream, std::net::SocketAddr)> {
+    match listener {
+        Listener::Tcp(l) => l.accept().await.map(|(s, peer)| (Stream::Tcp(s), peer)),
+        Listener::Unix(l) => l.accept().await.map(|(s, _)| {
+            // A unix peer has no IP address; this one is never used.
+            (
+                Stream::Unix(s),
+                std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
+            )
+        }),
+    }
+}
+
+impl Accepting {
+    /// Serves one accepted connection (after its TLS handshake, if any) in its own task.
+    fn spawn<S>(&self, stream: S, local: Authority, peer: Option<std::net::SocketAddr>)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + 'static,
+    {
+        let connection = Connection {
+            server: self.server.clone(),
+            builder: self.builder.clone(),
+            local,
+            peer,
+            tls: self.tls.is_some(),
+            keep_alive: self.limits.timeout_keep_alive,
+            stopping: self.stopping.clone(),
+        };
+        match &self.tls {
+            None => {
+                self.connections
+                    .spawn_local(serve_connection(stream, connection));
+            }
+            Some(acceptor) => {
+                let (acceptor, handshake) = (acceptor.clone(), self.limits.timeout_header_read);
+                self.connections.spawn_local(async move {
+                    // A handshake that does not finish in time is a slow head.
+                    match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => serve_connection(stream, connection).await,
+                        Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!("TLS handshake timed out"),
+                    }
+                });
+            }
+        }
     }
 }
 
@@ -149,7 +248,8 @@ struct Connection {
     server: Rc<Server>,
     builder: Rc<auto::Builder<LocalExec>>,
     local: Authority,
-    peer: std::net::SocketAddr,
+    /// The client's address; none on a unix socket.
+    peer: Option<std::net::SocketAddr>,
     /// Whether the connection is TLS: the guest sees `https`.
     tls: bool,
     keep_alive: Duration,

@@ -41,8 +41,8 @@ use crate::worker::run::{self, Outcome, RunContext};
 /// The far end of a connection.
 #[derive(Debug, Clone, Copy)]
 pub struct Peer {
-    /// Its address, or a trusted proxy's.
-    pub addr: SocketAddr,
+    /// Its address; none on a unix-socket listener.
+    pub addr: Option<SocketAddr>,
     /// Whether it speaks TLS to us.
     pub tls: bool,
 }
@@ -192,7 +192,7 @@ impl Server {
         let client = proxy::resolve(&self.front.proxies, peer.addr, req.headers_mut());
         let kept_id = match self.front.keep_request_id {
             KeepRequestId::Always => request_id(req.headers()),
-            KeepRequestId::Proxies if self.front.proxies.trusts(peer.addr.ip()) => {
+            KeepRequestId::Proxies if self.front.proxies.trusts_peer(peer.addr.map(|a| a.ip())) => {
                 request_id(req.headers())
             }
             _ => None,

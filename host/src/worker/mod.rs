@@ -26,8 +26,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
-use tokio::net::TcpListener;
+use anyhow::{Context as _, bail};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{AdminListen, ServeConfig};
@@ -38,7 +37,7 @@ use crate::model::proxies::TrustedProxies;
 use crate::protocol;
 use crate::runtime::engine::{self, EngineSizing, EpochTicker};
 use crate::runtime::outbound::AddressPolicy;
-use crate::worker::accept::ConnLimits;
+use crate::worker::accept::{ConnLimits, Inherited};
 use crate::worker::app::{App, Defaults};
 use crate::worker::front_door::{FrontDoor, Server};
 use crate::worker::routes::{RouteTable, TenantMap};
@@ -52,13 +51,7 @@ use crate::{telemetry, tls};
 pub fn run_process(config: ServeConfig) -> anyhow::Result<()> {
     config.validate()?;
     let _log = telemetry::init(&config.log_level, config.log_format, !config.no_access_log)?;
-    let listener = listenfd::ListenFd::from_env()
-        .take_tcp_listener(0)
-        .context("failed to take the inherited listener")?
-        .context("no listener inherited: workers are started by `wasmloop serve`")?;
-    listener
-        .set_nonblocking(true)
-        .context("failed to make the listener non-blocking")?;
+    let listeners = inherited_listeners()?;
 
     let sizing = EngineSizing {
         loop_slots: u32::try_from(config.limit_concurrency).unwrap_or(u32::MAX),
@@ -73,7 +66,14 @@ pub fn run_process(config: ServeConfig) -> anyhow::Result<()> {
     let optimized = optimized
         .map(|compiler| anyhow::Ok((engine::build(sizing, compiler)?, compiler)))
         .transpose()?;
-    let addresses = address_policy(&config, listener.local_addr()?);
+    let tcp_addresses = listeners
+        .iter()
+        .filter_map(|l| match l {
+            Inherited::Tcp(l) => l.local_addr().ok(),
+            Inherited::Unix(_) => None,
+        })
+        .collect();
+    let addresses = address_policy(&config, tcp_addresses);
     let (served, engine, optimized) =
         match Served::load(&config, &engine, compiler, addresses.clone()) {
             Ok(served) => (served, engine, optimized),
@@ -111,9 +111,12 @@ pub fn run_process(config: ServeConfig) -> anyhow::Result<()> {
         .context("failed to start the event loop")?;
     let local = tokio::task::LocalSet::new();
     let pool = local.block_on(&runtime, async {
-        let listener =
-            TcpListener::from_std(listener).context("failed to register the listener")?;
-        let listening = Listening { listener, tls };
+        let listeners = listeners
+            .into_iter()
+            .map(accept::Listener::from_std)
+            .collect::<std::io::Result<Vec<_>>>()
+            .context("failed to register the listeners")?;
+        let listening = Listening { listeners, tls };
         anyhow::Ok(
             on_the_loop(
                 &config, engine, optimized, served, pool, recorder, listening,
@@ -177,9 +180,9 @@ impl Served {
 /// The outbound floor of this worker: the ranges the operator opened, and this
 /// server's own listeners, which no guest may reach (with the machine's addresses, for
 /// a listener on every interface).
-fn address_policy(config: &ServeConfig, listener: std::net::SocketAddr) -> AddressPolicy {
+fn address_policy(config: &ServeConfig, listeners: Vec<std::net::SocketAddr>) -> AddressPolicy {
     let mut own = protocol::own_listeners();
-    own.push(listener);
+    own.extend(listeners);
     if let AdminListen::At(admin) = config.admin_listen()
         && admin.port() != 0
     {
@@ -207,10 +210,39 @@ fn address_policy(config: &ServeConfig, listener: std::net::SocketAddr) -> Addre
     }
 }
 
-/// The inherited listener, and the TLS it speaks if any.
+/// The inherited listeners, and the TLS they speak if any.
 struct Listening {
-    listener: TcpListener,
+    listeners: Vec<accept::Listener>,
     tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+/// Every listener the master passed (`LISTEN_FDS`): TCP or unix stream sockets,
+/// non-blocking.
+fn inherited_listeners() -> anyhow::Result<Vec<Inherited>> {
+    let mut fds = listenfd::ListenFd::from_env();
+    let mut listeners = Vec::new();
+    for index in 0..fds.len() {
+        let listener = match fds.take_tcp_listener(index) {
+            Ok(Some(tcp)) => {
+                tcp.set_nonblocking(true)?;
+                Inherited::Tcp(tcp)
+            }
+            Ok(None) => continue,
+            Err(_) => {
+                let unix = fds
+                    .take_unix_listener(index)
+                    .with_context(|| format!("inherited listener {index} is neither TCP nor unix"))?
+                    .context("an inherited listener was taken twice")?;
+                unix.set_nonblocking(true)?;
+                Inherited::Unix(unix)
+            }
+        };
+        listeners.push(listener);
+    }
+    if listeners.is_empty() {
+        bail!("no listener inherited: workers are started by `wasmloop serve`");
+    }
+    Ok(listeners)
 }
 
 /// The pool's threads, niced below the loop when tenants share the worker.
@@ -232,7 +264,7 @@ async fn on_the_loop(
     recorder: Arc<Recorder>,
     listening: Listening,
 ) -> Option<Pool> {
-    let Listening { listener, tls } = listening;
+    let Listening { listeners, tls } = listening;
     let front = FrontDoor {
         max_body: config.max_body,
         limit_concurrency: config.limit_concurrency,
@@ -292,7 +324,7 @@ async fn on_the_loop(
         _ => None,
     };
     accept::serve(
-        listener,
+        listeners,
         server.clone(),
         limits,
         tls,

@@ -1,12 +1,14 @@
 //! Who the client is when a proxy stands in front, with Uvicorn's flags and meaning:
 //! `--proxy-headers` (on by default) trusts `Forwarded` (RFC 7239), or else
 //! `X-Forwarded-For` and `X-Forwarded-Proto`, only on connections from an address in
-//! `--forwarded-allow-ips` (default `127.0.0.1`; IPs, CIDR ranges, or `*`).
+//! `--forwarded-allow-ips` (default `127.0.0.1,unix`; IPs, CIDR ranges, `unix` for
+//! connections on a unix-socket listener, or `*`).
 //!
 //! The client is the last address in the chain that is not a trusted proxy (walking
 //! from the peer back towards the client), or the leftmost one when every address is
 //! trusted. The guest gets it in `x-real-ip` (set on every request, whatever the
-//! client sent), and the access log as `client`. From a peer that is not trusted the
+//! client sent; absent for an untrusted peer on a unix socket, which has no address),
+//! and the access log as `client` (`unix` for such a peer). From a peer that is not trusted the
 //! forwarding headers are removed before the guest sees them, so no client can pose
 //! as another to a guest.
 
@@ -34,8 +36,12 @@ pub struct Client {
 
 /// The client of a request that came from `peer`, and the headers the guest gets:
 /// forwarding headers only from a trusted peer, and `x-real-ip` always.
-pub fn resolve(trusted: &TrustedProxies, peer: SocketAddr, headers: &mut HeaderMap) -> Client {
-    let client = if trusted.trusts(peer.ip()) {
+pub fn resolve(
+    trusted: &TrustedProxies,
+    peer: Option<SocketAddr>,
+    headers: &mut HeaderMap,
+) -> Client {
+    let client = if trusted.trusts_peer(peer.map(|p| p.ip())) {
         forwarded_client(trusted, peer, headers)
     } else {
         for name in [
@@ -47,11 +53,13 @@ pub fn resolve(trusted: &TrustedProxies, peer: SocketAddr, headers: &mut HeaderM
             headers.remove(name);
         }
         Client {
-            address: peer.ip().to_canonical().to_string(),
+            address: peer_address(peer),
             https: false,
         }
     };
-    if let Ok(value) = HeaderValue::from_str(&client.address) {
+    if peer.is_none() && client.address == UNIX_PEER {
+        headers.remove(X_REAL_IP);
+    } else if let Ok(value) = HeaderValue::from_str(&client.address) {
         headers.insert(X_REAL_IP, value);
     } else {
         headers.remove(X_REAL_IP);
@@ -59,7 +67,21 @@ pub fn resolve(trusted: &TrustedProxies, peer: SocketAddr, headers: &mut HeaderM
     client
 }
 
-fn forwarded_client(trusted: &TrustedProxies, peer: SocketAddr, headers: &HeaderMap) -> Client {
+/// How a peer on a unix-socket listener is named in the log.
+const UNIX_PEER: &str = "unix";
+
+fn peer_address(peer: Option<SocketAddr>) -> String {
+    peer.map_or_else(
+        || UNIX_PEER.to_string(),
+        |p| p.ip().to_canonical().to_string(),
+    )
+}
+
+fn forwarded_client(
+    trusted: &TrustedProxies,
+    peer: Option<SocketAddr>,
+    headers: &HeaderMap,
+) -> Client {
     let (chain, protos) = if headers.contains_key(FORWARDED) {
         forwarded(headers)
     } else {
@@ -73,7 +95,7 @@ fn forwarded_client(trusted: &TrustedProxies, peer: SocketAddr, headers: &Header
         .find(|hop| hop.parse::<IpAddr>().map_or(true, |ip| !trusted.trusts(ip)))
         .or(chain.first())
         .cloned()
-        .unwrap_or_else(|| peer.ip().to_canonical().to_string());
+        .unwrap_or_else(|| peer_address(peer));
     let https = protos
         .last()
         .is_some_and(|p| p.eq_ignore_ascii_case("https") || p.eq_ignore_ascii_case("wss"));
@@ -138,8 +160,8 @@ mod tests {
         map
     }
 
-    fn peer(ip: &str) -> SocketAddr {
-        SocketAddr::new(ip.parse().unwrap(), 40000)
+    fn peer(ip: &str) -> Option<SocketAddr> {
+        Some(SocketAddr::new(ip.parse().unwrap(), 40000))
     }
 
     #[test]
@@ -201,8 +223,30 @@ mod tests {
         let v4 = TrustedProxies::parse(true, "127.0.0.1").unwrap();
         let mut h = headers(&[("x-forwarded-for", "203.0.113.9")]);
         assert_eq!(
-            resolve(&v4, "[::ffff:127.0.0.1]:4000".parse().unwrap(), &mut h).address,
+            resolve(&v4, "[::ffff:127.0.0.1]:4000".parse().ok(), &mut h).address,
             "203.0.113.9"
         );
+    }
+
+    #[test]
+    fn a_unix_socket_peer_is_trusted_only_when_listed() {
+        let listed = TrustedProxies::parse(true, "127.0.0.1,unix").unwrap();
+        let mut h = headers(&[
+            ("x-forwarded-for", "203.0.113.4"),
+            ("x-forwarded-proto", "https"),
+        ]);
+        let client = resolve(&listed, None, &mut h);
+        assert_eq!(client.address, "203.0.113.4");
+        assert!(client.https);
+        assert_eq!(h[X_REAL_IP], "203.0.113.4");
+        // No forwarding header from a trusted unix peer: it is named `unix`, with no
+        // address for the guest.
+        let mut h = headers(&[("x-real-ip", "1.1.1.1")]);
+        assert_eq!(resolve(&listed, None, &mut h).address, "unix");
+        assert!(!h.contains_key(X_REAL_IP));
+        let unlisted = TrustedProxies::parse(true, "127.0.0.1").unwrap();
+        let mut h = headers(&[("x-forwarded-for", "1.1.1.1"), ("x-real-ip", "1.1.1.1")]);
+        assert_eq!(resolve(&unlisted, None, &mut h).address, "unix");
+        assert!(!h.contains_key("x-forwarded-for") && !h.contains_key(X_REAL_IP));
     }
 }
