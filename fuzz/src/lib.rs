@@ -126,6 +126,7 @@ thread_local! {
                 proxies: Default::default(),
                 keep_request_id: wasmloop::config::KeepRequestId::Always,
                 log_query: true,
+                root_path: Some("/mounted".into()),
             },
             recorder,
         );

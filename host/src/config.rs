@@ -264,6 +264,13 @@ pub struct ServeConfig {
     #[arg(long, env = "WASMLOOP_NO_ACCESS_LOG_QUERY")]
     pub no_access_log_query: bool,
 
+    /// The path prefix a proxy mounts this server under (`/api`), as Uvicorn's
+    /// --root-path: a request under it reaches routes and guests without it (one the
+    /// proxy already stripped is served as is), and every guest is told the prefix in
+    /// `x-forwarded-prefix` to build its links.
+    #[arg(long, env = "WASMLOOP_ROOT_PATH", value_parser = root_path, default_value = "")]
+    pub root_path: String,
+
     /// Whose incoming `X-Request-Id` (1-128 characters of letters, digits and
     /// `-_.:/+=@~`) becomes the request's id in the log, the guest's request and the
     /// response; any other request gets a new one.
@@ -427,6 +434,12 @@ impl ReuseArgs {
         reuse.check()?;
         Ok(reuse)
     }
+}
+
+fn root_path(text: &str) -> Result<String, String> {
+    crate::model::route::parse_root_path(text)
+        .map(Option::unwrap_or_default)
+        .map_err(|e| e.0)
 }
 
 fn parse_reuse_mode(text: &str) -> Result<ReuseMode, String> {

@@ -717,3 +717,48 @@ async fn a_socket_handed_over_by_descriptor_is_served() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_root_path_is_taken_off_and_told_to_the_guest() {
+    let server = Server::new(guests::SYNC_GUEST)
+        .arg("--root-path=/api")
+        .start()
+        .await;
+    let text = |reply: wasmloop_tests::Reply| reply.text().trim().to_string();
+    // Under the prefix: the guest sees the rest, and where it is mounted.
+    assert_eq!(
+        text(server.get("/api/where/items?id=7").await),
+        "path=/where/items?id=7 prefix=/api"
+    );
+    assert_eq!(text(server.get("/api").await), "hello from sync");
+    // Already stripped by the proxy: served as is, still told the prefix.
+    assert_eq!(
+        text(server.get("/where/x").await),
+        "path=/where/x prefix=/api"
+    );
+    // A whole segment only: /apiary is not under /api.
+    assert_eq!(server.get("/apiary").await.status, 404);
+    // Dot segments cannot climb out of the mount.
+    assert_eq!(server.get("/api/../where").await.status, 400);
+    // The log shows what the client asked for.
+    assert!(
+        server.has_log(&["path=\"/api/where/items\""]),
+        "{}",
+        server.log()
+    );
+
+    // Without --root-path a client cannot claim a mount point.
+    let server = Server::new(guests::SYNC_GUEST)
+        .arg("--forwarded-allow-ips=10.0.0.0/8")
+        .start()
+        .await;
+    let reply = get_with(&server, "/where", &[("x-forwarded-prefix", "/evil")]).await;
+    assert_eq!(reply.text().trim(), "path=/where prefix=-");
+
+    // A prefix that is not a clean path is refused at start.
+    let (status, output) = Server::new(guests::SYNC_GUEST)
+        .arg("--root-path=api/")
+        .start_expecting_failure();
+    assert!(!status.success());
+    assert!(output.contains("--root-path"), "{output}");
+}

@@ -3,6 +3,9 @@
 //! normalised (once, the same way for routes and for requests), and when two routes
 //! overlap.
 //!
+//! The `--root-path` a proxy mounts the server under is a prefix of the same form
+//! ([`parse_root_path`], [`strip_root_path`]).
+//!
 //! The ownership rule ([`takes_from`]): no route may take a request another tenant's
 //! route serves now, nor serve a path on a host another tenant's route names. So no
 //! deploy changes where a request now served by another tenant goes.
@@ -151,9 +154,54 @@ pub fn check_route(route: &Route) -> Result<(), Invalid> {
     Ok(())
 }
 
+/// `--root-path`: a clean absolute path without a trailing slash (`/api`), as a route
+/// prefix is; `""` or `/` mean none.
+pub fn parse_root_path(text: &str) -> Result<Option<String>, Invalid> {
+    let text = text.trim();
+    if text.is_empty() || text == "/" {
+        return Ok(None);
+    }
+    check_route(&Route {
+        host: None,
+        prefix: text.to_string(),
+    })
+    .map_err(|_| {
+        Invalid(format!(
+            "--root-path {text:?} must be an absolute path without a trailing slash, dot \
+             segments or special characters, like /api"
+        ))
+    })?;
+    Ok(Some(text.to_string()))
+}
+
+/// `path` without the `root` it starts with (a whole segment: `/api` strips `/api`
+/// and `/api/x`, never `/apix`); `None` when it does not start with it.
+pub fn strip_root_path<'a>(path: &'a str, root: &str) -> Option<&'a str> {
+    match path.strip_prefix(root)? {
+        "" => Some("/"),
+        rest if rest.starts_with('/') => Some(rest),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_root_path_is_a_whole_prefix() {
+        assert_eq!(parse_root_path("/api").unwrap().as_deref(), Some("/api"));
+        assert_eq!(parse_root_path("/").unwrap(), None);
+        assert_eq!(parse_root_path("").unwrap(), None);
+        for bad in ["api", "/api/", "/a/../b", "/a?x"] {
+            assert!(parse_root_path(bad).is_err(), "{bad}");
+        }
+        assert_eq!(strip_root_path("/api", "/api"), Some("/"));
+        assert_eq!(strip_root_path("/api/", "/api"), Some("/"));
+        assert_eq!(strip_root_path("/api/items/1", "/api"), Some("/items/1"));
+        assert_eq!(strip_root_path("/apix", "/api"), None);
+        assert_eq!(strip_root_path("/other", "/api"), None);
+    }
 
     #[test]
     fn bad_routes_are_invalid() {

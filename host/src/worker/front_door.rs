@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use http::header::{CONTENT_LENGTH, HOST, HeaderName, USER_AGENT};
+use http::header::{CONTENT_LENGTH, HOST, HeaderName, HeaderValue, USER_AGENT};
 use http::uri::{Authority, Scheme};
 use http::{Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt as _;
@@ -27,6 +27,7 @@ use crate::metrics::recorder::Recorder;
 use crate::metrics::{Gauges, Snapshot};
 use crate::model::mode::Mode;
 use crate::model::proxies::TrustedProxies;
+use crate::model::route::strip_root_path;
 use crate::runtime::error::RequestError;
 use crate::worker::access_log::{AccessLog, error_response, header_value, plain};
 use crate::worker::admission::{Admission, Refusal, Slots, Worker};
@@ -62,6 +63,8 @@ pub struct FrontDoor {
     pub keep_request_id: KeepRequestId,
     /// Whether the access log shows the query string.
     pub log_query: bool,
+    /// `--root-path`: the prefix a proxy mounts the server under (`/api`).
+    pub root_path: Option<String>,
 }
 
 /// A worker's request handling: the route table, the pool, and the worker's
@@ -197,7 +200,15 @@ impl Server {
             }
             _ => None,
         };
+        let mounted_at = match &self.front.root_path {
+            Some(root) => unmount(&mut req, root),
+            None => None,
+        };
         let (app, mut log) = self.route(&req, start, kept_id);
+        if let Some(original) = mounted_at {
+            // The log shows what the client asked for.
+            log.path = original;
+        }
         log.client = client.address;
         // The guest is given the id the log and the response carry.
         req.headers_mut()
@@ -508,6 +519,26 @@ fn has_dot_segments(path: &str) -> bool {
 /// Gives the URI a scheme and authority (from Host, else the listener's address), as
 /// wasi:http requests carry them. A Host header that is not a valid authority, or one
 /// that disagrees with an absolute-form URI, is a 400, whose cause this returns.
+/// Takes `root` (`--root-path`) off the request's path when it starts with it, and
+/// tells the guest where it is mounted (`x-forwarded-prefix`). Returns the path as
+/// the client sent it when it was rewritten.
+fn unmount(req: &mut Request<Incoming>, root: &str) -> Option<String> {
+    if let Ok(value) = HeaderValue::from_str(root) {
+        req.headers_mut().insert(proxy::X_FORWARDED_PREFIX, value);
+    }
+    let path = req.uri().path();
+    let rest = strip_root_path(path, root)?;
+    let path_and_query = match req.uri().query() {
+        Some(query) => format!("{rest}?{query}"),
+        None => rest.to_string(),
+    };
+    let original = path.to_string();
+    let mut parts = req.uri().clone().into_parts();
+    parts.path_and_query = Some(path_and_query.parse().ok()?);
+    *req.uri_mut() = Uri::from_parts(parts).ok()?;
+    Some(original)
+}
+
 fn with_absolute_uri(
     req: Request<Incoming>,
     local: &Authority,

@@ -273,6 +273,7 @@ async fn on_the_loop(
             .unwrap_or_default(),
         keep_request_id: config.keep_request_id,
         log_query: !config.no_access_log_query,
+        root_path: (!config.root_path.is_empty()).then(|| config.root_path.clone()),
     };
     let server = match config.max_requests {
         0 => Server::new(served.table, pool, front, recorder),

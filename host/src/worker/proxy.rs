@@ -22,6 +22,8 @@ use crate::model::proxies::TrustedProxies;
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+/// Where the server is mounted (`--root-path`); only the host sets it.
+pub const X_FORWARDED_PREFIX: HeaderName = HeaderName::from_static("x-forwarded-prefix");
 /// The client's address as the host resolved it, for the guest.
 pub const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
@@ -49,6 +51,7 @@ pub fn resolve(
             X_FORWARDED_FOR,
             X_FORWARDED_PROTO,
             X_FORWARDED_HOST,
+            X_FORWARDED_PREFIX,
         ] {
             headers.remove(name);
         }

@@ -19,6 +19,7 @@
 //! | `/fetch?to=HOST:PORT&timeout_s=N` | the same with every timeout of the request set to N s |
 //! | `/whoami` | `x-real-ip=.. x-forwarded-for=.. forwarded=.. scheme=..`: what the host told the guest of the client (`-` when absent) |
 //! | `/request-id` | the `x-request-id` the guest was given |
+//! | `/where...` (any path under it) | `path=.. prefix=..`: the path and query the guest got, and its `x-forwarded-prefix` (`-` when absent) |
 //! | `/count` | `N ID`: how many requests this instance has counted, this one included, and a random id of the instance (state kept across requests when the host reuses the instance) |
 
 use wasip2::clocks::monotonic_clock;
@@ -194,6 +195,14 @@ impl Guest for Handler {
                     hoard.push(vec![1u8; 1 << 20]);
                     std::hint::black_box(&hoard);
                 }
+            }
+            where_ if where_.starts_with("/where") => {
+                let prefix = req
+                    .headers()
+                    .get("x-forwarded-prefix")
+                    .first()
+                    .map_or_else(|| "-".to_string(), |v| String::from_utf8_lossy(v).into_owned());
+                respond(out, 200, format!("path={path} prefix={prefix}\n").as_bytes());
             }
             "/whoami" => {
                 // What the host says of the client: its x-real-ip, the forwarding
