@@ -762,3 +762,60 @@ async fn a_root_path_is_taken_off_and_told_to_the_guest() {
     assert!(!status.success());
     assert!(output.contains("--root-path"), "{output}");
 }
+
+/// The `bytes=N` of the access line that contains every one of `parts`.
+fn logged_bytes(server: &Running, parts: &[&str]) -> u64 {
+    let line = server
+        .wait_for_log(parts, Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("no line with {parts:?}:\n{}", server.log()));
+    line.split_whitespace()
+        .find_map(|f| f.strip_prefix("bytes="))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no bytes= in {line}"))
+}
+
+#[tokio::test]
+async fn the_access_log_says_how_many_bytes_each_response_sent() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    for (mode, guest) in [("pool", guests::SYNC_GUEST), ("loop", guests::ASYNC_GUEST)] {
+        let server = Server::new(guest).arg("--timeout=60s").start().await;
+        assert_eq!(server.get("/big?kb=64").await.body.len(), 64 << 10);
+        assert_eq!(
+            logged_bytes(&server, &["path=\"/big\""]),
+            64 << 10,
+            "{mode}"
+        );
+        // Streamed without a length: counted as it went out.
+        assert_eq!(server.get("/stream?mb=3").await.body.len(), 3 << 20);
+        assert_eq!(
+            logged_bytes(&server, &["path=\"/stream\"", "query=\"mb=3\""]),
+            3 << 20,
+            "{mode}"
+        );
+        // HEAD sends no body.
+        let head = server.send(http::Method::HEAD, "/big?kb=8", "").await;
+        assert_eq!(head.status, 200);
+        assert_eq!(logged_bytes(&server, &["method=\"HEAD\""]), 0, "{mode}");
+        // A response the front door makes itself.
+        assert_eq!(server.get("/a/../b").await.text(), "bad_path\n");
+        assert_eq!(logged_bytes(&server, &["path=\"/a/../b\""]), 9, "{mode}");
+        // A client that leaves mid-body: what was handed over before it left, and the
+        // line is still written.
+        let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        stream
+            .write_all(b"GET /stream?mb=1024 HTTP/1.1\r\nHost: test\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut read = 0;
+        while read < 1 << 20 {
+            read += stream.read(&mut buf).await.unwrap();
+        }
+        drop(stream);
+        let cut = logged_bytes(&server, &["query=\"mb=1024\""]);
+        assert!(
+            (1 << 20..1 << 30).contains(&cut),
+            "{mode}: {cut} bytes logged for a client that read 1 MiB of 1 GiB"
+        );
+    }
+}

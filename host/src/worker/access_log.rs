@@ -1,6 +1,7 @@
 //! The access log and the request metrics: one line and one count per request, written
-//! when the guest's store is gone and the fuel it used is known; and the short
-//! responses the front door makes itself (errors, refusals, bad requests).
+//! when the guest's store is gone (the fuel it used is known) and the response body
+//! has ended (the bytes sent are known); and the short responses the front door makes
+//! itself (errors, refusals, bad requests).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -45,7 +46,8 @@ impl AccessLog {
     /// Answers a request refused before any guest ran, and logs it.
     pub fn refuse(self, err: RequestError) -> Response<ResponseBody> {
         let response = error_response(&err, &self.id);
-        self.finish(response.status(), &Outcome::default(), Some(&err));
+        let bytes = body_size(&response);
+        self.finish(response.status(), &Outcome::default(), Some(&err), bytes);
         response
     }
 
@@ -54,13 +56,21 @@ impl AccessLog {
         response
             .headers_mut()
             .insert("x-request-id", header_value(&self.id));
-        self.finish(response.status(), &Outcome::default(), None);
+        let bytes = body_size(&response);
+        self.finish(response.status(), &Outcome::default(), None, bytes);
         response
     }
 
-    /// Counts the request and writes the access log line: warn for the guest's and
-    /// client's failures, error for the host's.
-    pub fn finish(&self, status: StatusCode, outcome: &Outcome, error: Option<&RequestError>) {
+    /// Counts the request and writes the access log line (`bytes`: of the response
+    /// body, as sent): warn for the guest's and client's failures, error for the
+    /// host's.
+    pub fn finish(
+        &self,
+        status: StatusCode,
+        outcome: &Outcome,
+        error: Option<&RequestError>,
+        bytes: u64,
+    ) {
         let duration = self.start.elapsed();
         let fuel = outcome.fuel_used;
         self.recorder.request(&Finished {
@@ -99,18 +109,25 @@ impl AccessLog {
         );
         match error {
             None => tracing::info!(
-                target: "wasmloop::access", id, client, host, method, path, query, http, status, app, version, %mode, %compiler, duration_ms, fuel, user_agent, trace_id, "request"
+                target: "wasmloop::access", id, client, host, method, path, query, http, status, bytes, app, version, %mode, %compiler, duration_ms, fuel, user_agent, trace_id, "request"
             ),
             Some(err) if err.classify().2 == Fault::Host => tracing::error!(
-                target: "wasmloop::access", id, client, host, method, path, query, http, status, app, version, %mode, %compiler, duration_ms, fuel, user_agent, trace_id,
+                target: "wasmloop::access", id, client, host, method, path, query, http, status, bytes, app, version, %mode, %compiler, duration_ms, fuel, user_agent, trace_id,
                 cause = err.cause(), error = %err, "request"
             ),
             Some(err) => tracing::warn!(
-                target: "wasmloop::access", id, client, host, method, path, query, http, status, app, version, %mode, %compiler, duration_ms, fuel, user_agent, trace_id,
+                target: "wasmloop::access", id, client, host, method, path, query, http, status, bytes, app, version, %mode, %compiler, duration_ms, fuel, user_agent, trace_id,
                 cause = err.cause(), error = %err, "request"
             ),
         }
     }
+}
+
+/// The length of a body the front door made (whole, in memory).
+fn body_size(response: &Response<ResponseBody>) -> u64 {
+    http_body::Body::size_hint(response.body())
+        .exact()
+        .unwrap_or(0)
 }
 
 pub fn plain(status: StatusCode, cause: &str) -> Response<ResponseBody> {

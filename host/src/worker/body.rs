@@ -273,6 +273,11 @@ impl<B> AbortHandle<B> {
         drop((inner, guard));
     }
 
+    /// Data bytes of the body handed to hyper so far.
+    pub fn sent(&self) -> u64 {
+        self.shared.lock().unwrap_or_else(|e| e.into_inner()).sent
+    }
+
     /// Waits until the body was sent whole, or dropped (the client left, or
     /// [`AbortHandle::abort`]).
     pub async fn ended(&self) {

@@ -388,8 +388,8 @@ impl Server {
 }
 
 /// Answer and finish: the response to send (the guest's, or the error's), with its
-/// request id. In the background, the log line and the admission wait for the store
-/// to be gone; a run still going at the deadline has its response cut (see
+/// request id. In the background, the admission waits for the store to be gone, and
+/// the log line for the body's end too (it tells the bytes sent); a run still going at the deadline has its response cut (see
 /// [`body::CancelOnAbort`]), and so has a response still unsent then.
 fn answer(
     head: run::Head,
@@ -426,11 +426,7 @@ fn answer(
             }
         };
         let outcome = outcome.unwrap_or_default();
-        log.finish(
-            status,
-            &outcome,
-            head_error.as_ref().or(outcome.error.as_ref()),
-        );
+        // The store is gone: its memory and slot go back before the body ends.
         drop(admission);
         // The run is over, but a client that stopped reading may leave the rest of
         // the response waiting in the body: the deadline covers the body too.
@@ -439,6 +435,12 @@ fn answer(
             () = abort.ended() => {}
             () = tokio::time::sleep_until(deadline.into()) => abort.abort(),
         }
+        log.finish(
+            status,
+            &outcome,
+            head_error.as_ref().or(outcome.error.as_ref()),
+            abort.sent(),
+        );
     });
     Response::from_parts(parts, body)
 }
