@@ -260,6 +260,13 @@ pub struct ServeConfig {
     #[arg(long, env = "WASMLOOP_NO_ACCESS_LOG")]
     pub no_access_log: bool,
 
+    /// Export a span per request (and per outbound request of a guest) over
+    /// OTLP/HTTP, configured by the standard OTEL_* variables
+    /// (OTEL_EXPORTER_OTLP_ENDPOINT, default http://localhost:4318; OTEL_SERVICE_NAME,
+    /// default wasmloop; OTEL_TRACES_SAMPLER...).
+    #[arg(long, env = "WASMLOOP_OTLP_TRACES")]
+    pub otlp_traces: bool,
+
     /// Leave the query string out of the access log (it may carry tokens).
     #[arg(long, env = "WASMLOOP_NO_ACCESS_LOG_QUERY")]
     pub no_access_log_query: bool,

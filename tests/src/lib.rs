@@ -24,6 +24,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
+pub mod otlp;
 pub mod pg;
 pub mod python;
 
@@ -81,6 +82,8 @@ pub struct Server {
     args: Vec<String>,
     /// A command the binary runs under (`unshare ...`), its path and arguments last.
     wrapper: Vec<String>,
+    /// Environment variables set for the server.
+    env: Vec<(String, String)>,
 }
 
 impl Server {
@@ -90,6 +93,7 @@ impl Server {
             component: Some(component.to_string()),
             args: Vec::new(),
             wrapper: Vec::new(),
+            env: Vec::new(),
         }
     }
 
@@ -99,6 +103,7 @@ impl Server {
             component: None,
             args: vec![format!("--data-dir={}", data_dir.display())],
             wrapper: Vec::new(),
+            env: Vec::new(),
         }
     }
 
@@ -119,6 +124,12 @@ impl Server {
     /// Adds one command-line argument (`--threads=2`).
     pub fn arg(mut self, arg: &str) -> Server {
         self.args.push(arg.to_string());
+        self
+    }
+
+    /// Sets an environment variable for the server (`OTEL_SERVICE_NAME=...`).
+    pub fn env(mut self, key: &str, value: &str) -> Server {
+        self.env.push((key.to_string(), value.to_string()));
         self
     }
 
@@ -156,6 +167,7 @@ impl Server {
             .args(&self.component)
             .env_remove("RUST_LOG")
             .env("WASMLOOP_ADMIN_TOKEN", ADMIN_TOKEN)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -362,3 +362,109 @@ async fn per_worker_series_are_labelled_by_slot_and_stay_bounded_across_restarts
         Some(1.0)
     );
 }
+
+/// `--otlp-traces`: a span per request and per outbound call, received by a local
+/// OTLP collector with the attributes operators look for.
+#[tokio::test]
+async fn spans_reach_an_otlp_collector_with_the_request_story() {
+    use wasmloop_tests::otlp::{Collector, TracedUpstream};
+    let collector = Collector::start().await;
+    let upstream = TracedUpstream::start().await;
+    let server = Server::new(guests::SYNC_GUEST)
+        .arg("--otlp-traces")
+        .arg(&format!("--allow-outbound={}", upstream.addr))
+        .arg("--allow-outbound-net=127.0.0.0/8")
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &collector.endpoint())
+        .env("OTEL_BSP_SCHEDULE_DELAY", "50")
+        .env("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=test")
+        .start()
+        .await;
+
+    // A request that continues a caller's trace.
+    let (trace, caller) = ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7");
+    let req = http::Request::get(format!("http://{}/?lang=en", server.addr))
+        .header("traceparent", format!("00-{trace}-{caller}-01"))
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let reply = server.client().request(req).await;
+    assert_eq!(reply.status, 200);
+    let id = reply.headers["x-request-id"].to_str().unwrap().to_string();
+    let span = collector
+        .wait_for(WAIT, |s| s.attr("wasmloop.request_id") == id)
+        .await
+        .unwrap_or_else(|| panic!("no span for {id}: {:?}", collector.spans()));
+    assert_eq!(span.kind, 2, "a server span: {span:?}");
+    assert_eq!(
+        (span.trace_id.as_str(), span.parent_span_id.as_str()),
+        (trace, caller)
+    );
+    for (key, value) in [
+        ("http.request.method", "GET"),
+        ("url.path", "/"),
+        ("url.query", "lang=en"),
+        ("http.response.status_code", "200"),
+        ("http.response.body.size", "16"),
+        ("wasmloop.mode", "pool"),
+        ("client.address", "127.0.0.1"),
+    ] {
+        assert_eq!(span.attr(key), value, "{key}: {span:?}");
+    }
+    assert!(
+        span.attr("wasmloop.fuel").parse::<u64>().unwrap() > 0,
+        "{span:?}"
+    );
+    assert!(
+        span.attr("wasmloop.queue_wait_ms").parse::<f64>().is_ok(),
+        "{span:?}"
+    );
+    assert!(!span.attr("wasmloop.app").is_empty(), "{span:?}");
+    assert_eq!(
+        span.resource.get("service.name").map(String::as_str),
+        Some("wasmloop")
+    );
+    assert_eq!(
+        span.resource
+            .get("deployment.environment")
+            .map(String::as_str),
+        Some("test")
+    );
+
+    // An outbound call: a client span under the request's, whose traceparent the
+    // upstream received.
+    let reply = server.get(&format!("/fetch?to={}", upstream.addr)).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let id = reply.headers["x-request-id"].to_str().unwrap().to_string();
+    let parent = collector
+        .wait_for(WAIT, |s| s.attr("wasmloop.request_id") == id)
+        .await
+        .expect("the fetching request's span");
+    let call = collector
+        .wait_for(WAIT, |s| s.kind == 3 && s.parent_span_id == parent.span_id)
+        .await
+        .unwrap_or_else(|| panic!("no client span under {parent:?}: {:?}", collector.spans()));
+    assert_eq!(call.trace_id, parent.trace_id);
+    assert_eq!(call.attr("http.response.status_code"), "200", "{call:?}");
+    assert_eq!(call.attr("server.address"), "127.0.0.1", "{call:?}");
+    assert_eq!(
+        upstream.traceparents(),
+        [format!("00-{}-{}-01", call.trace_id, call.span_id)]
+    );
+
+    // A failure: an error span naming the cause, as the access log does.
+    let reply = server.get("/trap").await;
+    assert_eq!(reply.status, 500);
+    let id = reply.headers["x-request-id"].to_str().unwrap().to_string();
+    let failed = collector
+        .wait_for(WAIT, |s| s.attr("wasmloop.request_id") == id)
+        .await
+        .expect("the trapping request's span");
+    assert_eq!(failed.status_code, 2, "an error span: {failed:?}");
+    assert!(
+        server.has_log(&[
+            &format!("id=\"{id}\""),
+            &format!("cause=\"{}\"", failed.attr("error.type"))
+        ]),
+        "the span's error.type is the log's cause: {failed:?}\n{}",
+        server.log()
+    );
+}

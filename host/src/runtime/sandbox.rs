@@ -20,6 +20,7 @@ use std::time::Instant;
 use crate::metrics::recorder::{LiveInstance, outbound_denied};
 use crate::runtime::guest_output::GuestOutput;
 use crate::runtime::outbound::{self, AddressPolicy};
+use crate::telemetry::traces::{OutboundSpan, Parent};
 use tokio_util::sync::CancellationToken;
 use wasmtime::component::{Linker, Resource, ResourceTable};
 use wasmtime::{Engine, ResourceLimiter, Store, StoreContextMut, Trap};
@@ -118,6 +119,7 @@ impl Sandbox {
                 request_id: id.clone(),
                 app: app.clone(),
                 deadline: None,
+                trace: None,
             },
             vars: limits.vars.clone(),
             forced_yields: 0,
@@ -133,6 +135,12 @@ impl Sandbox {
     /// wasi:config for this store: the app's variables.
     pub fn config(&mut self) -> WasiConfig<'_> {
         WasiConfig::from(&*self.vars)
+    }
+
+    /// The span the guest's outbound requests are children of (the newest request's,
+    /// in a store serving several at once); none without `--otlp-traces`.
+    pub fn set_trace(&mut self, parent: Option<Parent>) {
+        self.outbound.trace = parent;
     }
 
     /// The request's deadline: outbound requests' timeouts are capped at what is left
@@ -385,6 +393,8 @@ struct OutboundPolicy {
     app: Arc<str>,
     /// The request's deadline, which caps each outbound request's timeouts.
     deadline: Option<Instant>,
+    /// The request's span, which each outbound request's span is a child of.
+    trace: Option<Parent>,
 }
 
 impl OutboundPolicy {
@@ -421,9 +431,17 @@ impl WasiHttpHooks for OutboundPolicy {
             > + Send,
     > {
         drop(fut);
+        let mut request = request;
         let uri = request.uri().clone();
+        let span = self
+            .trace
+            .as_ref()
+            .and_then(|parent| OutboundSpan::start(parent, &mut request));
         if !outbound::listed(&self.allow, &uri) {
             self.deny(&uri, "not_listed", None);
+            if let Some(span) = span {
+                span.end(Err("denied".into()));
+            }
             return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
         }
         let (addresses, denial) = (self.addresses.clone(), self.clone());
@@ -436,7 +454,20 @@ impl WasiHttpHooks for OutboundPolicy {
         };
         Box::new(async move {
             use http_body_util::BodyExt;
-            match outbound::send(request, options, addresses).await {
+            let sent = outbound::send(request, options, addresses).await;
+            if let Some(span) = span {
+                span.end(match &sent {
+                    Ok((response, _)) => Ok(response.status().as_u16()),
+                    Err(Ok(_)) => Err("denied".into()),
+                    // The error's variant (`ConnectionRefused`, `DnsError`...).
+                    Err(Err(e)) => Err(format!("{e:?}")
+                        .split(|c: char| !c.is_alphanumeric() && c != '_')
+                        .next()
+                        .unwrap_or_default()
+                        .to_string()),
+                });
+            }
+            match sent {
                 Ok((response, io)) => Ok((
                     response.map(BodyExt::boxed_unsync),
                     Box::new(io) as Box<dyn Future<Output = _> + Send>,

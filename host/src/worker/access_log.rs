@@ -8,11 +8,13 @@ use std::time::Instant;
 
 use http::header::{CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderValue, Response, StatusCode};
+use opentelemetry::KeyValue;
 
 use crate::metrics::recorder::{Finished, Recorder};
 use crate::model::compiler::Compiler;
 use crate::model::mode::Mode;
 use crate::runtime::error::{Fault, RequestError};
+use crate::telemetry::traces::RequestSpan;
 use crate::worker::body::{self, ResponseBody};
 use crate::worker::run::Outcome;
 use crate::worker::run::reply::Fate;
@@ -40,11 +42,15 @@ pub struct AccessLog {
     pub app: Arc<str>,
     pub version: u64,
     pub recorder: Arc<Recorder>,
+    /// The tenant whose app it is (none when serving one component or a manifest).
+    pub tenant: Option<Arc<str>>,
+    /// Its span, with `--otlp-traces`: ended with the line.
+    pub span: Option<RequestSpan>,
 }
 
 impl AccessLog {
     /// Answers a request refused before any guest ran, and logs it.
-    pub fn refuse(self, err: RequestError) -> Response<ResponseBody> {
+    pub fn refuse(mut self, err: RequestError) -> Response<ResponseBody> {
         let response = error_response(&err, &self.id);
         let bytes = body_size(&response);
         self.finish(response.status(), &Outcome::default(), Some(&err), bytes);
@@ -52,7 +58,7 @@ impl AccessLog {
     }
 
     /// Logs and returns a response the front door made itself (a bad request).
-    pub fn finish_with(self, mut response: Response<ResponseBody>) -> Response<ResponseBody> {
+    pub fn finish_with(mut self, mut response: Response<ResponseBody>) -> Response<ResponseBody> {
         response
             .headers_mut()
             .insert("x-request-id", header_value(&self.id));
@@ -65,7 +71,7 @@ impl AccessLog {
     /// body, as sent): warn for the guest's and client's failures, error for the
     /// host's.
     pub fn finish(
-        &self,
+        &mut self,
         status: StatusCode,
         outcome: &Outcome,
         error: Option<&RequestError>,
@@ -86,6 +92,9 @@ impl AccessLog {
                 .then_some((outcome.instance.created, outcome.instance.retired)),
             instantiate_time: outcome.instantiate_time,
         });
+        if let Some(span) = self.span.take() {
+            self.end_span(span, status, outcome, error, bytes);
+        }
         let duration_ms = (duration.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0;
         let mode = self.mode.map_or_else(|| "-".to_string(), |m| m.to_string());
         let compiler = self
@@ -128,6 +137,60 @@ fn body_size(response: &Response<ResponseBody>) -> u64 {
     http_body::Body::size_hint(response.body())
         .exact()
         .unwrap_or(0)
+}
+
+impl AccessLog {
+    /// Ends the request's span with what the log line says, in OpenTelemetry's HTTP
+    /// names where there is one and `wasmloop.*` for the rest.
+    fn end_span(
+        &self,
+        span: RequestSpan,
+        status: StatusCode,
+        outcome: &Outcome,
+        error: Option<&RequestError>,
+        bytes: u64,
+    ) {
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+        let int = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        let mut attributes = vec![
+            KeyValue::new("http.request.method", self.method.clone()),
+            KeyValue::new("url.path", self.path.clone()),
+            KeyValue::new("http.response.status_code", i64::from(status.as_u16())),
+            KeyValue::new("http.response.body.size", int(bytes)),
+            KeyValue::new("network.protocol.version", self.http),
+            KeyValue::new("server.address", self.host.clone()),
+            KeyValue::new("client.address", self.client.clone()),
+            KeyValue::new("wasmloop.request_id", self.id.clone()),
+            KeyValue::new("wasmloop.app", self.app.to_string()),
+            KeyValue::new("wasmloop.version", int(self.version)),
+            KeyValue::new("wasmloop.fuel", int(outcome.fuel_used)),
+            KeyValue::new("wasmloop.queue_wait_ms", ms(outcome.queue_wait)),
+            KeyValue::new("wasmloop.guest_time_ms", ms(outcome.guest_time)),
+        ];
+        if !self.query.is_empty() {
+            attributes.push(KeyValue::new("url.query", self.query.clone()));
+        }
+        if !self.user_agent.is_empty() {
+            attributes.push(KeyValue::new(
+                "user_agent.original",
+                self.user_agent.clone(),
+            ));
+        }
+        if let Some(tenant) = &self.tenant {
+            attributes.push(KeyValue::new("wasmloop.tenant", tenant.to_string()));
+        }
+        if let Some(mode) = self.mode {
+            attributes.push(KeyValue::new("wasmloop.mode", mode.to_string()));
+        }
+        if let Some(compiler) = self.compiler {
+            attributes.push(KeyValue::new("wasmloop.compiler", compiler.to_string()));
+        }
+        let name = match &*self.app {
+            "-" => self.method.clone(),
+            app => format!("{} {app}", self.method),
+        };
+        span.end(name, attributes, error.map(RequestError::cause));
+    }
 }
 
 pub fn plain(status: StatusCode, cause: &str) -> Response<ResponseBody> {

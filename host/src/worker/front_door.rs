@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use http::header::{CONTENT_LENGTH, HOST, HeaderName, HeaderValue, USER_AGENT};
 use http::uri::{Authority, Scheme};
@@ -29,6 +29,7 @@ use crate::model::mode::Mode;
 use crate::model::proxies::TrustedProxies;
 use crate::model::route::strip_root_path;
 use crate::runtime::error::RequestError;
+use crate::telemetry::traces::RequestSpan;
 use crate::worker::access_log::{AccessLog, error_response, header_value, plain};
 use crate::worker::admission::{Admission, Refusal, Slots, Worker};
 use crate::worker::app::App;
@@ -192,6 +193,7 @@ impl Server {
         peer: Peer,
     ) -> Result<Response<ResponseBody>, Infallible> {
         let start = Instant::now();
+        let span = RequestSpan::start(req.headers(), req.method().as_str(), SystemTime::now());
         let client = proxy::resolve(&self.front.proxies, peer.addr, req.headers_mut());
         let kept_id = match self.front.keep_request_id {
             KeepRequestId::Always => request_id(req.headers()),
@@ -205,6 +207,8 @@ impl Server {
             None => None,
         };
         let (app, mut log) = self.route(&req, start, kept_id);
+        let trace = span.as_ref().map(RequestSpan::parent);
+        log.span = span;
         if let Some(original) = mounted_at {
             // The log shows what the client asked for.
             log.path = original;
@@ -248,6 +252,7 @@ impl Server {
             id: log.id.clone(),
             deadline: start + app.timeout,
             cancel: CancellationToken::new(),
+            trace,
         };
         let too_large = Arc::new(AtomicBool::new(false));
         let req = req.map(|b| {
@@ -323,6 +328,8 @@ impl Server {
             app: app.as_ref().map_or_else(|| "-".into(), |a| a.name.clone()),
             version: app.as_ref().map_or(0, |a| a.version),
             recorder: self.recorder.clone(),
+            tenant: app.as_ref().and_then(|a| a.tenant.clone()),
+            span: None,
         };
         (app, log)
     }
@@ -417,6 +424,7 @@ fn answer(
     let body = body.boxed_unsync();
     let deadline = ctx.deadline;
     tokio::task::spawn_local(async move {
+        let mut log = log;
         let mut done = done;
         let outcome = tokio::select! {
             outcome = &mut done => outcome,

@@ -51,6 +51,11 @@ use crate::{telemetry, tls};
 pub fn run_process(config: ServeConfig) -> anyhow::Result<()> {
     config.validate()?;
     let _log = telemetry::init(&config.log_level, config.log_format, !config.no_access_log)?;
+    // Dropped (flushing what is queued) after the loop has stopped.
+    let _traces = match config.otlp_traces {
+        true => Some(telemetry::traces::init()?),
+        false => None,
+    };
     let listeners = inherited_listeners()?;
 
     let sizing = EngineSizing {

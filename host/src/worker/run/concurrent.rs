@@ -153,8 +153,8 @@ async fn run_lane(
     let shared = Rc::new(Shared::default());
     let mut store = match new_store(&app, &first.ctx) {
         Ok(store) => store,
-        Err(outcome) => {
-            return fail_all(&lane, &mut queue, first, outcome.error, Duration::ZERO);
+        Err(error) => {
+            return fail_all(&lane, &mut queue, first, Some(error), Duration::ZERO);
         }
     };
     let ticks = lane.clone();
@@ -346,6 +346,7 @@ async fn serve(
                 charged.added += next - fuel;
                 let _ = store.set_fuel(next);
                 store.data_mut().join_request(&job.ctx.id, job.ctx.deadline);
+                store.data_mut().set_trace(job.ctx.trace.clone());
             });
             let Job { req, ctx, reply } = job;
             shared.requests.borrow_mut().insert(
@@ -539,6 +540,7 @@ fn finish_entry(mut entry: Entry, error: Option<RequestError>, instance: Fate, a
         guest_time: accounts.guest_time,
         instance,
         instantiate_time: accounts.instantiate_time,
+        queue_wait: Duration::ZERO,
     };
     answer_unanswered(entry.head.take(), &mut outcome);
     let _ = entry.done.send(outcome);

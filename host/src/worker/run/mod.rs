@@ -27,12 +27,13 @@ use crate::worker::body::BoxError;
 use crate::worker::run::instances::{Instance, Kept};
 use crate::worker::run::reply::Fate;
 
-/// A fresh store for one request of `app`, or the outcome that says why there is none.
+/// A fresh store for one request of `app`, or the error that says why there is none.
 /// Its outbound requests' timeouts are capped at the request's deadline.
-pub fn new_store(app: &App, ctx: &RunContext) -> Result<Store<Sandbox>, Outcome> {
+pub fn new_store(app: &App, ctx: &RunContext) -> Result<Store<Sandbox>, RequestError> {
     let mut store = Sandbox::store(&app.engine, &app.limits, &app.name, &ctx.id)
-        .map_err(|e| Outcome::failed(RequestError::Host(e.into())))?;
+        .map_err(|e| RequestError::Host(e.into()))?;
     store.data_mut().set_deadline(ctx.deadline);
+    store.data_mut().set_trace(ctx.trace.clone());
     Ok(store)
 }
 
@@ -48,13 +49,14 @@ pub struct Lease {
 }
 
 impl Lease {
-    pub fn new(app: &App, ctx: &RunContext) -> Result<Lease, Outcome> {
+    pub fn new(app: &App, ctx: &RunContext) -> Result<Lease, RequestError> {
         if let Some(kept) = app.instances.take() {
             let mut store = kept.store;
             store.data_mut().next_request(&ctx.id, ctx.deadline);
+            store.data_mut().set_trace(ctx.trace.clone());
             store
                 .set_fuel(app.limits.fuel)
-                .map_err(|e| Outcome::failed(RequestError::Host(e.into())))?;
+                .map_err(|e| RequestError::Host(e.into()))?;
             return Ok(Lease {
                 store,
                 instance: Some(kept.instance),

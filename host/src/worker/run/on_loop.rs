@@ -65,7 +65,7 @@ async fn run(
 ) -> Outcome {
     let mut lease = match Lease::new(app, ctx) {
         Ok(lease) => lease,
-        Err(failed) => return failed,
+        Err(error) => return Outcome::failed(error),
     };
     if lease.fresh() {
         lease.store.epoch_deadline_callback(|mut cx| {
@@ -129,6 +129,7 @@ async fn run(
         guest_time,
         instance,
         instantiate_time,
+        queue_wait: Duration::ZERO,
     }
 }
 

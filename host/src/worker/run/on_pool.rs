@@ -187,9 +187,10 @@ fn run(job: Job) {
         req,
         ctx,
         reply,
-        queued_at: _,
+        queued_at,
     } = job;
     let Reply { head, done } = reply;
+    let waited = queued_at.elapsed();
     if ctx.cancel.is_cancelled() {
         return; // the client left while the job was queued
     }
@@ -200,8 +201,8 @@ fn run(job: Job) {
     }
     // The outparam callback and this thread both may answer; whoever comes first does.
     let head = Arc::new(Mutex::new(Some(head)));
-    let outcome = call(&app, req, &ctx, head.clone());
-    let mut outcome = outcome;
+    let mut outcome = call(&app, req, &ctx, head.clone());
+    outcome.queue_wait = waited;
     let unanswered = head.lock().unwrap_or_else(PoisonError::into_inner).take();
     answer_unanswered(unanswered, &mut outcome);
     let _ = done.send(outcome);
@@ -219,7 +220,7 @@ fn call(
     };
     let mut lease = match Lease::new(app, ctx) {
         Ok(lease) => lease,
-        Err(failed) => return failed,
+        Err(error) => return Outcome::failed(error),
     };
     let deadline = ctx.deadline;
     let cancel = ctx.cancel.clone();
@@ -281,5 +282,6 @@ fn call(
         guest_time,
         instance,
         instantiate_time,
+        queue_wait: std::time::Duration::ZERO,
     }
 }

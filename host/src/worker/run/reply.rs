@@ -11,6 +11,7 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::runtime::error::RequestError;
+use crate::telemetry::traces::Parent;
 use crate::worker::body::ResponseBody;
 
 /// The guest's response head with its streaming body, or why there is none.
@@ -32,6 +33,8 @@ pub struct Outcome {
     pub instance: Fate,
     /// Time spent making its instance, when it got a fresh one.
     pub instantiate_time: Duration,
+    /// Time it waited for a pool thread.
+    pub queue_wait: Duration,
 }
 
 impl Outcome {
@@ -53,6 +56,8 @@ pub struct RunContext {
     pub deadline: Instant,
     /// Cancelled when the client goes away or the response body is done.
     pub cancel: CancellationToken,
+    /// The request's span, for its outbound calls' spans (with `--otlp-traces`).
+    pub trace: Option<Parent>,
 }
 
 /// The execution path's side: where to send the head and the outcome.

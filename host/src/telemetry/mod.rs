@@ -1,5 +1,8 @@
-//! Logging: `tracing` to stderr, as text or JSON, through a non-blocking writer so
-//! that a slow stderr never stalls the event loop.
+//! What the host tells operators as it runs: logging (`tracing` to stderr, as text or
+//! JSON, through a non-blocking writer so that a slow stderr never stalls the event
+//! loop), and request [`traces`] over OTLP when asked for.
+
+pub mod traces;
 
 use tracing_appender::non_blocking::WorkerGuard;
 use tracing_subscriber::EnvFilter;
