@@ -104,6 +104,33 @@ pub struct ServeConfig {
     #[arg(long, env = "WASMLOOP_REGISTRY_RECHECK", default_value = "5s", value_parser = humantime::parse_duration)]
     pub registry_recheck: Duration,
 
+    /// Watch the component file and swap a changed one in without dropping a request,
+    /// as Uvicorn's --reload does (for development; serving one component). A file
+    /// that does not load keeps the running version serving.
+    #[arg(long, env = "WASMLOOP_RELOAD")]
+    pub reload: bool,
+
+    /// With --reload: a command run with `sh -c` when a source file under
+    /// --reload-dir changes (`cargo build --release --target wasm32-wasip2`,
+    /// `python -m wasmloop build`); the component it rebuilds is then swapped in.
+    #[arg(long, env = "WASMLOOP_RELOAD_BUILD", requires = "reload")]
+    pub reload_build: Option<String>,
+
+    /// Where --reload-build looks for source changes (repeatable; default: the
+    /// current directory). Build outputs and tool directories are ignored: target/,
+    /// node_modules/, __pycache__/, hidden directories, *.wasm, *.pyc.
+    #[arg(
+        long = "reload-dir",
+        env = "WASMLOOP_RELOAD_DIR",
+        value_delimiter = ',',
+        requires = "reload_build"
+    )]
+    pub reload_dirs: Vec<PathBuf>,
+
+    /// How often --reload looks for changes.
+    #[arg(long, env = "WASMLOOP_RELOAD_DELAY", default_value = "250ms", value_parser = humantime::parse_duration)]
+    pub reload_delay: Duration,
+
     /// Serve the apps of a wasmloop.toml, for local development: no registry, no
     /// deploy API, components compiled by each worker at start.
     #[arg(long, env = "WASMLOOP_MANIFEST", conflicts_with = "component")]
@@ -522,6 +549,12 @@ impl ServeConfig {
             if !any_port && let Some((_, first)) = binds[..i].iter().find(|(b, _)| b == bind) {
                 bail!("the listener {bind} is named twice ({first}, then {flag})");
             }
+        }
+        if self.reload && self.component.is_none() {
+            bail!(
+                "--reload watches the component of `wasmloop serve FILE.wasm`; deployed apps \
+                 change with `wasmloop deploy`, a manifest's with a SIGHUP"
+            );
         }
         self.reuse.reuse()?;
         TrustedProxies::parse(!self.no_proxy_headers, &self.forwarded_allow_ips)?;

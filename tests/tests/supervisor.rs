@@ -375,3 +375,127 @@ async fn workers_capture_no_error_backtraces_unless_the_operator_asks() {
     assert!(worker_environ(&asked).contains(&"RUST_LIB_BACKTRACE=1".to_string()));
     assert_eq!(asked.get("/").await.status, 200);
 }
+
+/// Puts `bytes` at `path` the way a build does: written beside it, then renamed over.
+fn replace_file(path: &std::path::Path, bytes: &[u8]) {
+    let tmp = path.with_extension("partial");
+    std::fs::write(&tmp, bytes).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// Waits until `GET /` answers `body`.
+async fn until_serving(server: &Running, body: &str, timeout: Duration) {
+    let end = Instant::now() + timeout;
+    loop {
+        if server.get("/").await.text() == body {
+            return;
+        }
+        assert!(
+            Instant::now() < end,
+            "never served {body:?}:\n{}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_swaps_a_rebuilt_component_in_without_failing_a_request() {
+    let dir = temp_dir("reload");
+    let file = dir.join("app.wasm");
+    std::fs::copy(guests::SYNC_GUEST, &file).unwrap();
+    let server = Server::new(file.to_str().unwrap())
+        .arg("--reload")
+        .arg("--workers=2")
+        .arg("--compiler=auto")
+        .start()
+        .await;
+    let load = Load::start(&server.client(), 4, "/");
+    eventually("requests flowing", Duration::from_secs(5), || {
+        load.ok() > 50
+    })
+    .await;
+
+    // A new build of the component: served within seconds, on the fast tier first.
+    replace_file(&file, &std::fs::read(guests::ASYNC_GUEST).unwrap());
+    until_serving(&server, "hello from async\n", Duration::from_secs(30)).await;
+    assert!(
+        server.has_log(&["reload: the component changed"]),
+        "{}",
+        server.log()
+    );
+    // A broken one (a build that failed half way) keeps the running version.
+    let before = server.wait_for_workers(2, Duration::from_secs(30));
+    replace_file(&file, b"not a component");
+    assert!(
+        server
+            .wait_for_log(&["keep serving what they loaded"], Duration::from_secs(30))
+            .is_some(),
+        "{}",
+        server.log()
+    );
+    assert_eq!(server.worker_pids(), before, "the running workers were replaced");
+    assert_eq!(server.get("/").await.text(), "hello from async\n");
+    // And the next good one goes in.
+    replace_file(&file, &std::fs::read(guests::SYNC_GUEST).unwrap());
+    until_serving(&server, "hello from sync\n", Duration::from_secs(30)).await;
+
+    let (ok, failed, errors) = load.finish().await;
+    assert_eq!(failed, 0, "failed requests: {errors:?}");
+    assert!(ok > 100);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_build_runs_the_build_when_a_source_changes() {
+    // The "build" copies the component its source names: a source edit picks which.
+    let dir = temp_dir("reload-build");
+    let (src, file) = (dir.join("src"), dir.join("app.wasm"));
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::create_dir_all(dir.join("target")).unwrap();
+    std::fs::write(src.join("which"), guests::SYNC_GUEST).unwrap();
+    std::fs::copy(guests::SYNC_GUEST, &file).unwrap();
+    let build = format!(
+        "test \"$(cat {src}/which)\" != fail && cp \"$(cat {src}/which)\" {file}",
+        src = src.display(),
+        file = file.display()
+    );
+    let server = Server::new(file.to_str().unwrap())
+        .arg("--reload")
+        .arg(&format!("--reload-build={build}"))
+        .arg(&format!("--reload-dir={}", dir.display()))
+        .start()
+        .await;
+    // A write under an ignored directory builds nothing.
+    std::fs::write(dir.join("target").join("out.o"), "object").unwrap();
+    std::fs::write(src.join("which"), guests::ASYNC_GUEST).unwrap();
+    until_serving(&server, "hello from async\n", Duration::from_secs(30)).await;
+    assert_eq!(
+        server.log().matches("reload: a source changed").count(),
+        1,
+        "{}",
+        server.log()
+    );
+    // A failing build says so and changes nothing.
+    std::fs::write(src.join("which"), "fail").unwrap();
+    assert!(
+        server
+            .wait_for_log(&["reload: the build failed"], Duration::from_secs(30))
+            .is_some(),
+        "{}",
+        server.log()
+    );
+    assert_eq!(server.get("/").await.text(), "hello from async\n");
+}
+
+#[tokio::test]
+async fn reload_is_refused_where_there_is_no_component_to_watch() {
+    let dir = temp_dir("reload-refused");
+    let (status, output) = Server::registry(&dir)
+        .arg("--reload")
+        .start_expecting_failure();
+    assert!(!status.success());
+    assert!(
+        output.contains("--reload watches the component"),
+        "{output}"
+    );
+}

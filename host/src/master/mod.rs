@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod listeners;
+pub mod reload;
 pub mod supervisor;
 
 pub use supervisor::run;

@@ -36,6 +36,7 @@ use crate::deploy::context::DeployContext;
 use crate::doctor;
 use crate::master::admin::{self, AdminGuard, AdminState, ApiSlot, SharedState, lock};
 use crate::master::listeners::{self, Listener, in_use_hint};
+use crate::master::reload;
 use crate::metrics::exposition::MasterFacts;
 use crate::model::app::{ActiveApp, Version};
 use crate::model::mode::Mode;
@@ -217,6 +218,7 @@ impl Master {
         let mut ttin = signal(SignalKind::from_raw(nix::libc::SIGTTIN))?;
         let mut ttou = signal(SignalKind::from_raw(nix::libc::SIGTTOU))?;
         let mut tick = tokio::time::interval(TICK);
+        let mut reloads = reload::start(&self.config);
 
         if let (Some(deploys), Some(url)) = (&self.deploys, &self.config.registry) {
             follow_registry(url, self.config.registry_recheck, &self.admin, deploys)?;
@@ -232,12 +234,8 @@ impl Master {
                 _ = term.recv() => return self.stop_gracefully("SIGTERM").await,
                 _ = int.recv() => return self.stop_gracefully("SIGINT").await,
                 _ = quit.recv() => return self.stop_fast().await,
-                _ = hup.recv() => {
-                    tracing::info!("SIGHUP: replacing every worker, one at a time");
-                    for worker in self.workers.values_mut().filter(|w| w.phase != Phase::Draining) {
-                        worker.replace = true;
-                    }
-                }
+                _ = hup.recv() => self.replace_all("SIGHUP"),
+                Some(why) = next_reload(&mut reloads) => self.replace_all(&format!("reload: {why}")),
                 _ = ttin.recv() => {
                     self.target += 1;
                     tracing::info!(workers = self.target, "SIGTTIN: one worker more");
@@ -249,6 +247,18 @@ impl Master {
             }
             self.reconcile()?;
             self.publish_gauges();
+        }
+    }
+
+    /// Marks every serving worker for replacement, one at a time (SIGHUP, --reload).
+    fn replace_all(&mut self, why: &str) {
+        tracing::info!("{why}: replacing every worker, one at a time");
+        for worker in self
+            .workers
+            .values_mut()
+            .filter(|w| w.phase != Phase::Draining)
+        {
+            worker.replace = true;
         }
     }
 
@@ -868,6 +878,14 @@ fn follow_registry(
         }
     });
     Ok(())
+}
+
+/// The next reason to reload, never when `--reload` is off.
+async fn next_reload(reloads: &mut Option<mpsc::UnboundedReceiver<String>>) -> Option<String> {
+    match reloads {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 fn send(pid: u32, signal: Signal) {
