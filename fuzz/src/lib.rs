@@ -39,7 +39,7 @@ const HANDLER: &str = r#"(component
 /// The engine `wasmloop compile` uses.
 pub fn compile_engine() -> &'static wasmtime::Engine {
     static ENGINE: OnceLock<wasmtime::Engine> = OnceLock::new();
-    ENGINE.get_or_init(|| engine::build_for_compile(Compiler::Cranelift).expect("an engine"))
+    ENGINE.get_or_init(|| engine::build_for_compile(Compiler::Cranelift, None).expect("an engine"))
 }
 
 /// Small limits for trial instantiations, so a spinning start ends fast.

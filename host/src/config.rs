@@ -181,6 +181,13 @@ pub struct ServeConfig {
     #[arg(long, env = "WASMLOOP_TENANT_MAX_STORED", default_value = "1G", value_parser = parse_size)]
     pub tenant_max_stored: u64,
 
+    /// The node's compile cache (Cranelift's compiled functions, in
+    /// DATA_DIR/compile-cache): a component that shares functions with one compiled
+    /// before (two Python apps share CPython's) compiles those from the cache. Kept
+    /// under this size, the entries used longest ago removed first; 0 turns it off.
+    #[arg(long, env = "WASMLOOP_COMPILE_CACHE_SIZE", default_value = "1G", value_parser = parse_size)]
+    pub compile_cache_size: u64,
+
     /// Address space the compiler process may use; more is refused (422).
     #[arg(long, env = "WASMLOOP_COMPILE_MAX_MEMORY", default_value = "4G", value_parser = parse_size)]
     pub compile_max_memory: u64,

@@ -434,7 +434,11 @@ async fn reload_swaps_a_rebuilt_component_in_without_failing_a_request() {
         "{}",
         server.log()
     );
-    assert_eq!(server.worker_pids(), before, "the running workers were replaced");
+    assert_eq!(
+        server.worker_pids(),
+        before,
+        "the running workers were replaced"
+    );
     assert_eq!(server.get("/").await.text(), "hello from async\n");
     // And the next good one goes in.
     replace_file(&file, &std::fs::read(guests::SYNC_GUEST).unwrap());

@@ -490,8 +490,15 @@ fn upload(conn: &Connection, app: &str, file: &Path, settings: AppSettings) -> a
         }
     };
     let version = &value["version"];
+    let cache = &value["compile_cache"];
+    let from_cache = match (cache["hits"].as_u64(), cache["lookups"].as_u64()) {
+        (Some(hits), Some(lookups)) if lookups > 0 => {
+            format!(" ({hits} of {lookups} functions from the compile cache)")
+        }
+        _ => String::new(),
+    };
     println!(
-        "Deployed {app} version {} ({} mode) in {:.1} s, compiled in {} ms; routes: {}.{}",
+        "Deployed {app} version {} ({} mode) in {:.1} s, compiled in {} ms{from_cache}; routes: {}.{}",
         version["number"],
         version["mode"].as_str().unwrap_or("?"),
         started.elapsed().as_secs_f64(),

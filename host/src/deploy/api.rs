@@ -29,6 +29,7 @@ use crate::model::quota::Quotas;
 use crate::model::route::normalize_route;
 use crate::model::tenant::{Tenant, TenantLimits, check_name};
 use crate::registry::{NewVersion, RegistryError};
+use crate::runtime::compile_cache::CacheStats;
 use crate::runtime::outbound;
 
 /// The bearer token of a request, if it sends one.
@@ -265,6 +266,8 @@ struct Deployed {
     app: String,
     version: Version,
     compile_ms: u64,
+    /// The functions the compile looked up in the node's compile cache, and found.
+    compile_cache: CacheStats,
     workers_updated: bool,
 }
 
@@ -292,18 +295,23 @@ async fn deploy(
     let started = std::time::Instant::now();
     let upload = compile_upload(ctx, &tenant.name, &bytes, &settings).await?;
     let compile_ms = started.elapsed().as_millis() as u64;
+    let compile_cache = upload.compiled.cache;
     let _one_at_a_time = ctx.publishing.lock().await;
     let version = record(ctx, &tenant, &app, upload, bytes, settings, quotas).await?;
     let workers_updated = ctx.publish_change().await;
     // Versions pruned past the quota may have left components unreferenced.
     ctx.collect_garbage().await;
-    tracing::info!(tenant = %tenant.name, app = %app, version = version.number, compile_ms, "deployed");
+    tracing::info!(
+        tenant = %tenant.name, app = %app, version = version.number, compile_ms,
+        cache_hits = compile_cache.hits, cache_lookups = compile_cache.lookups, "deployed"
+    );
     Ok(reply(
         StatusCode::CREATED,
         serde_json::to_value(Deployed {
             app,
             version,
             compile_ms,
+            compile_cache,
             workers_updated,
         })
         .unwrap_or_default(),
@@ -364,6 +372,7 @@ async fn compile_upload(
         files.path(1),
         settings.mode_choice(),
         ctx.compile,
+        ctx.compile_cache.as_ref(),
     )
     .await?;
     Ok(CompiledUpload {

@@ -11,6 +11,7 @@
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -19,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::model::app::sha256_hex;
 use crate::model::compiler::Compiler;
 use crate::model::mode::{Mode, ModeChoice};
+use crate::runtime::compile_cache::{self, CacheStats, DiskCache};
 use crate::runtime::{component, engine};
 
 /// Why an upload was refused, with the status the admin API answers.
@@ -192,6 +194,17 @@ pub struct Compiled {
     pub mode: Mode,
     /// Hex SHA-256 of the artifact written.
     pub artifact_sha256: String,
+    /// What the compile took from the node's compile cache (zero without one).
+    #[serde(default)]
+    pub cache: CacheStats,
+}
+
+/// The node's compile cache: Cranelift's compiled functions, shared by every compile
+/// child, kept under `max_bytes` (`--compile-cache-size`).
+#[derive(Debug, Clone)]
+pub struct CompileCache {
+    pub dir: PathBuf,
+    pub max_bytes: u64,
 }
 
 /// Bounds on one compilation, and on the trial instantiation that follows it.
@@ -219,10 +232,17 @@ pub async fn compile(
     artifact: &Path,
     mode: ModeChoice,
     limits: CompileLimits,
+    cache: Option<&CompileCache>,
 ) -> Result<Compiled, DeployError> {
     let exe = std::env::current_exe().context("failed to find the wasmloop binary")?;
-    let child = tokio::process::Command::new(exe)
-        .arg("compile")
+    let mut command = tokio::process::Command::new(exe);
+    command.arg("compile");
+    if let Some(cache) = cache {
+        command
+            .arg(format!("--cache-dir={}", cache.dir.display()))
+            .arg(format!("--cache-max-bytes={}", cache.max_bytes));
+    }
+    let child = command
         .arg(component)
         .arg(artifact)
         .arg(format!("--mode={mode}"))
@@ -307,6 +327,12 @@ pub struct CompileArgs {
     /// The compiler to use.
     #[arg(long, value_enum, default_value_t = Compiler::Cranelift)]
     pub compiler: Compiler,
+    /// The node's compile cache (Cranelift only).
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    /// The most the compile cache may hold, in bytes, once this compile is done.
+    #[arg(long, default_value_t = 1 << 30)]
+    pub cache_max_bytes: u64,
 }
 
 /// `wasmloop compile`: validates, compiles, classifies and links one component,
@@ -335,7 +361,19 @@ pub fn run_compile(args: &CompileArgs) -> std::process::ExitCode {
         Ok(bytes) => bytes,
         Err(e) => return fail(1, format!("failed to read the upload: {e}")),
     };
-    let engine = match engine::build_for_compile(args.compiler) {
+    // A cache that cannot be opened (a full or read-only disk) only costs time.
+    let cache = args
+        .cache_dir
+        .as_deref()
+        .filter(|_| args.compiler == Compiler::Cranelift)
+        .and_then(|dir| {
+            DiskCache::open(dir)
+                .map_err(|e| eprintln!("warning: {e:#}"))
+                .ok()
+        })
+        .map(Arc::new);
+    let store = cache.clone().map(|c| c as Arc<dyn wasmtime::CacheStore>);
+    let engine = match engine::build_for_compile(args.compiler, store) {
         Ok(engine) => engine,
         Err(e) => return fail(1, format!("{e:#}")),
     };
@@ -368,11 +406,16 @@ pub fn run_compile(args: &CompileArgs) -> std::process::ExitCode {
     if let Err(e) = write_durably(&args.artifact, &artifact) {
         return fail(1, format!("{e:#}"));
     }
+    let stats = cache.as_ref().map(|c| c.stats()).unwrap_or_default();
+    if let Some(dir) = &args.cache_dir {
+        compile_cache::evict(dir, args.cache_max_bytes);
+    }
     let report = Compiled {
         export: handler.export,
         export_is_async: handler.export_is_async,
         mode: handler.mode,
         artifact_sha256: sha256_hex(&artifact),
+        cache: stats,
     };
     match serde_json::to_string(&report) {
         Ok(json) => {

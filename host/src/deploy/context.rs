@@ -17,7 +17,7 @@ use subtle::ConstantTimeEq as _;
 use tokio::sync::{mpsc, watch};
 
 use crate::config::ServeConfig;
-use crate::deploy::compile::{self, CompileLimits, DataDir};
+use crate::deploy::compile::{self, CompileCache, CompileLimits, DataDir};
 use crate::deploy::queue::CompileQueue;
 use crate::deploy::reply::{Refused, refuse, unauthorized};
 use crate::model::app::{ActiveApp, Version, sha256_hex};
@@ -46,6 +46,8 @@ pub struct DeployContext {
     /// The operator's `--allow-outbound`: the most an app may ask for.
     pub(crate) outbound_ceiling: Vec<String>,
     pub(crate) compile: CompileLimits,
+    /// The node's compile cache, unless turned off.
+    pub(crate) compile_cache: Option<CompileCache>,
     /// Turns to run a compile child.
     pub(crate) compiles: CompileQueue,
     /// Every tenant's quotas unless the admin overrides them.
@@ -79,7 +81,8 @@ impl DeployContext {
         };
         let admin_token = admin_token(config)?;
         let (compiler, _) = config.tiers();
-        let engine_key = engine::compatibility_key(&engine::build_for_compile(compiler)?, compiler);
+        let engine_key =
+            engine::compatibility_key(&engine::build_for_compile(compiler, None)?, compiler);
         Ok(DeployContext {
             registry,
             data,
@@ -99,6 +102,10 @@ impl DeployContext {
                 guest_max_memory: config.max_memory,
                 compiler,
             },
+            compile_cache: (config.compile_cache_size > 0).then(|| CompileCache {
+                dir: config.data_dir.join("compile-cache"),
+                max_bytes: config.compile_cache_size,
+            }),
             quotas: config.default_quotas(),
             compiles: CompileQueue::new(
                 config
@@ -217,9 +224,15 @@ impl DeployContext {
         let tmp = self.data.temp_files(&["artifact"]);
         let _turn = self.compiles.node_turn().await?;
         let started = std::time::Instant::now();
-        let compiled = compile::compile(&component, tmp.path(0), mode, self.compile)
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let compiled = compile::compile(
+            &component,
+            tmp.path(0),
+            mode,
+            self.compile,
+            self.compile_cache.as_ref(),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
         let me = self.clone();
         let (artifact_path, artifact_sha) = (artifact.clone(), compiled.artifact_sha256.clone());
         let tmp_path = tmp.path(0).to_path_buf();
@@ -231,7 +244,11 @@ impl DeployContext {
             Ok(())
         })
         .await??;
-        tracing::info!(sha256 = %version.sha256, compile_ms = started.elapsed().as_millis() as u64, "compiled a component for this node");
+        tracing::info!(
+            sha256 = %version.sha256, compile_ms = started.elapsed().as_millis() as u64,
+            cache_hits = compiled.cache.hits, cache_lookups = compiled.cache.lookups,
+            "compiled a component for this node"
+        );
         Ok(Some((artifact, compiled.artifact_sha256)))
     }
 

@@ -84,9 +84,18 @@ fn base_config(compiler: Compiler) -> Config {
 }
 
 /// An engine that compiles and never instantiates: for `wasmloop compile`, whose
-/// artifacts the workers' pooling engines of the same compiler load.
-pub fn build_for_compile(compiler: Compiler) -> anyhow::Result<Engine> {
-    Engine::new(&base_config(compiler))
+/// artifacts the workers' pooling engines of the same compiler load. With `cache`,
+/// Cranelift reuses the functions it compiled before (the cache changes no code, so
+/// the artifact loads into engines without it).
+pub fn build_for_compile(
+    compiler: Compiler,
+    cache: Option<Arc<dyn wasmtime::CacheStore>>,
+) -> anyhow::Result<Engine> {
+    let mut config = base_config(compiler);
+    if let (Compiler::Cranelift, Some(cache)) = (compiler, cache) {
+        config.enable_incremental_compilation(cache)?;
+    }
+    Engine::new(&config)
         .map_err(anyhow::Error::from)
         .context("failed to configure the WebAssembly engine")
 }
