@@ -496,7 +496,9 @@ impl ServeConfig {
     /// background, if any.
     pub fn tiers(&self) -> (Compiler, Option<Compiler>) {
         match self.compiler {
-            CompilerChoice::Auto if self.component.is_some() => {
+            // One component, or deployed apps: Winch first, Cranelift in the background.
+            // A manifest's apps are compiled by each worker at start, with Cranelift.
+            CompilerChoice::Auto if self.manifest.is_none() => {
                 (Compiler::Winch, Some(Compiler::Cranelift))
             }
             CompilerChoice::Auto | CompilerChoice::Cranelift => (Compiler::Cranelift, None),

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::metrics::Snapshot;
 use crate::model::app::ActiveApp;
+use crate::model::compiler::Compiler;
 
 /// One app of a table message.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -42,6 +43,9 @@ pub struct AppFiles {
     pub component: std::path::PathBuf,
     /// The cached artifact and its recorded SHA-256, when there is one.
     pub artifact: Option<(std::path::PathBuf, String)>,
+    /// The compiler of that artifact: the worker loads it into that compiler's engine.
+    #[serde(default)]
+    pub compiler: Compiler,
     /// The operator's own file (an app of `--manifest`): the worker compiles it at
     /// load, as it does the component of `serve FILE`. A deployed version is never
     /// compiled by a worker.

@@ -870,7 +870,10 @@ async fn the_compile_cache_serves_shared_functions_and_survives_a_restart() {
         .deploy(&token, "three", guests::SDK_SYNC, "route=/three")
         .await;
     let (hits, lookups) = cache_use(&again);
-    assert!(lookups > 100 && hits * 10 >= lookups * 9, "{hits} of {lookups}");
+    assert!(
+        lookups > 100 && hits * 10 >= lookups * 9,
+        "{hits} of {lookups}"
+    );
     let (three, one) = (server.get("/three").await, server.get("/one").await);
     assert_eq!((three.status, three.text()), (one.status, one.text()));
     assert_ne!(three.text(), "no_app\n");

@@ -405,3 +405,81 @@ async fn wasmloop_new_writes_a_python_project_that_builds_and_serves() {
         server.log()
     );
 }
+
+/// A deployed Python app answers on Winch's code as soon as the deploy returns, and
+/// moves to Cranelift's under load without a failed request (`--compiler auto`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_deploy_answers_on_the_baseline_tier_then_moves_to_cranelift() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let Some(apps) = python::apps() else {
+        return;
+    };
+    let dir = temp_dir("python-tiers");
+    let server = Arc::new(Server::registry(&dir).arg("--compiler=auto").start().await);
+    let token = server.create_tenant("py", "{}").await;
+    let started = Instant::now();
+    let reply = server
+        .deploy(&token, "app", &apps.sync, "route=py.test/")
+        .await;
+    assert_eq!(reply.status, 201, "{}", reply.text());
+    let deployed: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+    assert_eq!(
+        (
+            deployed["compiler"].as_str(),
+            deployed["optimizing"].as_bool()
+        ),
+        (Some("winch"), Some(true)),
+        "{deployed}"
+    );
+    let first = server.get_host("py.test", "/").await;
+    assert_eq!(first.text(), "hello from the sdk\n");
+    let first_response = started.elapsed();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = {
+        let (server, stop) = (server.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                statuses.push(server.get_host("py.test", "/").await.status.as_u16());
+            }
+            statuses
+        })
+    };
+    let live = server.wait_for_log(&["optimized tier live"], Duration::from_secs(120));
+    assert!(live.is_some(), "{}", server.log());
+    let optimized_live = started.elapsed();
+    let seen = || -> Vec<String> {
+        server
+            .log()
+            .lines()
+            .filter(|l| l.contains("wasmloop::access") && l.contains("host=\"py.test\""))
+            .filter_map(|l| l.split("compiler=").nth(1))
+            .map(|rest| rest.split_whitespace().next().unwrap_or("").to_string())
+            .collect()
+    };
+    let end = Instant::now() + Duration::from_secs(10);
+    while seen().last().map(String::as_str) != Some("cranelift") && Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let statuses = load.await.unwrap();
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    let seen = seen();
+    let switch = seen
+        .iter()
+        .position(|c| c == "cranelift")
+        .expect("the switch");
+    assert!(
+        switch > 0,
+        "requests ran on the baseline tier first: {seen:?}"
+    );
+    assert!(seen[..switch].iter().all(|c| c == "winch"), "{seen:?}");
+    assert!(seen[switch..].iter().all(|c| c == "cranelift"), "{seen:?}");
+    eprintln!(
+        "python deploy: first response {first_response:?} after the upload started, \
+         optimized tier live after {optimized_live:?}, {} requests on winch",
+        switch
+    );
+}

@@ -173,3 +173,217 @@ async fn a_component_the_baseline_cannot_compile_is_served_by_cranelift_alone() 
     assert!(!status.success());
     assert!(output.contains("relaxed SIMD"), "{output}");
 }
+
+/// Sends `GET host/` in a loop until stopped; returns every status.
+fn load_host(
+    server: &Arc<Running>,
+    host: &'static str,
+    stop: &Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<Vec<u16>> {
+    let (server, stop) = (server.clone(), stop.clone());
+    tokio::spawn(async move {
+        let mut statuses = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            statuses.push(server.get_host(host, "/").await.status.as_u16());
+        }
+        statuses
+    })
+}
+
+/// The `compiler=` of the access lines for `host`.
+fn compilers_of(server: &Running, host: &str) -> Vec<String> {
+    server
+        .log()
+        .lines()
+        .filter(|l| l.contains("wasmloop::access") && l.contains(&format!("host=\"{host}\"")))
+        .filter_map(|l| l.split("compiler=").nth(1))
+        .map(|rest| rest.split_whitespace().next().unwrap_or("").to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_deploy_answers_on_the_baseline_tier_and_switches_under_load() {
+    let dir = temp_dir("tiers-deploy");
+    let server = Arc::new(
+        Server::registry(&dir)
+            .arg("--compiler=auto")
+            .arg("--workers=2")
+            .start()
+            .await,
+    );
+    let token = server.create_tenant("acme", "{}").await;
+    // Built with the Rust SDK and with wstd: each answers on Winch's code at once,
+    // then moves to Cranelift's with no failed request.
+    for (app, guest, host) in [
+        ("sdk", guests::SDK_SYNC, "sdk.test"),
+        ("wstd", guests::WSTD_GUEST, "wstd.test"),
+    ] {
+        let reply = server
+            .deploy(&token, app, guest, &format!("route={host}/"))
+            .await;
+        assert_eq!(reply.status, 201, "{}", reply.text());
+        let deployed: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+        assert_eq!(deployed["compiler"], "winch", "{deployed}");
+        assert_eq!(deployed["optimizing"], true, "{deployed}");
+        let stop = Arc::new(AtomicBool::new(false));
+        let load = load_host(&server, host, &stop);
+        let live = server.wait_for_log(
+            &[
+                "optimized tier live",
+                &deployed["version"]["sha256"].as_str().unwrap()[..16],
+            ],
+            Duration::from_secs(60),
+        );
+        assert!(live.is_some(), "{app}: {}", server.log());
+        // Requests after the switch run on Cranelift's code.
+        let switched = tokio::time::timeout(Duration::from_secs(10), async {
+            while compilers_of(&server, host).last().map(String::as_str) != Some("cranelift") {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        stop.store(true, Ordering::Relaxed);
+        let statuses = load.await.unwrap();
+        assert!(switched.is_ok(), "{app}: {:?}", compilers_of(&server, host));
+        assert!(
+            statuses.len() > 10 && statuses.iter().all(|s| *s != 502 && *s != 503 && *s != 500),
+            "{app}: {statuses:?}"
+        );
+        // The workers loaded Winch's code first (a small guest's optimized tier may
+        // be live before the first request: the Python test sees requests on both),
+        // and no request went back to it after the switch.
+        let log = server.log();
+        let baseline = log
+            .find(&format!("loaded app app=acme/{app} version=1"))
+            .filter(|&at| {
+                log[at..]
+                    .lines()
+                    .next()
+                    .is_some_and(|l| l.contains("compiler=winch"))
+            });
+        let sha = deployed["version"]["sha256"].as_str().unwrap();
+        let optimized = log
+            .lines()
+            .find(|l| l.contains("optimized tier live") && l.contains(sha))
+            .and_then(|line| log.find(line));
+        assert!(baseline.is_some() && baseline < optimized, "{app}: {log}");
+        let seen = compilers_of(&server, host);
+        let first = seen.iter().position(|c| c == "cranelift").unwrap();
+        assert!(
+            seen[..first].iter().all(|c| c == "winch"),
+            "{app}: {seen:?}"
+        );
+        assert!(
+            seen[first..].iter().all(|c| c == "cranelift"),
+            "{app}: {seen:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn tiered_artifacts_survive_a_restart_and_a_corrupt_one_is_compiled_again() {
+    let dir = temp_dir("tiers-restart");
+    let token;
+    {
+        let server = Server::registry(&dir).arg("--compiler=auto").start().await;
+        token = server.create_tenant("acme", "{}").await;
+        let reply = server
+            .deploy(&token, "hello", guests::SYNC_GUEST, "route=acme.test/")
+            .await;
+        assert_eq!(reply.status, 201, "{}", reply.text());
+        assert!(
+            server
+                .wait_for_log(&["optimized tier live"], Duration::from_secs(60))
+                .is_some(),
+            "{}",
+            server.log()
+        );
+    }
+    let artifacts = |compiler: &str| -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(dir.join("artifacts"))
+            .unwrap()
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.to_string_lossy().contains("winch") == (compiler == "winch"))
+            .collect()
+    };
+    assert_eq!(
+        (artifacts("winch").len(), artifacts("cranelift").len()),
+        (1, 1)
+    );
+
+    // Restarted, it serves the optimized artifact from the first request.
+    let server = Server::registry(&dir).arg("--compiler=auto").start().await;
+    assert_eq!(
+        server.get_host("acme.test", "/").await.text(),
+        "hello from sync\n"
+    );
+    assert!(server.has_log(&["compiler=cranelift"]), "{}", server.log());
+    assert!(
+        !server.has_log(&["compiled a component"]),
+        "{}",
+        server.log()
+    );
+    drop(server);
+
+    // Both artifacts corrupted on disk: the baseline one is compiled again before the
+    // node serves, the optimized one in the background, and the app serves throughout.
+    for path in artifacts("winch").into_iter().chain(artifacts("cranelift")) {
+        std::fs::write(path, b"corrupt").unwrap();
+    }
+    let server = Server::registry(&dir).arg("--compiler=auto").start().await;
+    assert_eq!(
+        server.get_host("acme.test", "/").await.text(),
+        "hello from sync\n"
+    );
+    assert!(
+        server.has_log(&["cached artifact is corrupt"]),
+        "{}",
+        server.log()
+    );
+    assert!(
+        server
+            .wait_for_log(&["optimized tier live"], Duration::from_secs(60))
+            .is_some(),
+        "{}",
+        server.log()
+    );
+    let reply = server.get_host("acme.test", "/").await;
+    assert_eq!(reply.text(), "hello from sync\n");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        compilers(&server).last().map(String::as_str),
+        Some("cranelift")
+    );
+}
+
+#[tokio::test]
+async fn a_deploy_the_baseline_cannot_compile_is_served_by_cranelift_alone() {
+    let dir = temp_dir("tiers-deploy-simd");
+    let server = Server::registry(&dir).arg("--compiler=auto").start().await;
+    let token = server.create_tenant("acme", "{}").await;
+    let reply = server
+        .deploy(
+            &token,
+            "simd",
+            guests::RELAXED_SIMD_GUEST,
+            "route=simd.test/",
+        )
+        .await;
+    assert_eq!(reply.status, 201, "{}", reply.text());
+    let deployed: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+    assert_eq!(
+        (
+            deployed["compiler"].as_str(),
+            deployed["optimizing"].as_bool()
+        ),
+        (Some("cranelift"), Some(false)),
+        "{deployed}"
+    );
+    assert_eq!(server.get_host("simd.test", "/").await.text(), "madd 7\n");
+    assert!(
+        server.has_log(&["the baseline compiler cannot compile this upload"]),
+        "{}",
+        server.log()
+    );
+}

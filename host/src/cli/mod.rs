@@ -510,6 +510,15 @@ fn upload(conn: &Connection, app: &str, file: &Path, settings: AppSettings) -> a
             " Some workers have not confirmed it yet."
         },
     );
+    if value["optimizing"] == Value::Bool(true) {
+        println!(
+            "It runs on {}'s code (the baseline tier) while Cranelift compiles it in the \
+             background; new requests move to the optimized code when that is done.",
+            value["compiler"]
+                .as_str()
+                .unwrap_or("the baseline compiler")
+        );
+    }
     Ok(())
 }
 

@@ -20,11 +20,12 @@ use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::deploy::compile::{self, Compiled, DeployError, TempFiles};
+use crate::deploy::compile::{self, CompileLimits, Compiled, DeployError, TempFiles};
 use crate::deploy::context::DeployContext;
 use crate::deploy::reply::{Answer, Refused, Reply, no_content, refuse, reply};
 use crate::deploy::upload::read_upload;
 use crate::model::app::{AppSettings, Version, sha256_hex};
+use crate::model::compiler::Compiler;
 use crate::model::quota::Quotas;
 use crate::model::route::normalize_route;
 use crate::model::tenant::{Tenant, TenantLimits, check_name};
@@ -266,6 +267,11 @@ struct Deployed {
     app: String,
     version: Version,
     compile_ms: u64,
+    /// The compiler of the code serving it now.
+    compiler: Compiler,
+    /// Whether the optimizing compiler is compiling it in the background (it
+    /// serves on the baseline tier until then).
+    optimizing: bool,
     /// The functions the compile looked up in the node's compile cache, and found.
     compile_cache: CacheStats,
     workers_updated: bool,
@@ -296,6 +302,8 @@ async fn deploy(
     let upload = compile_upload(ctx, &tenant.name, &bytes, &settings).await?;
     let compile_ms = started.elapsed().as_millis() as u64;
     let compile_cache = upload.compiled.cache;
+    let compiler = upload.tier.0;
+    let optimizing = ctx.optimized.as_ref().is_some_and(|(c, _)| *c != compiler);
     let _one_at_a_time = ctx.publishing.lock().await;
     let version = record(ctx, &tenant, &app, upload, bytes, settings, quotas).await?;
     let workers_updated = ctx.publish_change().await;
@@ -311,6 +319,8 @@ async fn deploy(
             app,
             version,
             compile_ms,
+            compiler,
+            optimizing,
             compile_cache,
             workers_updated,
         })
@@ -349,6 +359,8 @@ struct CompiledUpload {
     sha: String,
     files: TempFiles,
     compiled: Compiled,
+    /// The compiler of the artifact, and its engine key.
+    tier: (Compiler, String),
 }
 
 /// Compiles from a temporary copy, in the tenant's turn ([`crate::deploy::queue`]);
@@ -367,18 +379,41 @@ async fn compile_upload(
     let write =
         tokio::task::spawn_blocking(move || compile::write_durably(&upload_path, &to_write)).await;
     flatten(write).map_err(DeployError::Storage)?;
-    let compiled = compile::compile(
-        files.path(0),
-        files.path(1),
-        settings.mode_choice(),
-        ctx.compile,
-        ctx.compile_cache.as_ref(),
-    )
-    .await?;
+    let compile = |limits| {
+        compile::compile(
+            files.path(0),
+            files.path(1),
+            settings.mode_choice(),
+            limits,
+            ctx.compile_cache.as_ref(),
+        )
+    };
+    // With tiers, the baseline compiler first: the version answers sooner, and the
+    // optimized artifact follows in the background (DeployContext::prepare).
+    let baseline = (ctx.compile.compiler, ctx.engine_key.clone());
+    let (compiled, tier) = match (compile(ctx.compile).await, &ctx.optimized) {
+        (Ok(compiled), _) => (compiled, baseline),
+        // The baseline compiler lacks a feature the component uses: the optimizing
+        // one alone serves it. An invalid upload is refused as it is.
+        (Err(DeployError::Unprocessable(reason)), Some(optimized)) => {
+            tracing::warn!(
+                %reason,
+                "the baseline compiler cannot compile this upload; compiling it with {} alone",
+                optimized.0
+            );
+            let limits = CompileLimits {
+                compiler: optimized.0,
+                ..ctx.compile
+            };
+            (compile(limits).await?, optimized.clone())
+        }
+        (Err(e), _) => return Err(e.into()),
+    };
     Ok(CompiledUpload {
         sha,
         files,
         compiled,
+        tier,
     })
 }
 
@@ -397,11 +432,12 @@ async fn record(
         sha,
         files,
         compiled,
+        tier: (_, engine_key),
     } = upload;
     let (upload, artifact_tmp) = (files.path(0).to_path_buf(), files.path(1).to_path_buf());
     let (component_path, artifact_path) = (
         ctx.data.component(&sha),
-        ctx.data.artifact(&sha, &ctx.engine_key),
+        ctx.data.artifact(&sha, &engine_key),
     );
     let new = NewVersion {
         sha256: sha.clone(),
@@ -412,7 +448,7 @@ async fn record(
         bytes,
         quotas,
     };
-    let (engine_key, artifact_sha) = (ctx.engine_key.clone(), compiled.artifact_sha256.clone());
+    let artifact_sha = compiled.artifact_sha256.clone();
     let (tenant, app) = (tenant.clone(), app.to_string());
     let version = ctx
         .blocking(move |r| {

@@ -218,6 +218,9 @@ pub struct CompileLimits {
     pub guest_max_memory: u64,
     /// The compiler.
     pub compiler: Compiler,
+    /// A background compile (the optimized tier): the child runs at the lowest CPU
+    /// priority, so requests and deploys come first.
+    pub low_priority: bool,
 }
 
 /// Exit codes of `wasmloop compile`, telling the master which status to answer.
@@ -258,6 +261,14 @@ pub async fn compile(
         .kill_on_drop(true)
         .spawn()
         .context("failed to start the compiler")?;
+    if limits.low_priority
+        && let Some(pid) = child
+            .id()
+            .and_then(|id| rustix::process::Pid::from_raw(id as i32))
+        && let Err(e) = rustix::process::setpriority_process(Some(pid), 19)
+    {
+        tracing::warn!("failed to lower the background compile's priority: {e}");
+    }
     let output = match tokio::time::timeout(limits.timeout, child.wait_with_output()).await {
         Ok(output) => output.context("the compiler failed")?,
         Err(_) => {

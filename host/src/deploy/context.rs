@@ -21,6 +21,7 @@ use crate::deploy::compile::{self, CompileCache, CompileLimits, DataDir};
 use crate::deploy::queue::CompileQueue;
 use crate::deploy::reply::{Refused, refuse, unauthorized};
 use crate::model::app::{ActiveApp, Version, sha256_hex};
+use crate::model::compiler::Compiler;
 use crate::model::mode::ModeChoice;
 use crate::model::quota::Quotas;
 use crate::model::tenant::Tenant;
@@ -46,6 +47,13 @@ pub struct DeployContext {
     /// The operator's `--allow-outbound`: the most an app may ask for.
     pub(crate) outbound_ceiling: Vec<String>,
     pub(crate) compile: CompileLimits,
+    /// The optimizing tier's compiler and engine key, when deploys are tiered
+    /// (`--compiler auto`): `compile` is then the baseline tier's.
+    pub(crate) optimized: Option<(Compiler, String)>,
+    /// Components whose optimized artifact is being compiled.
+    optimizing: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// One background (optimized-tier) compile at a time.
+    optimizations: tokio::sync::Semaphore,
     /// The node's compile cache, unless turned off.
     pub(crate) compile_cache: Option<CompileCache>,
     /// Turns to run a compile child.
@@ -80,9 +88,17 @@ impl DeployContext {
             })?),
         };
         let admin_token = admin_token(config)?;
-        let (compiler, _) = config.tiers();
-        let engine_key =
-            engine::compatibility_key(&engine::build_for_compile(compiler, None)?, compiler);
+        let (compiler, optimized) = config.tiers();
+        let key = |compiler| -> anyhow::Result<String> {
+            Ok(engine::compatibility_key(
+                &engine::build_for_compile(compiler, None)?,
+                compiler,
+            ))
+        };
+        let engine_key = key(compiler)?;
+        let optimized = optimized
+            .map(|compiler| anyhow::Ok((compiler, key(compiler)?)))
+            .transpose()?;
         Ok(DeployContext {
             registry,
             data,
@@ -101,7 +117,11 @@ impl DeployContext {
                 guest_fuel: config.fuel,
                 guest_max_memory: config.max_memory,
                 compiler,
+                low_priority: false,
             },
+            optimized,
+            optimizing: Default::default(),
+            optimizations: tokio::sync::Semaphore::new(1),
             compile_cache: (config.compile_cache_size > 0).then(|| CompileCache {
                 dir: config.data_dir.join("compile-cache"),
                 max_bytes: config.compile_cache_size,
@@ -174,10 +194,12 @@ impl DeployContext {
                     None
                 }
             };
+            let compiler = artifact.as_ref().map_or(self.compile.compiler, |a| a.2);
             apps.push(TableEntry {
                 files: AppFiles {
                     component: self.data.component(&active.version.sha256),
-                    artifact,
+                    artifact: artifact.map(|(path, hash, _)| (path, hash)),
+                    compiler,
                     local: false,
                 },
                 active: active.clone(),
@@ -190,19 +212,28 @@ impl DeployContext {
         Ok(TableMessage { generation, apps })
     }
 
-    /// The artifact of `version` for this node (its path and recorded hash),
-    /// fetching the component and compiling it first when needed.
+    /// The artifact of `version` for this node (its path, recorded hash and
+    /// compiler), fetching the component and compiling it first when needed: the
+    /// optimized tier's when it is there, else the baseline's (compiled now if
+    /// missing, the optimized one then compiled in the background).
     async fn prepare(
         self: &Arc<Self>,
         version: &Version,
-    ) -> anyhow::Result<Option<(PathBuf, String)>> {
+    ) -> anyhow::Result<Option<(PathBuf, String, Compiler)>> {
         let sha = version.sha256.clone();
         let component = self.data.component(&sha);
-        let artifact = self.data.artifact(&sha, &self.engine_key);
+        let tiers: Vec<(Compiler, String)> = self
+            .optimized
+            .iter()
+            .cloned()
+            .chain(std::iter::once((
+                self.compile.compiler,
+                self.engine_key.clone(),
+            )))
+            .collect();
         let me = self.clone();
-        let (lookup_sha, lookup_component, lookup_artifact) =
-            (sha.clone(), component.clone(), artifact.clone());
-        let recorded = tokio::task::spawn_blocking(move || -> anyhow::Result<Option<String>> {
+        let (lookup_sha, lookup_component) = (sha.clone(), component.clone());
+        let found = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
             if !lookup_component.exists() {
                 let bytes = me.registry.component(&lookup_sha)?.with_context(|| {
                     format!("component {lookup_sha} is neither on this node nor in the registry")
@@ -213,43 +244,146 @@ impl DeployContext {
                 );
                 compile::write_durably(&lookup_component, &bytes)?;
             }
-            let recorded = me.registry.artifact(&lookup_sha, &me.engine_key)?;
-            Ok(recorded.filter(|hash| me.artifact_intact(&lookup_artifact, hash)))
+            for (compiler, key) in tiers {
+                let path = me.data.artifact(&lookup_sha, &key);
+                if let Some(hash) = me.registry.artifact(&lookup_sha, &key)?
+                    && me.artifact_intact(&path, &hash)
+                {
+                    return Ok(Some((path, hash, compiler)));
+                }
+            }
+            Ok(None)
         })
         .await??;
-        if let Some(hash) = recorded {
-            return Ok(Some((artifact, hash)));
+        let found = match found {
+            Some(found) => found,
+            None => {
+                let baseline = (self.compile.compiler, self.engine_key.clone());
+                match (
+                    self.compile_for_node(version, &baseline, false).await,
+                    &self.optimized,
+                ) {
+                    (Ok(found), _) => found,
+                    // The baseline compiler lacks a feature the component uses (relaxed
+                    // SIMD, tail calls, GC...): the optimizing one alone serves it.
+                    (Err(e), Some(optimized)) => {
+                        tracing::warn!(
+                            sha256 = %sha, reason = format!("{e:#}"),
+                            "the baseline compiler cannot compile this component; compiling \
+                             it with {} alone", optimized.0
+                        );
+                        self.compile_for_node(version, optimized, false).await?
+                    }
+                    (Err(e), None) => return Err(e),
+                }
+            }
+        };
+        if self.optimized.as_ref().is_some_and(|(c, _)| *c != found.2) {
+            self.optimize_later(version);
         }
+        Ok(Some(found))
+    }
+
+    /// Compiles `version` for this node with `tier`'s compiler in a bounded child,
+    /// moves the artifact into place and records it. A background compile (the
+    /// optimized tier) runs at the lowest CPU priority, one at a time, and takes no
+    /// turn from deploys.
+    async fn compile_for_node(
+        self: &Arc<Self>,
+        version: &Version,
+        tier: &(Compiler, String),
+        background: bool,
+    ) -> anyhow::Result<(PathBuf, String, Compiler)> {
+        let (compiler, key) = tier;
+        let sha = version.sha256.clone();
+        let component = self.data.component(&sha);
+        let artifact = self.data.artifact(&sha, key);
         let mode = ModeChoice::from(version.mode);
         let tmp = self.data.temp_files(&["artifact"]);
-        let _turn = self.compiles.node_turn().await?;
+        let _turn = match background {
+            false => Some(self.compiles.node_turn().await?),
+            true => None,
+        };
+        let _background_turn = match background {
+            true => Some(self.optimizations.acquire().await?),
+            false => None,
+        };
         let started = std::time::Instant::now();
+        let limits = CompileLimits {
+            compiler: *compiler,
+            low_priority: background,
+            ..self.compile
+        };
         let compiled = compile::compile(
             &component,
             tmp.path(0),
             mode,
-            self.compile,
+            limits,
             self.compile_cache.as_ref(),
         )
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
         let me = self.clone();
-        let (artifact_path, artifact_sha) = (artifact.clone(), compiled.artifact_sha256.clone());
+        let (artifact_path, artifact_sha, key) = (
+            artifact.clone(),
+            compiled.artifact_sha256.clone(),
+            key.clone(),
+        );
         let tmp_path = tmp.path(0).to_path_buf();
         tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
             std::fs::rename(&tmp_path, &artifact_path)
                 .context("failed to move the artifact into place")?;
-            me.registry
-                .put_artifact(&sha, &me.engine_key, &artifact_sha)?;
+            me.registry.put_artifact(&sha, &key, &artifact_sha)?;
             Ok(())
         })
         .await??;
         tracing::info!(
-            sha256 = %version.sha256, compile_ms = started.elapsed().as_millis() as u64,
+            sha256 = %version.sha256, %compiler, compile_ms = started.elapsed().as_millis() as u64,
             cache_hits = compiled.cache.hits, cache_lookups = compiled.cache.lookups,
             "compiled a component for this node"
         );
-        Ok(Some((artifact, compiled.artifact_sha256)))
+        Ok((artifact, compiled.artifact_sha256, *compiler))
+    }
+
+    /// Compiles the optimized tier of `version` in the background, once, and then
+    /// publishes the table again: workers load the optimized artifact for new
+    /// requests (those in flight finish on the baseline one).
+    fn optimize_later(self: &Arc<Self>, version: &Version) {
+        let Some(tier) = self.optimized.clone() else {
+            return;
+        };
+        if !self
+            .optimizing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(version.sha256.clone())
+        {
+            return;
+        }
+        let (me, version) = (self.clone(), version.clone());
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let compiled = me.compile_for_node(&version, &tier, true).await;
+            me.optimizing
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&version.sha256);
+            match compiled {
+                Ok(_) => {
+                    let _one_at_a_time = me.publishing.lock().await;
+                    let live = me.publish_change().await;
+                    tracing::info!(
+                        sha256 = %version.sha256, compiler = %tier.0,
+                        compile_ms = started.elapsed().as_millis() as u64, workers_updated = live,
+                        "optimized tier live: new requests run on it"
+                    );
+                }
+                Err(e) => tracing::warn!(
+                    sha256 = %version.sha256,
+                    "the optimized tier failed to compile; the baseline tier goes on serving: {e:#}"
+                ),
+            }
+        });
     }
 
     /// Whether the artifact at `path` is there and has the recorded `hash`. Hashed

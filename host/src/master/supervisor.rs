@@ -950,6 +950,7 @@ fn manifest_table(path: &std::path::Path) -> anyhow::Result<TableMessage> {
                 },
             },
             files: AppFiles {
+                compiler: Default::default(),
                 component: app.component.clone(),
                 artifact: None,
                 local: true,

@@ -2,9 +2,21 @@
 //! (baseline). The two never share an engine, an artifact or a store.
 
 /// Which compiler turns a component into machine code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum Compiler {
     /// Optimizing: the fastest code, the slowest compile.
+    #[default]
     Cranelift,
     /// Baseline: compiles several times faster, runs slower. Fuel is charged per
     /// instruction at a flat rate, so fuel figures differ from Cranelift's.

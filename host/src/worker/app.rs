@@ -53,6 +53,25 @@ pub struct App {
     pub compiler: Compiler,
 }
 
+/// The engines a worker loads deployed apps into: the baseline compiler's, and the
+/// optimizing one's when tiers are on. A deployed app runs on the engine of the
+/// compiler its artifact is for; the two never share a store or an instance.
+#[derive(Clone)]
+pub struct Engines {
+    pub baseline: (Engine, Compiler),
+    pub optimized: Option<(Engine, Compiler)>,
+}
+
+impl Engines {
+    /// The engine of `compiler`, if this worker runs it.
+    pub fn get(&self, compiler: Compiler) -> Option<&Engine> {
+        std::iter::once(&self.baseline)
+            .chain(&self.optimized)
+            .find(|(_, c)| *c == compiler)
+            .map(|(engine, _)| engine)
+    }
+}
+
 /// The server-wide defaults and ceilings an app's settings are resolved against.
 #[derive(Debug, Clone)]
 pub struct Defaults {
@@ -222,7 +241,7 @@ impl App {
     /// with a log line and `wasmloop_app_load_failures_total`, and the master rebuilds
     /// it for the next table. Blocks: call it off the loop.
     pub fn from_registry(
-        engine: &Engine,
+        engines: &Engines,
         entry: &ActiveApp,
         files: &AppFiles,
         defaults: &Defaults,
@@ -231,6 +250,17 @@ impl App {
         let settings = &entry.version.settings;
         let name: Arc<str> = format!("{}/{}", entry.tenant, entry.app).into();
         let choice = settings.mode_choice();
+        let (engine, compiler) = if files.local {
+            (&engines.baseline.0, engines.baseline.1)
+        } else {
+            let engine = engines.get(files.compiler).with_context(|| {
+                format!(
+                    "its artifact is for {}, which this worker does not run",
+                    files.compiler
+                )
+            })?;
+            (engine, files.compiler)
+        };
         let handler = if files.local {
             component::load(engine, &files.component, choice)?
         } else {
@@ -280,12 +310,12 @@ impl App {
                 defaults.kept_instances.clone(),
                 vec![defaults.worker_memory.clone(), kept_memory],
             ),
-            compiler: defaults.compiler,
+            compiler,
         })
         .inspect(|app| {
             tracing::info!(
                 app = %app.name, version = app.version, export = %app.handler.export,
-                mode = %app.handler.mode, "loaded app"
+                mode = %app.handler.mode, compiler = %app.compiler, "loaded app"
             );
         })
         .context("failed to load a deployed app")

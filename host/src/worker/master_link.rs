@@ -11,7 +11,7 @@ use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 
 use crate::protocol::{Report, TableMessage, parse_table};
-use crate::worker::app::Defaults;
+use crate::worker::app::{Defaults, Engines};
 use crate::worker::front_door::Server;
 use crate::worker::routes::{self, TenantMap};
 
@@ -70,7 +70,7 @@ pub fn read_first_table() -> anyhow::Result<TableMessage> {
 /// thread, swaps the table in, and tells the master which generation it serves.
 pub async fn follow_tables(
     server: Rc<Server>,
-    engine: wasmtime::Engine,
+    engines: Engines,
     defaults: Defaults,
     tenants: TenantMap,
     applied: tokio::sync::mpsc::UnboundedSender<u64>,
@@ -86,10 +86,10 @@ pub async fn follow_tables(
         };
         let deployed = message.app_names();
         let previous = server.table().apps.clone();
-        let (engine, defaults) = (engine.clone(), defaults.clone());
+        let (engines, defaults) = (engines.clone(), defaults.clone());
         let mut map = tenants.take().unwrap_or_default();
         let built = tokio::task::spawn_blocking(move || {
-            let table = routes::build(&engine, &message, &defaults, &previous, &mut map);
+            let table = routes::build(&engines, &message, &defaults, &previous, &mut map);
             (table, map)
         })
         .await;

@@ -38,7 +38,7 @@ use crate::protocol;
 use crate::runtime::engine::{self, EngineSizing, EpochTicker};
 use crate::runtime::outbound::AddressPolicy;
 use crate::worker::accept::{ConnLimits, Inherited};
-use crate::worker::app::{App, Defaults};
+use crate::worker::app::{App, Defaults, Engines};
 use crate::worker::front_door::{FrontDoor, Server};
 use crate::worker::routes::{RouteTable, TenantMap};
 use crate::worker::run::instances;
@@ -79,22 +79,29 @@ pub fn run_process(config: ServeConfig) -> anyhow::Result<()> {
         })
         .collect();
     let addresses = address_policy(&config, tcp_addresses);
-    let (served, engine, optimized) =
-        match Served::load(&config, &engine, compiler, addresses.clone()) {
-            Ok(served) => (served, engine, optimized),
-            // The baseline compiler lacks some proposals (relaxed SIMD, tail calls,
-            // GC...): such a component is served by the optimizing tier alone.
-            Err(baseline) if let Some((engine, compiler)) = optimized => {
-                let served = Served::load(&config, &engine, compiler, addresses)?;
-                tracing::warn!(
-                    reason = format!("{baseline:#}"),
-                    "the baseline compiler cannot compile this component; it is served by \
+    let engines = Engines {
+        baseline: (engine.clone(), compiler),
+        optimized: optimized.clone(),
+    };
+    let (served, engine, optimized) = match Served::load(&config, &engines, addresses.clone()) {
+        Ok(served) => (served, engine, optimized),
+        // The baseline compiler lacks some proposals (relaxed SIMD, tail calls,
+        // GC...): such a component is served by the optimizing tier alone.
+        Err(baseline) if let Some((engine, compiler)) = optimized => {
+            let alone = Engines {
+                baseline: (engine.clone(), compiler),
+                optimized: None,
+            };
+            let served = Served::load(&config, &alone, addresses)?;
+            tracing::warn!(
+                reason = format!("{baseline:#}"),
+                "the baseline compiler cannot compile this component; it is served by \
                      {compiler} alone"
-                );
-                (served, engine, None)
-            }
-            Err(e) => return Err(e),
-        };
+            );
+            (served, engine, None)
+        }
+        Err(e) => return Err(e),
+    };
     let recorder = Arc::new(Recorder::default());
     let pool = match served.needs_pool {
         true => Some(start_pool(&config, recorder.clone())?),
@@ -154,10 +161,10 @@ impl Served {
     /// master writes before anything else). Blocks: called before the loop runs.
     fn load(
         config: &ServeConfig,
-        engine: &wasmtime::Engine,
-        compiler: Compiler,
+        engines: &Engines,
         addresses: AddressPolicy,
     ) -> anyhow::Result<Served> {
+        let (engine, compiler) = (&engines.baseline.0, engines.baseline.1);
         let defaults = Defaults::from_config(config, addresses);
         let mut tenants = TenantMap::new();
         let (table, needs_pool) = match &config.component {
@@ -169,7 +176,7 @@ impl Served {
             None => {
                 let message = master_link::read_first_table()?;
                 let table =
-                    routes::build(engine, &message, &defaults, &HashMap::new(), &mut tenants);
+                    routes::build(engines, &message, &defaults, &HashMap::new(), &mut tenants);
                 (table, true)
             }
         };
@@ -310,7 +317,10 @@ async fn on_the_loop(
         Some(_) => None,
         None => Some(tokio::task::spawn_local(master_link::follow_tables(
             server.clone(),
-            engine,
+            Engines {
+                baseline: (engine, config.tiers().0),
+                optimized: optimized.clone(),
+            },
             served.defaults,
             served.tenants,
             applied_tx,

@@ -11,13 +11,11 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use wasmtime::Engine;
-
 use crate::model::route::{Route, request_host};
 use crate::model::tenant::TenantLimits;
 use crate::protocol::TableMessage;
 use crate::worker::admission::TenantSlots;
-use crate::worker::app::{App, Defaults};
+use crate::worker::app::{App, Defaults, Engines};
 
 /// The worker's routes: every (host, prefix) to its app.
 #[derive(Default)]
@@ -88,7 +86,7 @@ pub type TenantMap = HashMap<String, (TenantLimits, Arc<TenantSlots>)>;
 /// and loading the others (blocking: call it off the loop). An app that fails to load
 /// is left out and logged; the others are served.
 pub fn build(
-    engine: &Engine,
+    engines: &Engines,
     message: &TableMessage,
     defaults: &Defaults,
     previous: &HashMap<(Arc<str>, u64), Arc<App>>,
@@ -118,11 +116,13 @@ pub fn build(
                 app.tenant_slots
                     .as_ref()
                     .is_some_and(|s| Arc::ptr_eq(s, &slots))
+                    // The optimized tier's artifact replaces the baseline one's.
+                    && (entry.files.local || app.compiler == entry.files.compiler)
             })
             .cloned();
         let app = match reusable {
             Some(app) => app,
-            None => match App::from_registry(engine, active, &entry.files, defaults, slots) {
+            None => match App::from_registry(engines, active, &entry.files, defaults, slots) {
                 Ok(app) => Arc::new(app),
                 Err(e) => {
                     tracing::error!(app = %name, version = active.version.number, "cannot serve this app: {e:#}");
