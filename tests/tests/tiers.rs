@@ -387,3 +387,94 @@ async fn a_deploy_the_baseline_cannot_compile_is_served_by_cranelift_alone() {
         server.log()
     );
 }
+
+#[tokio::test]
+async fn a_deploy_reports_each_step_as_it_happens() {
+    let dir = temp_dir("tiers-progress");
+    let server = Server::registry(&dir).arg("--compiler=auto").start().await;
+    let token = server.create_tenant("acme", "{}").await;
+    let admin = server.admin.expect("an admin listener");
+
+    // The API: asked with Accept: application/x-ndjson, a line per step.
+    let wasm = std::fs::read(guests::SYNC_GUEST).unwrap();
+    let req = http::Request::post(format!(
+        "http://{admin}/v1/apps/raw/versions?route=raw.test/"
+    ))
+    .header("authorization", format!("Bearer {token}"))
+    .header("content-type", "application/wasm")
+    .header("accept", "application/x-ndjson")
+    .body(http_body_util::Full::new(bytes::Bytes::from(wasm)))
+    .unwrap();
+    let reply = wasmloop_tests::HttpClient::new(admin).request(req).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.headers["content-type"], "application/x-ndjson");
+    let steps: Vec<serde_json::Value> = reply
+        .text()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+        .collect();
+    let names: Vec<&str> = steps.iter().map(|s| s["step"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        ["received", "compiled", "live", "done", "optimized"],
+        "{steps:?}"
+    );
+    assert_eq!(steps[1]["compiler"], "winch");
+    assert_eq!(steps[3]["deployed"]["version"]["number"], 1);
+    assert_eq!(steps[4]["compiler"], "cranelift");
+    // A refused upload ends its steps with the status it would have had.
+    let req = http::Request::post(format!("http://{admin}/v1/apps/bad/versions?route=/bad"))
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-type", "application/wasm")
+        .header("accept", "application/x-ndjson")
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(
+            b"not wasm",
+        )))
+        .unwrap();
+    let reply = wasmloop_tests::HttpClient::new(admin).request(req).await;
+    let last: serde_json::Value =
+        serde_json::from_str(reply.text().lines().last().unwrap()).unwrap();
+    assert_eq!(
+        (last["step"].as_str(), last["status"].as_u64()),
+        (Some("failed"), Some(400)),
+        "{last}"
+    );
+
+    // The CLI shows them, then the optimized tier going live.
+    let out = server.cli(
+        &token,
+        &[
+            "deploy",
+            "--app",
+            "shown",
+            "--host",
+            "shown.test",
+            "--route",
+            "/",
+            guests::SDK_SYNC,
+        ],
+    );
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}");
+    let order = [
+        "received",
+        "compiled with winch in",
+        "version 1 live on 1 workers",
+    ];
+    let mut at = 0;
+    for step in order {
+        let found = stderr[at..]
+            .find(step)
+            .unwrap_or_else(|| panic!("{step}: {stderr}"));
+        at += found;
+    }
+    assert!(stdout.contains("Deployed shown version 1"), "{stdout}");
+    assert!(
+        stdout.contains("optimized: Cranelift's code serves new requests"),
+        "{stdout}"
+    );
+    assert_eq!(server.get_host("shown.test", "/").await.status, 200);
+}

@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use bytes::Bytes;
+use futures_util::StreamExt as _;
 use http::{Method, Request, StatusCode};
-use http_body_util::{BodyExt as _, Full};
+use http_body_util::{BodyExt, Full};
 use serde_json::{Value, json};
 
 use crate::config::ReuseArgs;
@@ -23,6 +24,9 @@ use crate::model::mode::ModeChoice;
 use crate::model::route::{normalize_route, parse_route};
 use crate::model::tenant::TenantLimits;
 use crate::model::text::{format_size, parse_key_value, parse_size};
+
+/// The media type of a deploy's steps as they happen (the API's `Accept` for them).
+const NDJSON: &str = "application/x-ndjson";
 
 /// Where the admin API is and who is asking.
 #[derive(Debug, Clone, clap::Args)]
@@ -123,6 +127,80 @@ impl Connection {
                 serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
             };
             Ok((status, value, retry_after))
+        })
+    }
+
+    /// Sends `body` (reporting its upload to `sent`, in bytes) asking for a deploy's
+    /// steps as they happen, and hands each step to `step` as it arrives. Returns
+    /// the status of the answer (`200` for a stream of steps).
+    fn stream_steps(
+        &self,
+        path: &str,
+        body: Bytes,
+        content_type: &str,
+        sent: impl Fn(u64) + Send + Sync + 'static,
+        mut step: impl FnMut(Value),
+    ) -> anyhow::Result<(StatusCode, Value)> {
+        use http_body_util::StreamBody;
+        use hyper::body::Frame;
+        let (server, token) = self.resolve()?;
+        let url = format!("{server}{path}");
+        let mut request = Request::builder()
+            .method(Method::POST)
+            .uri(&url)
+            .header("accept", NDJSON)
+            .header("content-type", content_type);
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        // In chunks, so the upload's progress shows as hyper writes them.
+        const CHUNK: usize = 256 << 10;
+        let chunks: Vec<Bytes> = (0..body.len())
+            .step_by(CHUNK)
+            .map(|at| body.slice(at..(at + CHUNK).min(body.len())))
+            .collect();
+        let mut done = 0u64;
+        let frames = futures_util::stream::iter(chunks).map(move |chunk| {
+            done += chunk.len() as u64;
+            sent(done);
+            Ok::<_, std::convert::Infallible>(Frame::data(chunk))
+        });
+        let request = request
+            .body(BodyExt::boxed(StreamBody::new(frames)))
+            .with_context(|| format!("{url} is not a valid URL"))?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(async {
+            let client = crate::tls::cli_client::<http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>>(self.cacert.as_deref())?;
+            let response = tokio::time::timeout(Duration::from_secs(600), client.request(request))
+                .await
+                .context("the server did not answer within 10 minutes")?
+                .with_context(|| format!("failed to reach {server}; is `wasmloop serve` running with its admin listener there?"))?;
+            let status = response.status();
+            let streaming = response
+                .headers()
+                .get("content-type")
+                .is_some_and(|v| v.as_bytes().starts_with(NDJSON.as_bytes()));
+            let mut body = response.into_body();
+            let mut pending = Vec::new();
+            let mut whole = Vec::new();
+            while let Some(frame) = body.frame().await {
+                let Ok(data) = frame?.into_data() else { continue };
+                if !streaming {
+                    whole.extend_from_slice(&data);
+                    continue;
+                }
+                pending.extend_from_slice(&data);
+                while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+                    let line: Vec<u8> = pending.drain(..=end).collect();
+                    if let Ok(value) = serde_json::from_slice::<Value>(&line) {
+                        step(value);
+                    }
+                }
+            }
+            let value = serde_json::from_slice(&whole).unwrap_or(Value::Null);
+            Ok((status, value))
         })
     }
 
@@ -438,6 +516,7 @@ const BUSY_RETRIES: u32 = 30;
 
 #[expect(clippy::disallowed_methods, reason = "a CLI command, not the loop")]
 fn upload(conn: &Connection, app: &str, file: &Path, settings: AppSettings) -> anyhow::Result<()> {
+    use std::io::{IsTerminal as _, Write as _};
     let bytes =
         std::fs::read(file).with_context(|| format!("failed to read {}", file.display()))?;
     let boundary = "wasmloop-upload-boundary-7f3a9c";
@@ -455,11 +534,81 @@ fn upload(conn: &Connection, app: &str, file: &Path, settings: AppSettings) -> a
     let started = Instant::now();
     let content_type = format!("multipart/form-data; boundary={boundary}");
     let body = Bytes::from(body);
+    let total = body.len() as u64;
     let path = format!("/v1/apps/{app}/versions");
+    let terminal = std::io::stderr().is_terminal();
     let mut tries = 0;
-    let value = loop {
-        let (status, value, retry_after) =
-            conn.call_with_retry_after(Method::POST, &path, Some((body.clone(), &content_type)))?;
+    loop {
+        let mut outcome: Option<Value> = None;
+        let since = started;
+        let (status, plain) = conn.stream_steps(
+            &path,
+            body.clone(),
+            &content_type,
+            move |sent| {
+                if terminal {
+                    eprint!("\r  sent {:>3}% of the upload", sent * 100 / total.max(1));
+                    if sent >= total {
+                        eprintln!();
+                    }
+                    let _ = std::io::stderr().flush();
+                }
+            },
+            |step| {
+                let at = since.elapsed().as_secs_f64();
+                match step["step"].as_str().unwrap_or_default() {
+                    "received" => eprintln!(
+                        "  {at:5.1} s  received {}, validating and compiling",
+                        format_size(step["bytes"].as_u64().unwrap_or(0))
+                    ),
+                    "compiled" => eprintln!(
+                        "  {at:5.1} s  compiled with {} in {} ms{}",
+                        step["compiler"].as_str().unwrap_or("?"),
+                        step["ms"],
+                        from_cache(&step["cache"])
+                    ),
+                    "live" => eprintln!(
+                        "  {at:5.1} s  version {} live on {} {}",
+                        step["version"],
+                        step["workers"],
+                        if step["workers_updated"] == Value::Bool(true) {
+                            "workers"
+                        } else {
+                            "workers (some have not confirmed it yet)"
+                        }
+                    ),
+                    "done" => {
+                        report_deployed(app, &step["deployed"], since);
+                        outcome = Some(step);
+                    }
+                    "optimized" => println!(
+                        "  {at:5.1} s  optimized: Cranelift's code serves new requests (compiled in {:.1} s)",
+                        step["ms"].as_f64().unwrap_or(0.0) / 1000.0
+                    ),
+                    "optimize_failed" => eprintln!(
+                        "  {at:5.1} s  the optimized compile failed; the baseline code goes on serving: {}",
+                        step["error"].as_str().unwrap_or("?")
+                    ),
+                    "failed" => outcome = Some(step),
+                    _ => {}
+                }
+            },
+        )?;
+        // A server that does not stream steps answered the whole deploy at once.
+        let (status, value, retry_after) = match outcome {
+            Some(step) if step["step"] == "done" => return Ok(()),
+            Some(step) => (
+                StatusCode::from_u16(step["status"].as_u64().unwrap_or(500) as u16)
+                    .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                json!({ "error": step["error"] }),
+                step["retry_after"].as_u64(),
+            ),
+            None if status.is_success() => {
+                report_deployed(app, &plain, started);
+                return Ok(());
+            }
+            None => (status, plain, None),
+        };
         match retry_after {
             // The server's compile queue was full or its wait too long: nothing was
             // stored, so sending it again is safe.
@@ -476,7 +625,6 @@ fn upload(conn: &Connection, app: &str, file: &Path, settings: AppSettings) -> a
                 );
                 std::thread::sleep(Duration::from_secs(seconds));
             }
-            _ if status.is_success() => break value,
             _ => {
                 let message = value["error"]
                     .as_str()
@@ -488,21 +636,29 @@ fn upload(conn: &Connection, app: &str, file: &Path, settings: AppSettings) -> a
                 );
             }
         }
-    };
-    let version = &value["version"];
-    let cache = &value["compile_cache"];
-    let from_cache = match (cache["hits"].as_u64(), cache["lookups"].as_u64()) {
+    }
+}
+
+/// ` (H of L functions from the compile cache)`, or nothing.
+fn from_cache(cache: &Value) -> String {
+    match (cache["hits"].as_u64(), cache["lookups"].as_u64()) {
         (Some(hits), Some(lookups)) if lookups > 0 => {
             format!(" ({hits} of {lookups} functions from the compile cache)")
         }
         _ => String::new(),
-    };
+    }
+}
+
+/// The line a finished deploy prints, and what follows with tiers.
+fn report_deployed(app: &str, value: &Value, started: Instant) {
+    let version = &value["version"];
     println!(
-        "Deployed {app} version {} ({} mode) in {:.1} s, compiled in {} ms{from_cache}; routes: {}.{}",
+        "Deployed {app} version {} ({} mode) in {:.1} s, compiled in {} ms{}; routes: {}.{}",
         version["number"],
         version["mode"].as_str().unwrap_or("?"),
         started.elapsed().as_secs_f64(),
         value["compile_ms"],
+        from_cache(&value["compile_cache"]),
         describe_routes(&version["settings"]["routes"]),
         if value["workers_updated"] == Value::Bool(true) {
             " Every worker serves it."
@@ -519,7 +675,6 @@ fn upload(conn: &Connection, app: &str, file: &Path, settings: AppSettings) -> a
                 .unwrap_or("the baseline compiler")
         );
     }
-    Ok(())
 }
 
 fn describe_routes(routes: &Value) -> String {

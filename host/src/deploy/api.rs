@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::header::AUTHORIZATION;
-use http::{Method, Request, StatusCode};
+use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
@@ -22,6 +22,7 @@ use serde_json::json;
 
 use crate::deploy::compile::{self, CompileLimits, Compiled, DeployError, TempFiles};
 use crate::deploy::context::DeployContext;
+use crate::deploy::progress::{self, AdminBody, Progress};
 use crate::deploy::reply::{Answer, Refused, Reply, no_content, refuse, reply};
 use crate::deploy::upload::read_upload;
 use crate::model::app::{AppSettings, Version, sha256_hex};
@@ -67,7 +68,9 @@ pub async fn handle(req: Request<Incoming>, ctx: &Arc<DeployContext>) -> Option<
         (Method::GET, ["apps", app, "versions"]) => {
             list_versions(app.to_string(), token, ctx).await
         }
-        (Method::POST, ["apps", app, "versions"]) => deploy(req, app.to_string(), token, ctx).await,
+        (Method::POST, ["apps", app, "versions"]) => {
+            deploy(req, app.to_string(), token, ctx, &Progress::default()).await
+        }
         (Method::POST, ["apps", app, "activate"]) => {
             activate(req, app.to_string(), token, ctx).await
         }
@@ -277,17 +280,101 @@ struct Deployed {
     workers_updated: bool,
 }
 
+/// The app a deploy that asks for its steps as they happen is for
+/// ([`deploy_with_progress`]); `None` for any other request.
+pub fn wants_progress(req: &Request<Incoming>) -> Option<String> {
+    let path = req.uri().path().trim_matches('/');
+    match path.split('/').collect::<Vec<_>>()[..] {
+        ["v1", "apps", app, "versions"]
+            if req.method() == Method::POST && progress::wanted(req.headers()) =>
+        {
+            Some(app.to_string())
+        }
+        _ => None,
+    }
+}
+
+/// A deploy of `app` that reports its steps as it goes ([`crate::deploy::progress`]).
+pub fn deploy_with_progress(
+    req: Request<Incoming>,
+    app: String,
+    ctx: &Arc<DeployContext>,
+) -> Response<AdminBody> {
+    let token = bearer(&req);
+    let (progress, response) = Progress::streaming();
+    let ctx = ctx.clone();
+    tokio::spawn(async move {
+        // Subscribed before the deploy publishes, so its optimized tier is not missed.
+        let mut optimized = ctx.optimized_events.subscribe();
+        let answer = deploy(req, app, token, &ctx, &progress).await;
+        let reply = answer.unwrap_or_else(|Refused(reply)| *reply);
+        let (parts, body) = reply.into_parts();
+        let bytes = body
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+        let status = parts.status;
+        if !status.is_success() {
+            let retry_after = parts
+                .headers
+                .get(http::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+            progress.step(json!({
+                "step": "failed", "status": status.as_u16(), "error": body["error"],
+                "retry_after": retry_after,
+            }));
+            return;
+        }
+        let sha = body["version"]["sha256"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let waits = body["optimizing"] == serde_json::Value::Bool(true);
+        progress.step(json!({ "step": "done", "status": status.as_u16(), "deployed": body }));
+        if !waits {
+            return;
+        }
+        let wait = ctx.compile.timeout + std::time::Duration::from_secs(30);
+        let event = tokio::time::timeout(wait, async {
+            loop {
+                match optimized.recv().await {
+                    Ok((done, event)) if done == sha => return Some(event),
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                }
+                if !progress.streaming_to_client() {
+                    return None;
+                }
+            }
+        })
+        .await;
+        match event {
+            Ok(Some(Ok(compile_ms))) => progress
+                .step(json!({ "step": "optimized", "compiler": "cranelift", "ms": compile_ms })),
+            Ok(Some(Err(error))) => {
+                progress.step(json!({ "step": "optimize_failed", "error": error }))
+            }
+            _ => {}
+        }
+    });
+    response
+}
+
 /// A deploy: check the upload, compile it in a bounded child, record the version,
-/// publish it.
+/// publish it; each step reported to `progress`.
 async fn deploy(
     req: Request<Incoming>,
     app: String,
     token: Option<String>,
     ctx: &Arc<DeployContext>,
+    progress: &Progress,
 ) -> Answer {
     let tenant = ctx.tenant(token).await?;
     check_name("app", &app)?;
     let (bytes, mut settings) = read_upload(req, ctx.max_upload).await?;
+    progress.step(json!({ "step": "received", "bytes": bytes.len() }));
     settings.routes = settings
         .routes
         .iter()
@@ -304,9 +391,16 @@ async fn deploy(
     let compile_cache = upload.compiled.cache;
     let compiler = upload.tier.0;
     let optimizing = ctx.optimized.as_ref().is_some_and(|(c, _)| *c != compiler);
+    progress.step(json!({
+        "step": "compiled", "compiler": compiler, "ms": compile_ms, "cache": compile_cache,
+    }));
     let _one_at_a_time = ctx.publishing.lock().await;
     let version = record(ctx, &tenant, &app, upload, bytes, settings, quotas).await?;
     let workers_updated = ctx.publish_change().await;
+    progress.step(json!({
+        "step": "live", "version": version.number, "workers": ctx.workers,
+        "workers_updated": workers_updated,
+    }));
     // Versions pruned past the quota may have left components unreferenced.
     ctx.collect_garbage().await;
     tracing::info!(

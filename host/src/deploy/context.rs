@@ -54,6 +54,10 @@ pub struct DeployContext {
     optimizing: std::sync::Mutex<std::collections::HashSet<String>>,
     /// One background (optimized-tier) compile at a time.
     optimizations: tokio::sync::Semaphore,
+    /// Each optimized tier that went live (component hash, compile ms) or failed.
+    pub(crate) optimized_events: tokio::sync::broadcast::Sender<(String, Result<u64, String>)>,
+    /// Worker processes of this node.
+    pub(crate) workers: usize,
     /// The node's compile cache, unless turned off.
     pub(crate) compile_cache: Option<CompileCache>,
     /// Turns to run a compile child.
@@ -122,6 +126,8 @@ impl DeployContext {
             optimized,
             optimizing: Default::default(),
             optimizations: tokio::sync::Semaphore::new(1),
+            optimized_events: tokio::sync::broadcast::channel(64).0,
+            workers: config.worker_count(),
             compile_cache: (config.compile_cache_size > 0).then(|| CompileCache {
                 dir: config.data_dir.join("compile-cache"),
                 max_bytes: config.compile_cache_size,
@@ -368,21 +374,27 @@ impl DeployContext {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .remove(&version.sha256);
-            match compiled {
+            let event = match compiled {
                 Ok(_) => {
                     let _one_at_a_time = me.publishing.lock().await;
                     let live = me.publish_change().await;
+                    let compile_ms = started.elapsed().as_millis() as u64;
                     tracing::info!(
-                        sha256 = %version.sha256, compiler = %tier.0,
-                        compile_ms = started.elapsed().as_millis() as u64, workers_updated = live,
-                        "optimized tier live: new requests run on it"
+                        sha256 = %version.sha256, compiler = %tier.0, compile_ms,
+                        workers_updated = live, "optimized tier live: new requests run on it"
                     );
+                    Ok(compile_ms)
                 }
-                Err(e) => tracing::warn!(
-                    sha256 = %version.sha256,
-                    "the optimized tier failed to compile; the baseline tier goes on serving: {e:#}"
-                ),
-            }
+                Err(e) => {
+                    tracing::warn!(
+                        sha256 = %version.sha256,
+                        "the optimized tier failed to compile; the baseline tier goes on \
+                         serving: {e:#}"
+                    );
+                    Err(format!("{e:#}"))
+                }
+            };
+            let _ = me.optimized_events.send((version.sha256.clone(), event));
         });
     }
 

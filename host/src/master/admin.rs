@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::header::CONTENT_TYPE;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use subtle::ConstantTimeEq as _;
@@ -224,7 +224,17 @@ where
     let timeout = guard.header_read_timeout;
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let (state, api, guard) = (state.clone(), api.clone(), guard.clone());
-        async move { Ok::<_, Infallible>(route(req, &state, &api, &guard).await) }
+        async move {
+            // A deploy that asks for its steps gets them as they happen.
+            if let Some(ctx) = api.api.get()
+                && let Some(app) = crate::deploy::api::wants_progress(&req)
+            {
+                return Ok::<_, Infallible>(crate::deploy::api::deploy_with_progress(
+                    req, app, ctx,
+                ));
+            }
+            Ok(route(req, &state, &api, &guard).await.map(BodyExt::boxed))
+        }
     });
     let _ = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
