@@ -7,7 +7,8 @@
 #
 #   bench/run.sh            # the full run
 #   bench/run.sh --quick    # every scenario once, briefly: checks that it all runs
-#   bench/run.sh --only python,tiers   # just those sections, replacing their tables
+#   bench/run.sh --only python,tiers   # just those sections (python, tiers, deploy),
+#                                      # replacing their tables
 #
 # Needs wrk (Debian: apt-get install wrk) and python3. Installs into target/:
 # wasmtime-cli (cargo install, target/bench-tools), FastAPI and Uvicorn

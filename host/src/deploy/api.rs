@@ -351,8 +351,9 @@ pub fn deploy_with_progress(
         })
         .await;
         match event {
-            Ok(Some(Ok(compile_ms))) => progress
-                .step(json!({ "step": "optimized", "compiler": "cranelift", "ms": compile_ms })),
+            Ok(Some(Ok((compile_ms, cache)))) => progress.step(json!({
+                "step": "optimized", "compiler": "cranelift", "ms": compile_ms, "cache": cache,
+            })),
             Ok(Some(Err(error))) => {
                 progress.step(json!({ "step": "optimize_failed", "error": error }))
             }

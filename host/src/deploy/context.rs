@@ -28,6 +28,7 @@ use crate::model::tenant::Tenant;
 use crate::protocol::{AppFiles, TableEntry, TableMessage};
 use crate::registry::postgres::PostgresRegistry;
 use crate::registry::{Registry, RegistryError, SqliteRegistry};
+use crate::runtime::compile_cache::CacheStats;
 use crate::runtime::engine;
 
 /// A file's size and modification time, which change when it is rewritten.
@@ -35,6 +36,10 @@ type ArtifactStamp = (u64, Option<std::time::SystemTime>);
 
 /// How long a deploy's answer waits for every worker to serve it.
 const APPLY_WAIT: Duration = Duration::from_secs(5);
+
+/// An optimized tier that went live (component hash, compile ms, what the compile
+/// took from the compile cache) or failed to compile.
+pub(crate) type OptimizedEvent = (String, Result<(u64, CacheStats), String>);
 
 /// What the API needs: the registry, the data directory, the admin token, and the
 /// master to publish tables through.
@@ -55,7 +60,7 @@ pub struct DeployContext {
     /// One background (optimized-tier) compile at a time.
     optimizations: tokio::sync::Semaphore,
     /// Each optimized tier that went live (component hash, compile ms) or failed.
-    pub(crate) optimized_events: tokio::sync::broadcast::Sender<(String, Result<u64, String>)>,
+    pub(crate) optimized_events: tokio::sync::broadcast::Sender<OptimizedEvent>,
     /// Worker processes of this node.
     pub(crate) workers: usize,
     /// The node's compile cache, unless turned off.
@@ -269,7 +274,7 @@ impl DeployContext {
                     self.compile_for_node(version, &baseline, false).await,
                     &self.optimized,
                 ) {
-                    (Ok(found), _) => found,
+                    (Ok((found, _)), _) => found,
                     // The baseline compiler lacks a feature the component uses (relaxed
                     // SIMD, tail calls, GC...): the optimizing one alone serves it.
                     (Err(e), Some(optimized)) => {
@@ -278,7 +283,7 @@ impl DeployContext {
                             "the baseline compiler cannot compile this component; compiling \
                              it with {} alone", optimized.0
                         );
-                        self.compile_for_node(version, optimized, false).await?
+                        self.compile_for_node(version, optimized, false).await?.0
                     }
                     (Err(e), None) => return Err(e),
                 }
@@ -299,7 +304,7 @@ impl DeployContext {
         version: &Version,
         tier: &(Compiler, String),
         background: bool,
-    ) -> anyhow::Result<(PathBuf, String, Compiler)> {
+    ) -> anyhow::Result<((PathBuf, String, Compiler), CacheStats)> {
         let (compiler, key) = tier;
         let sha = version.sha256.clone();
         let component = self.data.component(&sha);
@@ -348,7 +353,10 @@ impl DeployContext {
             cache_hits = compiled.cache.hits, cache_lookups = compiled.cache.lookups,
             "compiled a component for this node"
         );
-        Ok((artifact, compiled.artifact_sha256, *compiler))
+        Ok((
+            (artifact, compiled.artifact_sha256, *compiler),
+            compiled.cache,
+        ))
     }
 
     /// Compiles the optimized tier of `version` in the background, once, and then
@@ -375,15 +383,16 @@ impl DeployContext {
                 .unwrap_or_else(PoisonError::into_inner)
                 .remove(&version.sha256);
             let event = match compiled {
-                Ok(_) => {
+                Ok((_, cache)) => {
                     let _one_at_a_time = me.publishing.lock().await;
                     let live = me.publish_change().await;
                     let compile_ms = started.elapsed().as_millis() as u64;
                     tracing::info!(
                         sha256 = %version.sha256, compiler = %tier.0, compile_ms,
+                        cache_hits = cache.hits, cache_lookups = cache.lookups,
                         workers_updated = live, "optimized tier live: new requests run on it"
                     );
-                    Ok(compile_ms)
+                    Ok((compile_ms, cache))
                 }
                 Err(e) => {
                     tracing::warn!(
