@@ -387,7 +387,7 @@ def deploy_to_first_response(large):
                     steps, first = {}, None
                     start = time.perf_counter()
                     req = urllib.request.Request(
-                        f"http://127.0.0.1:{admin}/v1/apps/{name}/versions?route=/{name}", data=body, method="POST",
+                        f"http://127.0.0.1:{admin}/v1/apps/{name}/versions?route={name}.bench/", data=body, method="POST",
                         headers={"Authorization": f"Bearer {tenant}", "Content-Type": "application/wasm",
                                  "Accept": "application/x-ndjson"})
                     with urllib.request.urlopen(req, timeout=900) as r:
@@ -395,12 +395,15 @@ def deploy_to_first_response(large):
                             step = json.loads(line)
                             steps[step["step"]] = (time.perf_counter() - start, step)
                             if step["step"] == "done":
+                                # Until the app answers (any status but the host's
+                                # own 404 for a host no app serves yet).
+                                get = urllib.request.Request(server.url("/"), headers={"Host": f"{name}.bench"})
                                 while True:
                                     try:
-                                        urllib.request.urlopen(server.url(f"/{name}"), timeout=5).read()
+                                        urllib.request.urlopen(get, timeout=5).read()
                                         break
                                     except urllib.error.HTTPError as e:
-                                        if e.code != 404:
+                                        if e.code != 404 or e.read() != b"no_app\n":
                                             break
                                 first = time.perf_counter() - start
                     if "done" not in steps:
