@@ -504,7 +504,13 @@ async fn concurrent_requests_share_an_instance_up_to_their_bound() {
 
 #[tokio::test]
 async fn a_computing_request_gets_no_neighbours_and_those_it_has_wait_for_it() {
-    let server = concurrent(16).arg("--timeout=20s").start().await;
+    // Fuel for well over 1.5 s of computing: the default (about a second of CPU) may
+    // end the spinner, and with it its neighbour's instance, on a fast machine.
+    let server = concurrent(16)
+        .arg("--timeout=20s")
+        .arg("--fuel=100000000000")
+        .start()
+        .await;
     // A neighbour that awaits is on the instance when a request on it starts to
     // compute (1.5 s without awaiting); a third request comes while it computes.
     let (early, spinner, late) = tokio::join!(

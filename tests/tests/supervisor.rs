@@ -383,11 +383,13 @@ fn replace_file(path: &std::path::Path, bytes: &[u8]) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
-/// Waits until `GET /` answers `body`.
+/// Waits until `GET /` answers `body` (each on a new connection, as the load does:
+/// an idle keep-alive connection to a worker being replaced may be closed under it).
 async fn until_serving(server: &Running, body: &str, timeout: Duration) {
     let end = Instant::now() + timeout;
+    let client = server.client().fresh_connections();
     loop {
-        if server.get("/").await.text() == body {
+        if client.get("/").await.text() == body {
             return;
         }
         assert!(
@@ -439,7 +441,10 @@ async fn reload_swaps_a_rebuilt_component_in_without_failing_a_request() {
         before,
         "the running workers were replaced"
     );
-    assert_eq!(server.get("/").await.text(), "hello from async\n");
+    assert_eq!(
+        server.client().fresh_connections().get("/").await.text(),
+        "hello from async\n"
+    );
     // And the next good one goes in.
     replace_file(&file, &std::fs::read(guests::SYNC_GUEST).unwrap());
     until_serving(&server, "hello from sync\n", Duration::from_secs(30)).await;
@@ -488,7 +493,10 @@ async fn reload_build_runs_the_build_when_a_source_changes() {
         "{}",
         server.log()
     );
-    assert_eq!(server.get("/").await.text(), "hello from async\n");
+    assert_eq!(
+        server.client().fresh_connections().get("/").await.text(),
+        "hello from async\n"
+    );
 }
 
 #[tokio::test]
