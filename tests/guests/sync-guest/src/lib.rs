@@ -197,12 +197,15 @@ impl Guest for Handler {
                 }
             }
             where_ if where_.starts_with("/where") => {
-                let prefix = req
-                    .headers()
-                    .get("x-forwarded-prefix")
-                    .first()
-                    .map_or_else(|| "-".to_string(), |v| String::from_utf8_lossy(v).into_owned());
-                respond(out, 200, format!("path={path} prefix={prefix}\n").as_bytes());
+                let prefix = req.headers().get("x-forwarded-prefix").first().map_or_else(
+                    || "-".to_string(),
+                    |v| String::from_utf8_lossy(v).into_owned(),
+                );
+                respond(
+                    out,
+                    200,
+                    format!("path={path} prefix={prefix}\n").as_bytes(),
+                );
             }
             "/whoami" => {
                 // What the host says of the client: its x-real-ip, the forwarding
