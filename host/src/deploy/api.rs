@@ -545,6 +545,7 @@ async fn record(
     };
     let artifact_sha = compiled.artifact_sha256.clone();
     let (tenant, app) = (tenant.clone(), app.to_string());
+    let me = ctx.clone();
     let version = ctx
         .blocking(move |r| {
             // Files first, then the records that point at them: a crash in between
@@ -557,6 +558,7 @@ async fn record(
                     )
                 })?;
             r.put_artifact(&sha, &engine_key, &artifact_sha)?;
+            me.written_intact(&artifact_path);
             r.add_version(&tenant, &app, new).inspect_err(|_| {
                 // Refused (a route conflict): leave no trace unless another version
                 // uses the same bytes.

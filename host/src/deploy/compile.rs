@@ -158,6 +158,12 @@ fn partial_path(path: &Path) -> Option<PathBuf> {
 /// Writes `bytes` to `path` all or nothing: a temporary file in the same directory,
 /// synced, renamed into place, and the directory synced.
 pub fn write_durably(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    write_whole(path, bytes, true)
+}
+
+/// Writes `bytes` to `path` all or nothing (a temporary file renamed into place);
+/// synced to disk only when `sync`.
+fn write_whole(path: &Path, bytes: &[u8], sync: bool) -> anyhow::Result<()> {
     let dir = path.parent().context("a path without a directory")?;
     let tmp = partial_path(path).context("a path without a file name")?;
     let result = (|| -> anyhow::Result<()> {
@@ -171,13 +177,17 @@ pub fn write_durably(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
             .with_context(|| format!("failed to create {}", tmp.display()))?;
         file.write_all(bytes)
             .with_context(|| format!("failed to write {}", tmp.display()))?;
-        file.sync_all()
-            .with_context(|| format!("failed to sync {}", tmp.display()))?;
+        if sync {
+            file.sync_all()
+                .with_context(|| format!("failed to sync {}", tmp.display()))?;
+        }
         std::fs::rename(&tmp, path)
             .with_context(|| format!("failed to move {} into place", path.display()))?;
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .with_context(|| format!("failed to sync {}", dir.display()))?;
+        if sync {
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .with_context(|| format!("failed to sync {}", dir.display()))?;
+        }
         Ok(())
     })();
     if result.is_err() {
@@ -414,7 +424,10 @@ pub fn run_compile(args: &CompileArgs) -> std::process::ExitCode {
         Ok(artifact) => artifact,
         Err(e) => return fail(1, format!("failed to serialize the artifact: {e:#}")),
     };
-    if let Err(e) = write_durably(&args.artifact, &artifact) {
+    // No fsync: an artifact is checked against its recorded hash before any use and
+    // compiled again when it is not intact, so a crash can cost a recompile, never a
+    // wrong artifact (a deploy's first response waits for this write).
+    if let Err(e) = write_whole(&args.artifact, &artifact, false) {
         return fail(1, format!("{e:#}"));
     }
     let stats = cache.as_ref().map(|c| c.stats()).unwrap_or_default();

@@ -345,6 +345,7 @@ impl DeployContext {
             std::fs::rename(&tmp_path, &artifact_path)
                 .context("failed to move the artifact into place")?;
             me.registry.put_artifact(&sha, &key, &artifact_sha)?;
+            me.written_intact(&artifact_path);
             Ok(())
         })
         .await??;
@@ -405,6 +406,18 @@ impl DeployContext {
             };
             let _ = me.optimized_events.send((version.sha256.clone(), event));
         });
+    }
+
+    /// Notes an artifact this node just moved into place as intact: the compile child
+    /// hashed the bytes it wrote, and that hash is the one recorded. Publishing it
+    /// then does not read and hash it again. Blocks.
+    pub(crate) fn written_intact(&self, path: &std::path::Path) {
+        if let Ok(meta) = std::fs::metadata(path) {
+            self.verified
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(path.to_path_buf(), (meta.len(), meta.modified().ok()));
+        }
     }
 
     /// Whether the artifact at `path` is there and has the recorded `hash`. Hashed
