@@ -478,3 +478,33 @@ async fn a_deploy_reports_each_step_as_it_happens() {
     );
     assert_eq!(server.get_host("shown.test", "/").await.status, 200);
 }
+
+#[tokio::test]
+async fn an_upload_no_compiler_can_serve_is_refused_without_a_second_compile() {
+    // Only a compiler's own failure sends the upload to the other compiler: a
+    // component without a handler is refused by the baseline compile alone.
+    let dir = temp_dir("tiers-refused");
+    let server = Server::registry(&dir).arg("--compiler=auto").start().await;
+    let token = server.create_tenant("acme", "{}").await;
+    let empty_component = b"\0asm\x0d\0\x01\0".to_vec();
+    let reply = server
+        .api(
+            http::Method::POST,
+            "/v1/apps/empty/versions?route=/empty",
+            Some(&token),
+            empty_component,
+            "application/wasm",
+        )
+        .await;
+    assert_eq!(reply.status, 422, "{}", reply.text());
+    assert!(
+        reply.text().contains("no wasi:http handler export"),
+        "{}",
+        reply.text()
+    );
+    assert!(
+        !server.has_log(&["the baseline compiler cannot compile"]),
+        "{}",
+        server.log()
+    );
+}

@@ -20,7 +20,7 @@ use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::deploy::compile::{self, CompileLimits, Compiled, DeployError, TempFiles};
+use crate::deploy::compile::{self, Compiled, DeployError, TempFiles};
 use crate::deploy::context::DeployContext;
 use crate::deploy::progress::{self, AdminBody, Progress};
 use crate::deploy::reply::{Answer, Refused, Reply, no_content, refuse, reply};
@@ -485,25 +485,7 @@ async fn compile_upload(
     };
     // With tiers, the baseline compiler first: the version answers sooner, and the
     // optimized artifact follows in the background (DeployContext::prepare).
-    let baseline = (ctx.compile.compiler, ctx.engine_key.clone());
-    let (compiled, tier) = match (compile(ctx.compile).await, &ctx.optimized) {
-        (Ok(compiled), _) => (compiled, baseline),
-        // The baseline compiler lacks a feature the component uses: the optimizing
-        // one alone serves it. An invalid upload is refused as it is.
-        (Err(DeployError::Unprocessable(reason)), Some(optimized)) => {
-            tracing::warn!(
-                %reason,
-                "the baseline compiler cannot compile this upload; compiling it with {} alone",
-                optimized.0
-            );
-            let limits = CompileLimits {
-                compiler: optimized.0,
-                ..ctx.compile
-            };
-            (compile(limits).await?, optimized.clone())
-        }
-        (Err(e), _) => return Err(e.into()),
-    };
+    let (compiled, tier) = ctx.compile_baseline(compile).await?;
     Ok(CompiledUpload {
         sha,
         files,

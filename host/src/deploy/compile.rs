@@ -33,9 +33,13 @@ pub enum DeployError {
     #[error("the upload is larger than --max-upload ({0} bytes)")]
     TooLarge(u64),
     /// A valid component wasmloop cannot serve: no handler, missing imports, a
-    /// compilation that failed or ran out of time or memory: 422.
+    /// compilation that ran out of time or memory: 422.
     #[error("{0}")]
     Unprocessable(String),
+    /// A valid component this compiler cannot compile (Winch lacks relaxed SIMD, tail
+    /// calls, GC...): 422, unless another compiler can (see `DeployContext`).
+    #[error("{0}")]
+    Uncompilable(String),
     /// The host's fault (disk full, read-only data directory): 500.
     #[error(transparent)]
     Storage(#[from] anyhow::Error),
@@ -236,6 +240,7 @@ pub struct CompileLimits {
 /// Exit codes of `wasmloop compile`, telling the master which status to answer.
 const EXIT_INVALID: i32 = 10;
 const EXIT_UNPROCESSABLE: i32 = 11;
+const EXIT_UNCOMPILABLE: i32 = 12;
 
 /// Compiles the component at `component` into `artifact` in a child process
 /// (`wasmloop compile`), killed past `limits.timeout`, its address space capped at
@@ -298,6 +303,7 @@ pub async fn compile(
             .map_err(DeployError::Storage),
         Some(EXIT_INVALID) => Err(DeployError::Invalid(message)),
         Some(EXIT_UNPROCESSABLE) => Err(DeployError::Unprocessable(message)),
+        Some(EXIT_UNCOMPILABLE) => Err(DeployError::Uncompilable(message)),
         _ => Err(DeployError::Unprocessable(format!(
             "compilation failed ({}), possibly out of its {} MiB memory budget: {message}",
             output.status,
@@ -321,7 +327,7 @@ pub fn compile_upload(
         .validate_all(bytes)
         .map_err(|e| DeployError::Invalid(format!("the component is truncated or corrupt: {e}")))?;
     let compiled = wasmtime::component::Component::new(engine, bytes)
-        .map_err(|e| DeployError::Unprocessable(format!("compilation failed: {e:#}")))?;
+        .map_err(|e| DeployError::Uncompilable(format!("compilation failed: {e:#}")))?;
     let handler = component::prepare(engine, &compiled, mode)
         .map_err(|e| DeployError::Unprocessable(format!("{e:#}")))?;
     Ok((compiled, handler))
@@ -358,7 +364,8 @@ pub struct CompileArgs {
 
 /// `wasmloop compile`: validates, compiles, classifies and links one component,
 /// instantiates it once, writes its artifact and prints a [`Compiled`] report. Exits
-/// 10 for an invalid component, 11 for one wasmloop cannot serve.
+/// 10 for an invalid component, 11 for one wasmloop cannot serve, 12 for one this
+/// compiler cannot compile.
 #[expect(
     clippy::disallowed_methods,
     reason = "a one-shot child process, no event loop"
@@ -401,6 +408,7 @@ pub fn run_compile(args: &CompileArgs) -> std::process::ExitCode {
     let (compiled, handler) = match compile_upload(&engine, &bytes, args.mode) {
         Ok(done) => done,
         Err(DeployError::Invalid(e)) => return fail(EXIT_INVALID, e),
+        Err(DeployError::Uncompilable(e)) => return fail(EXIT_UNCOMPILABLE, e),
         Err(e) => return fail(EXIT_UNPROCESSABLE, e.to_string()),
     };
     // The address-space cap is for Cranelift. An instance reserves more address space

@@ -17,7 +17,7 @@ use subtle::ConstantTimeEq as _;
 use tokio::sync::{mpsc, watch};
 
 use crate::config::ServeConfig;
-use crate::deploy::compile::{self, CompileCache, CompileLimits, DataDir};
+use crate::deploy::compile::{self, CompileCache, CompileLimits, Compiled, DataDir, DeployError};
 use crate::deploy::queue::CompileQueue;
 use crate::deploy::reply::{Refused, refuse, unauthorized};
 use crate::model::app::{ActiveApp, Version, sha256_hex};
@@ -268,26 +268,7 @@ impl DeployContext {
         .await??;
         let found = match found {
             Some(found) => found,
-            None => {
-                let baseline = (self.compile.compiler, self.engine_key.clone());
-                match (
-                    self.compile_for_node(version, &baseline, false).await,
-                    &self.optimized,
-                ) {
-                    (Ok((found, _)), _) => found,
-                    // The baseline compiler lacks a feature the component uses (relaxed
-                    // SIMD, tail calls, GC...): the optimizing one alone serves it.
-                    (Err(e), Some(optimized)) => {
-                        tracing::warn!(
-                            sha256 = %sha, reason = format!("{e:#}"),
-                            "the baseline compiler cannot compile this component; compiling \
-                             it with {} alone", optimized.0
-                        );
-                        self.compile_for_node(version, optimized, false).await?.0
-                    }
-                    (Err(e), None) => return Err(e),
-                }
-            }
+            None => self.compile_for_node(version, false).await?.0,
         };
         if self.optimized.as_ref().is_some_and(|(c, _)| *c != found.2) {
             self.optimize_later(version);
@@ -295,20 +276,50 @@ impl DeployContext {
         Ok(Some(found))
     }
 
-    /// Compiles `version` for this node with `tier`'s compiler in a bounded child,
-    /// moves the artifact into place and records it. A background compile (the
-    /// optimized tier) runs at the lowest CPU priority, one at a time, and takes no
-    /// turn from deploys.
+    /// Compiles with the baseline tier's compiler (`compile` runs one compile child
+    /// with the limits it is given), or with the optimizing one alone when the
+    /// baseline compiler cannot compile the component (Winch lacks relaxed SIMD, tail
+    /// calls, GC...). Any other refusal stands. Returns the report and the tier
+    /// (compiler, engine key) it is for.
+    pub(crate) async fn compile_baseline<F, Fut>(
+        &self,
+        compile: F,
+    ) -> Result<(Compiled, (Compiler, String)), DeployError>
+    where
+        F: Fn(CompileLimits) -> Fut,
+        Fut: Future<Output = Result<Compiled, DeployError>>,
+    {
+        let baseline = (self.compile.compiler, self.engine_key.clone());
+        match (compile(self.compile).await, &self.optimized) {
+            (Ok(compiled), _) => Ok((compiled, baseline)),
+            (Err(DeployError::Uncompilable(reason)), Some(optimized)) => {
+                tracing::warn!(
+                    %reason,
+                    "the baseline compiler cannot compile this upload; compiling it with \
+                     {} alone",
+                    optimized.0
+                );
+                let limits = CompileLimits {
+                    compiler: optimized.0,
+                    ..self.compile
+                };
+                Ok((compile(limits).await?, optimized.clone()))
+            }
+            (Err(e), _) => Err(e),
+        }
+    }
+
+    /// Compiles `version` for this node in a bounded child, moves the artifact into
+    /// place and records it: the baseline tier (see
+    /// [`DeployContext::compile_baseline`]), or in the `background` the optimized
+    /// tier, at the lowest CPU priority, one at a time, taking no turn from deploys.
     async fn compile_for_node(
         self: &Arc<Self>,
         version: &Version,
-        tier: &(Compiler, String),
         background: bool,
     ) -> anyhow::Result<((PathBuf, String, Compiler), CacheStats)> {
-        let (compiler, key) = tier;
         let sha = version.sha256.clone();
         let component = self.data.component(&sha);
-        let artifact = self.data.artifact(&sha, key);
         let mode = ModeChoice::from(version.mode);
         let tmp = self.data.temp_files(&["artifact"]);
         let _turn = match background {
@@ -320,20 +331,28 @@ impl DeployContext {
             false => None,
         };
         let started = std::time::Instant::now();
-        let limits = CompileLimits {
-            compiler: *compiler,
-            low_priority: background,
-            ..self.compile
+        let compile = |limits| {
+            compile::compile(
+                &component,
+                tmp.path(0),
+                mode,
+                limits,
+                self.compile_cache.as_ref(),
+            )
         };
-        let compiled = compile::compile(
-            &component,
-            tmp.path(0),
-            mode,
-            limits,
-            self.compile_cache.as_ref(),
-        )
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let compiled = match (&self.optimized, background) {
+            (Some(optimized), true) => {
+                let limits = CompileLimits {
+                    compiler: optimized.0,
+                    low_priority: true,
+                    ..self.compile
+                };
+                compile(limits).await.map(|c| (c, optimized.clone()))
+            }
+            _ => self.compile_baseline(compile).await,
+        };
+        let (compiled, (compiler, key)) = compiled.map_err(|e| anyhow::anyhow!("{e}"))?;
+        let artifact = self.data.artifact(&sha, &key);
         let me = self.clone();
         let (artifact_path, artifact_sha, key) = (
             artifact.clone(),
@@ -355,7 +374,7 @@ impl DeployContext {
             "compiled a component for this node"
         );
         Ok((
-            (artifact, compiled.artifact_sha256, *compiler),
+            (artifact, compiled.artifact_sha256, compiler),
             compiled.cache,
         ))
     }
@@ -364,7 +383,7 @@ impl DeployContext {
     /// publishes the table again: workers load the optimized artifact for new
     /// requests (those in flight finish on the baseline one).
     fn optimize_later(self: &Arc<Self>, version: &Version) {
-        let Some(tier) = self.optimized.clone() else {
+        let Some((compiler, _)) = self.optimized.clone() else {
             return;
         };
         if !self
@@ -378,7 +397,7 @@ impl DeployContext {
         let (me, version) = (self.clone(), version.clone());
         tokio::spawn(async move {
             let started = std::time::Instant::now();
-            let compiled = me.compile_for_node(&version, &tier, true).await;
+            let compiled = me.compile_for_node(&version, true).await;
             me.optimizing
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
@@ -389,7 +408,7 @@ impl DeployContext {
                     let live = me.publish_change().await;
                     let compile_ms = started.elapsed().as_millis() as u64;
                     tracing::info!(
-                        sha256 = %version.sha256, compiler = %tier.0, compile_ms,
+                        sha256 = %version.sha256, %compiler, compile_ms,
                         cache_hits = cache.hits, cache_lookups = cache.lookups,
                         workers_updated = live, "optimized tier live: new requests run on it"
                     );

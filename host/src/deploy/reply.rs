@@ -109,7 +109,9 @@ pub fn deploy_error(e: DeployError) -> Reply {
     let status = match &e {
         DeployError::Invalid(_) => StatusCode::BAD_REQUEST,
         DeployError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-        DeployError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        DeployError::Unprocessable(_) | DeployError::Uncompilable(_) => {
+            StatusCode::UNPROCESSABLE_ENTITY
+        }
         DeployError::Busy { retry_after, .. } => {
             let mut response = error(StatusCode::SERVICE_UNAVAILABLE, &e);
             response.headers_mut().insert(
