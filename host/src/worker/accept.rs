@@ -156,11 +156,12 @@ async fn accept_loop(listener: Listener, accepting: Rc<Accepting>, stop: Cancell
             accepted = accept(&listener) => accepted,
         };
         match accepted {
-            Ok((Stream::Tcp(stream), peer)) => {
+            Ok(Stream::Tcp(stream, peer)) => {
                 let _ = stream.set_nodelay(true);
                 accepting.spawn(stream, local.clone(), Some(peer));
             }
-            Ok((Stream::Unix(stream), _)) => accepting.spawn(stream, local.clone(), None),
+            // A peer on a unix socket has no address.
+            Ok(Stream::Unix(stream)) => accepting.spawn(stream, local.clone(), None),
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
                 tracing::warn!(error = %e, "accept failed");
@@ -170,21 +171,16 @@ async fn accept_loop(listener: Listener, accepting: Rc<Accepting>, stop: Cancell
     }
 }
 
+/// An accepted connection, with the peer's address when it has one.
 enum Stream {
-    Tcp(TcpStream),
+    Tcp(TcpStream, std::net::SocketAddr),
     Unix(UnixStream),
 }
 
-async fn accept(listener: &Listener) -> io::Result<(Stream, std::net::SocketAddr)> {
+async fn accept(listener: &Listener) -> io::Result<Stream> {
     match listener {
-        Listener::Tcp(l) => l.accept().await.map(|(s, peer)| (Stream::Tcp(s), peer)),
-        Listener::Unix(l) => l.accept().await.map(|(s, _)| {
-            // A unix peer has no IP address; this one is never used.
-            (
-                Stream::Unix(s),
-                std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
-            )
-        }),
+        Listener::Tcp(l) => l.accept().await.map(|(s, peer)| Stream::Tcp(s, peer)),
+        Listener::Unix(l) => l.accept().await.map(|(s, _)| Stream::Unix(s)),
     }
 }
 
