@@ -700,6 +700,36 @@ impl Running {
         self.client.send(method, path, body).await
     }
 
+    /// The `compiler=` of the access lines for requests that named `host` (every
+    /// access line with `None`), in order.
+    pub fn compilers(&self, host: Option<&str>) -> Vec<String> {
+        let host = host.map(|h| format!("host=\"{h}\""));
+        self.log()
+            .lines()
+            .filter(|l| l.contains("wasmloop::access"))
+            .filter(|l| host.as_ref().is_none_or(|h| l.contains(h)))
+            .filter_map(|l| l.split("compiler=").nth(1))
+            .map(|rest| rest.split_whitespace().next().unwrap_or("").to_string())
+            .collect()
+    }
+
+    /// Sends `GET /` with `Host: host` in a loop until `stop` is set; returns every
+    /// status.
+    pub fn load_host(
+        self: &Arc<Self>,
+        host: &'static str,
+        stop: &Arc<std::sync::atomic::AtomicBool>,
+    ) -> tokio::task::JoinHandle<Vec<u16>> {
+        let (server, stop) = (self.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                statuses.push(server.get_host(host, "/").await.status.as_u16());
+            }
+            statuses
+        })
+    }
+
     /// Everything the server wrote to stderr so far.
     pub fn log(&self) -> String {
         self.log.text()

@@ -63,44 +63,30 @@ fn attributes(
 
 impl Collector {
     pub async fn start() -> Collector {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let spans = Arc::new(Mutex::new(Vec::new()));
         let sink = spans.clone();
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let sink = sink.clone();
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(
-                        move |req: http::Request<hyper::body::Incoming>| {
-                            let sink = sink.clone();
-                            async move {
-                                let path = req.uri().path().to_string();
-                                let body = req.into_body().collect().await?.to_bytes();
-                                let status = match ExportTraceServiceRequest::decode(body) {
-                                    Ok(export) if path == "/v1/traces" => {
-                                        keep(&sink, export);
-                                        200
-                                    }
-                                    _ => 400,
-                                };
-                                let mut response = http::Response::new(Full::new(Bytes::new()));
-                                *response.status_mut() =
-                                    http::StatusCode::from_u16(status).unwrap();
-                                response.headers_mut().insert(
-                                    "content-type",
-                                    http::HeaderValue::from_static("application/x-protobuf"),
-                                );
-                                Ok::<_, hyper::Error>(response)
-                            }
-                        },
-                    );
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                        .await;
-                });
+        let addr = serve(move |req| {
+            let sink = sink.clone();
+            async move {
+                let path = req.uri().path().to_string();
+                let body = req.into_body().collect().await.map(|b| b.to_bytes());
+                let status = match body.map(ExportTraceServiceRequest::decode) {
+                    Ok(Ok(export)) if path == "/v1/traces" => {
+                        keep(&sink, export);
+                        200
+                    }
+                    _ => 400,
+                };
+                let mut response = http::Response::new(Full::new(Bytes::new()));
+                *response.status_mut() = http::StatusCode::from_u16(status).unwrap();
+                response.headers_mut().insert(
+                    "content-type",
+                    http::HeaderValue::from_static("application/x-protobuf"),
+                );
+                response
             }
-        });
+        })
+        .await;
         Collector { addr, spans }
     }
 
@@ -166,36 +152,19 @@ pub struct TracedUpstream {
 
 impl TracedUpstream {
     pub async fn start() -> TracedUpstream {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let sink = seen.clone();
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let sink = sink.clone();
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(
-                        move |req: http::Request<hyper::body::Incoming>| {
-                            let parent = req
-                                .headers()
-                                .get("traceparent")
-                                .and_then(|v| v.to_str().ok())
-                                .unwrap_or("-")
-                                .to_string();
-                            sink.lock().unwrap().push(parent);
-                            async move {
-                                Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
-                                    Bytes::from_static(b"ok"),
-                                )))
-                            }
-                        },
-                    );
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
+        let addr = serve(move |req| {
+            let parent = req
+                .headers()
+                .get("traceparent")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-")
+                .to_string();
+            sink.lock().unwrap().push(parent);
+            async { http::Response::new(Full::new(Bytes::from_static(b"ok"))) }
+        })
+        .await;
         TracedUpstream { addr, seen }
     }
 
@@ -203,4 +172,30 @@ impl TracedUpstream {
     pub fn traceparents(&self) -> Vec<String> {
         self.seen.lock().unwrap().clone()
     }
+}
+
+/// Serves HTTP/1.1 on a free port of 127.0.0.1, answering each request with
+/// `handle`, on the current runtime; returns the address.
+async fn serve<F, Fut>(handle: F) -> SocketAddr
+where
+    F: Fn(http::Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = http::Response<Full<Bytes>>> + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let handle = handle.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req| {
+                    let answer = handle(req);
+                    async move { Ok::<_, std::convert::Infallible>(answer.await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
 }

@@ -437,28 +437,11 @@ async fn a_python_deploy_answers_on_the_baseline_tier_then_moves_to_cranelift() 
     let first_response = started.elapsed();
 
     let stop = Arc::new(AtomicBool::new(false));
-    let load = {
-        let (server, stop) = (server.clone(), stop.clone());
-        tokio::spawn(async move {
-            let mut statuses = Vec::new();
-            while !stop.load(Ordering::Relaxed) {
-                statuses.push(server.get_host("py.test", "/").await.status.as_u16());
-            }
-            statuses
-        })
-    };
+    let load = server.load_host("py.test", &stop);
     let live = server.wait_for_log(&["optimized tier live"], Duration::from_secs(120));
     assert!(live.is_some(), "{}", server.log());
     let optimized_live = started.elapsed();
-    let seen = || -> Vec<String> {
-        server
-            .log()
-            .lines()
-            .filter(|l| l.contains("wasmloop::access") && l.contains("host=\"py.test\""))
-            .filter_map(|l| l.split("compiler=").nth(1))
-            .map(|rest| rest.split_whitespace().next().unwrap_or("").to_string())
-            .collect()
-    };
+    let seen = || server.compilers(Some("py.test"));
     let end = Instant::now() + Duration::from_secs(10);
     while seen().last().map(String::as_str) != Some("cranelift") && Instant::now() < end {
         tokio::time::sleep(Duration::from_millis(20)).await;

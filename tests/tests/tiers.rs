@@ -7,18 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use wasmloop_tests::{Running, Server, guests, temp_dir};
-
-/// The `compiler=` of every access line, in order.
-fn compilers(server: &Running) -> Vec<String> {
-    server
-        .log()
-        .lines()
-        .filter(|l| l.contains("wasmloop::access"))
-        .filter_map(|l| l.split("compiler=").nth(1))
-        .map(|rest| rest.split_whitespace().next().unwrap_or("").to_string())
-        .collect()
-}
+use wasmloop_tests::{Server, guests, temp_dir};
 
 #[tokio::test]
 async fn auto_answers_on_the_baseline_tier_and_switches_under_load_without_a_failure() {
@@ -55,7 +44,7 @@ async fn auto_answers_on_the_baseline_tier_and_switches_under_load_without_a_fai
         let statuses = load.await.unwrap();
         assert!(statuses.len() > 10, "{guest}: {statuses:?}");
         assert!(statuses.iter().all(|s| *s == 200), "{guest}: {statuses:?}");
-        let seen = compilers(&server);
+        let seen = server.compilers(None);
         // It was ready to serve on Winch before it said it listened, and switched
         // after; once on Cranelift, no request went back. (A small guest's optimized
         // tier is often live before the first request: the baseline tier's own
@@ -98,7 +87,7 @@ async fn each_compiler_serves_alone() {
         // Preemption and fuel hold on both.
         assert_eq!(server.get("/spin?ms=20").await.status, 200, "{compiler}");
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let seen = compilers(&server);
+        let seen = server.compilers(None);
         assert!(
             !seen.is_empty() && seen.iter().all(|c| c == compiler),
             "{seen:?}"
@@ -129,7 +118,7 @@ async fn a_registry_deploys_with_the_compiler_it_is_given() {
     let reply = server.get_host("acme.test", "/").await;
     assert_eq!(reply.text(), "hello from sync\n");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(compilers(&server), ["winch"]);
+    assert_eq!(server.compilers(None), ["winch"]);
     // Its artifacts are the Winch engine's, apart from Cranelift's.
     let artifacts: Vec<_> = std::fs::read_dir(dir.join("artifacts"))
         .map(|d| d.filter_map(Result::ok).map(|e| e.file_name()).collect())
@@ -174,33 +163,6 @@ async fn a_component_the_baseline_cannot_compile_is_served_by_cranelift_alone() 
     assert!(output.contains("relaxed SIMD"), "{output}");
 }
 
-/// Sends `GET host/` in a loop until stopped; returns every status.
-fn load_host(
-    server: &Arc<Running>,
-    host: &'static str,
-    stop: &Arc<AtomicBool>,
-) -> tokio::task::JoinHandle<Vec<u16>> {
-    let (server, stop) = (server.clone(), stop.clone());
-    tokio::spawn(async move {
-        let mut statuses = Vec::new();
-        while !stop.load(Ordering::Relaxed) {
-            statuses.push(server.get_host(host, "/").await.status.as_u16());
-        }
-        statuses
-    })
-}
-
-/// The `compiler=` of the access lines for `host`.
-fn compilers_of(server: &Running, host: &str) -> Vec<String> {
-    server
-        .log()
-        .lines()
-        .filter(|l| l.contains("wasmloop::access") && l.contains(&format!("host=\"{host}\"")))
-        .filter_map(|l| l.split("compiler=").nth(1))
-        .map(|rest| rest.split_whitespace().next().unwrap_or("").to_string())
-        .collect()
-}
-
 #[tokio::test]
 async fn a_deploy_answers_on_the_baseline_tier_and_switches_under_load() {
     let dir = temp_dir("tiers-deploy");
@@ -226,7 +188,7 @@ async fn a_deploy_answers_on_the_baseline_tier_and_switches_under_load() {
         assert_eq!(deployed["compiler"], "winch", "{deployed}");
         assert_eq!(deployed["optimizing"], true, "{deployed}");
         let stop = Arc::new(AtomicBool::new(false));
-        let load = load_host(&server, host, &stop);
+        let load = server.load_host(host, &stop);
         let live = server.wait_for_log(
             &[
                 "optimized tier live",
@@ -237,14 +199,18 @@ async fn a_deploy_answers_on_the_baseline_tier_and_switches_under_load() {
         assert!(live.is_some(), "{app}: {}", server.log());
         // Requests after the switch run on Cranelift's code.
         let switched = tokio::time::timeout(Duration::from_secs(10), async {
-            while compilers_of(&server, host).last().map(String::as_str) != Some("cranelift") {
+            while server.compilers(Some(host)).last().map(String::as_str) != Some("cranelift") {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         })
         .await;
         stop.store(true, Ordering::Relaxed);
         let statuses = load.await.unwrap();
-        assert!(switched.is_ok(), "{app}: {:?}", compilers_of(&server, host));
+        assert!(
+            switched.is_ok(),
+            "{app}: {:?}",
+            server.compilers(Some(host))
+        );
         assert!(
             statuses.len() > 10 && statuses.iter().all(|s| *s != 502 && *s != 503 && *s != 500),
             "{app}: {statuses:?}"
@@ -267,7 +233,7 @@ async fn a_deploy_answers_on_the_baseline_tier_and_switches_under_load() {
             .find(|l| l.contains("optimized tier live") && l.contains(sha))
             .and_then(|line| log.find(line));
         assert!(baseline.is_some() && baseline < optimized, "{app}: {log}");
-        let seen = compilers_of(&server, host);
+        let seen = server.compilers(Some(host));
         let first = seen.iter().position(|c| c == "cranelift").unwrap();
         assert!(
             seen[..first].iter().all(|c| c == "winch"),
@@ -352,7 +318,7 @@ async fn tiered_artifacts_survive_a_restart_and_a_corrupt_one_is_compiled_again(
     assert_eq!(reply.text(), "hello from sync\n");
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(
-        compilers(&server).last().map(String::as_str),
+        server.compilers(None).last().map(String::as_str),
         Some("cranelift")
     );
 }
