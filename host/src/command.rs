@@ -26,8 +26,8 @@ pub enum Command {
     /// Serve a wasi:http component: a master process supervising `--workers` worker
     /// processes that share the listening socket.
     Serve(Box<crate::config::ServeConfig>),
-    /// One worker process, started by `serve`'s master with the listener inherited
-    /// as file descriptor 3. Not for direct use.
+    /// One worker process, started by `serve`'s master with the listeners inherited
+    /// as file descriptors 3, 4, ... Not for direct use.
     #[command(hide = true)]
     Worker(Box<crate::config::ServeConfig>),
     /// Create a handler crate, ready to build: `wasmloop new NAME [--async]`.
