@@ -27,7 +27,11 @@ pub fn wanted(headers: &HeaderMap) -> bool {
         .get_all(http::header::ACCEPT)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .any(|v| v.split(',').any(|t| t.trim().starts_with(NDJSON)))
+        .flat_map(|v| v.split(','))
+        .any(|t| {
+            let media = t.split(';').next().unwrap_or_default();
+            media.trim().eq_ignore_ascii_case(NDJSON)
+        })
 }
 
 /// Where a deploy reports its steps; reports nothing for a plain deploy.
@@ -62,5 +66,29 @@ impl Progress {
     /// Whether a client asked for the steps.
     pub fn streaming_to_client(&self) -> bool {
         self.0.as_ref().is_some_and(|tx| !tx.is_closed())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steps_are_wanted_in_any_accept_form_that_names_them() {
+        let wants = |values: &[&str]| {
+            let mut headers = HeaderMap::new();
+            for v in values {
+                headers.append(http::header::ACCEPT, v.parse().unwrap());
+            }
+            wanted(&headers)
+        };
+        assert!(wants(&["application/x-ndjson"]));
+        assert!(wants(&["application/json, application/x-ndjson;q=0.9"]));
+        assert!(wants(&["text/html", " application/x-ndjson "]));
+        assert!(!wants(&[]));
+        assert!(!wants(&["application/json"]));
+        assert!(!wants(&["*/*"]));
+        assert!(!wants(&["application/x-ndjsonl"]));
+        assert!(wants(&["Application/X-NDJSON; q=1"]));
     }
 }
