@@ -49,14 +49,26 @@ async fn auto_answers_on_the_baseline_tier_and_switches_under_load_without_a_fai
         // after; once on Cranelift, no request went back. (A small guest's optimized
         // tier is often live before the first request: the baseline tier's own
         // serving is tested with --compiler=winch below.)
+        // Compared by the lines' timestamps: the worker's and the master's log lines
+        // reach stderr through separate writers, so their order there may differ from
+        // the order of events. The worker loads before it reports ready; the master
+        // says it listens once the worker is ready.
         let log = server.log();
-        let baseline = log.find("compiler=winch").expect("a baseline tier");
-        let listening = log.find("\nlistening on").expect("listening");
-        let optimized = log.find("optimized tier live").expect("the switch");
-        assert!(
-            baseline < listening && listening < optimized,
-            "{guest}: {log}"
-        );
+        let at = |what: &str| -> String {
+            let line = log
+                .lines()
+                .find(|l| l.contains(what))
+                .unwrap_or_else(|| panic!("{guest}: no {what:?} in {log}"));
+            line.split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_string()
+        };
+        let baseline = at("compiler=winch");
+        let ready = at("worker ready");
+        let optimized = at("optimized tier live");
+        assert!(log.contains("\nlistening on"), "{guest}: {log}");
+        assert!(baseline <= ready && ready <= optimized, "{guest}: {log}");
         let first_cranelift = seen.iter().position(|c| c == "cranelift");
         assert!(first_cranelift.is_some(), "{guest}: {seen:?}");
         assert!(
@@ -218,21 +230,23 @@ async fn a_deploy_answers_on_the_baseline_tier_and_switches_under_load() {
         // The workers loaded Winch's code first (a small guest's optimized tier may
         // be live before the first request: the Python test sees requests on both),
         // and no request went back to it after the switch.
+        // Compared by timestamps: the workers' lines and the master's reach stderr
+        // through separate writers.
         let log = server.log();
-        let baseline = log
-            .find(&format!("loaded app app=acme/{app} version=1"))
-            .filter(|&at| {
-                log[at..]
-                    .lines()
-                    .next()
-                    .is_some_and(|l| l.contains("compiler=winch"))
-            });
         let sha = deployed["version"]["sha256"].as_str().unwrap();
-        let optimized = log
-            .lines()
-            .find(|l| l.contains("optimized tier live") && l.contains(sha))
-            .and_then(|line| log.find(line));
-        assert!(baseline.is_some() && baseline < optimized, "{app}: {log}");
+        let at = |pred: &dyn Fn(&str) -> bool| {
+            log.lines()
+                .find(|l| pred(l))
+                .and_then(|l| l.split_whitespace().next())
+                .map(str::to_string)
+        };
+        let loaded = format!("loaded app app=acme/{app} version=1");
+        let baseline = at(&|l| l.contains(&loaded) && l.contains("compiler=winch"));
+        let optimized = at(&|l| l.contains("optimized tier live") && l.contains(sha));
+        assert!(
+            baseline.is_some() && optimized.is_some() && baseline <= optimized,
+            "{app}: {log}"
+        );
         let seen = server.compilers(Some(host));
         let first = seen.iter().position(|c| c == "cranelift").unwrap();
         assert!(
