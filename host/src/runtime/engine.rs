@@ -80,6 +80,13 @@ fn base_config(compiler: Compiler) -> Config {
         .wasm_component_model_async(true)
         .consume_fuel(true)
         .epoch_interruption(true);
+    if compiler == Compiler::Winch {
+        // Winch compiles the functions; Cranelift still compiles the trampolines
+        // between host and guest, one per function a table or an export can reach
+        // (tens of thousands in CPython), and its optimizer was a fifth of a baseline
+        // compile's CPU. The baseline tier is about compiling fast: no optimizer.
+        config.cranelift_opt_level(wasmtime::OptLevel::None);
+    }
     config
 }
 
