@@ -472,8 +472,11 @@ async fn compile_upload(
     let files = ctx.data.temp_files(&["upload", "artifact"]);
     let (upload_path, to_write) = (files.path(0).to_path_buf(), bytes.clone());
     let write =
-        tokio::task::spawn_blocking(move || compile::write_durably(&upload_path, &to_write)).await;
+        tokio::task::spawn_blocking(move || compile::write_now(&upload_path, &to_write)).await;
     flatten(write).map_err(DeployError::Storage)?;
+    // Synced while it compiles, and before anything records it (in [`record`]).
+    let to_sync = files.path(0).to_path_buf();
+    let synced = tokio::task::spawn_blocking(move || compile::sync(&to_sync));
     let compile = |limits| {
         compile::compile(
             files.path(0),
@@ -486,6 +489,7 @@ async fn compile_upload(
     // With tiers, the baseline compiler first: the version answers sooner, and the
     // optimized artifact follows in the background (DeployContext::prepare).
     let (compiled, tier) = ctx.compile_baseline(compile).await?;
+    flatten(synced.await).map_err(DeployError::Storage)?;
     Ok(CompiledUpload {
         sha,
         files,

@@ -165,6 +165,23 @@ pub fn write_durably(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     write_whole(path, bytes, true)
 }
 
+/// Writes `bytes` to `path` all or nothing, not yet synced: a compile child can read
+/// it at once while [`sync`] makes it durable beside the compile.
+pub fn write_now(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    write_whole(path, bytes, false)
+}
+
+/// Makes a file [`write_now`] wrote durable, with its directory entry.
+pub fn sync(path: &Path) -> anyhow::Result<()> {
+    let synced = |p: &Path| {
+        std::fs::File::open(p)
+            .and_then(|f| f.sync_all())
+            .with_context(|| format!("failed to sync {}", p.display()))
+    };
+    synced(path)?;
+    synced(path.parent().context("a path without a directory")?)
+}
+
 /// Writes `bytes` to `path` all or nothing (a temporary file renamed into place);
 /// synced to disk only when `sync`.
 fn write_whole(path: &Path, bytes: &[u8], sync: bool) -> anyhow::Result<()> {
@@ -323,11 +340,34 @@ pub fn compile_upload(
     mode: ModeChoice,
 ) -> Result<(wasmtime::component::Component, component::Handler), DeployError> {
     component::check_is_component(bytes).map_err(|e| DeployError::Invalid(format!("{e:#}")))?;
-    wasmparser::Validator::new_with_features(wasmparser::WasmFeatures::all())
-        .validate_all(bytes)
-        .map_err(|e| DeployError::Invalid(format!("the component is truncated or corrupt: {e}")))?;
-    let compiled = wasmtime::component::Component::new(engine, bytes)
-        .map_err(|e| DeployError::Uncompilable(format!("compilation failed: {e:#}")))?;
+    // Validation runs beside the compile, which starts with a long single-threaded
+    // translation: the second core validates meanwhile (a deploy's first response
+    // waits for both). Wasmtime validates what it compiles too, so corrupt bytes only
+    // reach it to be refused; the validator's verdict decides the status.
+    let (valid, compiled) = std::thread::scope(|scope| {
+        let validation = scope.spawn(|| {
+            wasmparser::Validator::new_with_features(wasmparser::WasmFeatures::all())
+                .validate_all(bytes)
+                .map(drop)
+        });
+        let compiled = wasmtime::component::Component::new(engine, bytes);
+        (validation.join(), compiled)
+    });
+    match valid {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            return Err(DeployError::Invalid(format!(
+                "the component is truncated or corrupt: {e}"
+            )));
+        }
+        Err(_) => {
+            return Err(DeployError::Invalid(
+                "the component could not be validated".to_string(),
+            ));
+        }
+    }
+    let compiled =
+        compiled.map_err(|e| DeployError::Uncompilable(format!("compilation failed: {e:#}")))?;
     let handler = component::prepare(engine, &compiled, mode)
         .map_err(|e| DeployError::Unprocessable(format!("{e:#}")))?;
     Ok((compiled, handler))
@@ -428,16 +468,23 @@ pub fn run_compile(args: &CompileArgs) -> std::process::ExitCode {
     if let Err(e) = component::try_instantiate(&engine, &handler, &trial) {
         return fail(EXIT_UNPROCESSABLE, format!("{e:#}"));
     }
-    let artifact = match compiled.serialize() {
-        Ok(artifact) => artifact,
-        Err(e) => return fail(1, format!("failed to serialize the artifact: {e:#}")),
-    };
+    // What `Component::serialize` would copy, written from where it is.
+    let artifact = component::image(&compiled);
     // No fsync: an artifact is checked against its recorded hash before any use and
     // compiled again when it is not intact, so a crash can cost a recompile, never a
     // wrong artifact (a deploy's first response waits for this write).
-    if let Err(e) = write_whole(&args.artifact, &artifact, false) {
+    // Hashed on the second core while this one writes.
+    let (written, artifact_sha256) = std::thread::scope(|scope| {
+        let hash = scope.spawn(|| sha256_hex(artifact));
+        let written = write_whole(&args.artifact, artifact, false);
+        (written, hash.join())
+    });
+    if let Err(e) = written {
         return fail(1, format!("{e:#}"));
     }
+    let Ok(artifact_sha256) = artifact_sha256 else {
+        return fail(1, "failed to hash the artifact".to_string());
+    };
     let stats = cache.as_ref().map(|c| c.stats()).unwrap_or_default();
     if let Some(dir) = &args.cache_dir {
         compile_cache::evict(dir, args.cache_max_bytes);
@@ -446,7 +493,7 @@ pub fn run_compile(args: &CompileArgs) -> std::process::ExitCode {
         export: handler.export,
         export_is_async: handler.export_is_async,
         mode: handler.mode,
-        artifact_sha256: sha256_hex(&artifact),
+        artifact_sha256,
         cache: stats,
     };
     match serde_json::to_string(&report) {

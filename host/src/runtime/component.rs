@@ -94,6 +94,44 @@ pub fn deserialize(engine: &Engine, artifact: &[u8]) -> anyhow::Result<Component
         .context("failed to load the compiled artifact")
 }
 
+/// Maps an artifact file `wasmloop compile` wrote, as [`deserialize`] loads its bytes.
+///
+/// The caller must pass a file whose contents were checked against the recorded
+/// hash, unchanged since (the worker compares the inode, size and modification time
+/// the master saw when it hashed it). Files in the data directory are only ever
+/// replaced by a rename, never written in place.
+#[allow(
+    unsafe_code,
+    reason = "the one place artifact files are mapped; see above"
+)]
+pub fn deserialize_file(engine: &Engine, artifact: &Path) -> anyhow::Result<Component> {
+    // SAFETY: the file was written by `wasmloop compile` and found intact by the
+    // master, and is the same file since (see the doc comment).
+    unsafe { Component::deserialize_file(engine, artifact) }
+        .map_err(anyhow::Error::from)
+        .with_context(|| {
+            format!(
+                "failed to load the compiled artifact {}",
+                artifact.display()
+            )
+        })
+}
+
+/// The bytes `Component::serialize` returns, without copying them (a copy of a
+/// large component's image is tens of megabytes made byte by byte): its compiled
+/// image, as `wasmloop compile` writes it.
+#[allow(
+    unsafe_code,
+    reason = "reads the component's own image in place; see the comment"
+)]
+pub fn image(component: &Component) -> &[u8] {
+    let range = component.image_range();
+    // SAFETY: `image_range` is the component's code memory, which Wasmtime keeps
+    // mapped and readable while the component lives (`serialize` reads exactly these
+    // bytes); the slice borrows `component`.
+    unsafe { std::slice::from_raw_parts(range.start, range.end.offset_from_unsigned(range.start)) }
+}
+
 /// Classifies a compiled component and links it for its mode.
 pub fn prepare(
     engine: &Engine,
@@ -282,4 +320,22 @@ fn instantiate_pre(
             )
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_image_is_what_serialize_returns() {
+        let engine = Engine::default();
+        let component = Component::new(
+            &engine,
+            r#"(component (core module (func (export "f") (result i32) i32.const 7)))"#,
+        )
+        .unwrap();
+        let serialized = component.serialize().unwrap();
+        assert!(!serialized.is_empty());
+        assert_eq!(image(&component), &serialized[..]);
+    }
 }
