@@ -41,8 +41,8 @@ impl TableMessage {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AppFiles {
     pub component: std::path::PathBuf,
-    /// The cached artifact and its recorded SHA-256, when there is one.
-    pub artifact: Option<(std::path::PathBuf, String)>,
+    /// The cached artifact, when there is one.
+    pub artifact: Option<Artifact>,
     /// The compiler of that artifact: the worker loads it into that compiler's engine.
     #[serde(default)]
     pub compiler: Compiler,
@@ -51,6 +51,40 @@ pub struct AppFiles {
     /// compiled by a worker.
     #[serde(default)]
     pub local: bool,
+}
+
+/// A compiled artifact in the node's data directory.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Artifact {
+    pub path: std::path::PathBuf,
+    /// The SHA-256 the registry recorded when it was written.
+    pub sha256: String,
+    /// The file as the master last found it to have that hash: a worker that finds
+    /// the same file (same inode, size and modification time) maps it without
+    /// hashing it again; any other file is read and hashed first.
+    #[serde(default)]
+    pub verified: Option<FileStamp>,
+}
+
+/// Which version of a file this is: a rewrite or a replacement changes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileStamp {
+    pub device: u64,
+    pub inode: u64,
+    pub len: u64,
+    pub modified_ns: i128,
+}
+
+impl FileStamp {
+    pub fn of(meta: &std::fs::Metadata) -> FileStamp {
+        use std::os::unix::fs::MetadataExt as _;
+        FileStamp {
+            device: meta.dev(),
+            inode: meta.ino(),
+            len: meta.len(),
+            modified_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+        }
+    }
 }
 
 /// What a worker tells the master, one line each on its stdout.

@@ -275,6 +275,58 @@ async fn a_data_directory_that_cannot_be_written_refuses_the_deploy_cleanly() {
     assert_v2_deploys(&server, &token).await;
 }
 
+/// A worker maps an artifact without hashing it only when it is the very file the
+/// master found intact. One changed in place after that (same inode, same size) is
+/// hashed by the worker that loads it next and refused, and the master compiles it
+/// again at its next publication.
+#[tokio::test]
+async fn an_artifact_changed_in_place_after_its_check_is_never_mapped() {
+    use std::io::{Seek as _, SeekFrom, Write as _};
+    let dir = temp_dir("changed-artifact");
+    let server = Server::registry(&dir).start().await;
+    let token = serving_v1(&server).await;
+    let artifacts = dir.join("artifacts");
+    for name in files_in(&artifacts) {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(artifacts.join(&name))
+            .unwrap();
+        let middle = file.metadata().unwrap().len() / 2;
+        file.seek(SeekFrom::Start(middle)).unwrap();
+        file.write_all(&[0xa5; 64]).unwrap();
+    }
+    // A new worker loads the table the master published before the change.
+    let old = server.worker_pids();
+    server.signal_pid(old[0], "KILL");
+    let replaced = std::time::Instant::now() + Duration::from_secs(15);
+    while server.worker_pids().iter().any(|p| old.contains(p)) || server.worker_pids().is_empty() {
+        assert!(std::time::Instant::now() < replaced, "{}", server.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        server
+            .wait_for_log(
+                &["is corrupt (not the recorded hash)"],
+                Duration::from_secs(10)
+            )
+            .is_some(),
+        "{}",
+        server.log()
+    );
+    // The next publication (another app's deploy, other bytes) finds the change and
+    // compiles the artifact again: the app serves on the new worker.
+    let other = server
+        .deploy(&token, "other", guests::SDK_ASYNC, "route=/other")
+        .await;
+    assert_eq!(other.status, 201, "{}", other.text());
+    assert!(
+        server.has_log(&["cached artifact is corrupt"]),
+        "{}",
+        server.log()
+    );
+    assert_eq!(server.get("/config/VERSION").await.text(), "v1");
+}
+
 #[tokio::test]
 async fn a_corrupt_cached_artifact_is_detected_and_recompiled() {
     let dir = temp_dir("corrupt-artifact");

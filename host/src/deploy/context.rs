@@ -25,14 +25,11 @@ use crate::model::compiler::Compiler;
 use crate::model::mode::ModeChoice;
 use crate::model::quota::Quotas;
 use crate::model::tenant::Tenant;
-use crate::protocol::{AppFiles, TableEntry, TableMessage};
+use crate::protocol::{AppFiles, Artifact, FileStamp, TableEntry, TableMessage};
 use crate::registry::postgres::PostgresRegistry;
 use crate::registry::{Registry, RegistryError, SqliteRegistry};
 use crate::runtime::compile_cache::CacheStats;
 use crate::runtime::engine;
-
-/// A file's size and modification time, which change when it is rewritten.
-type ArtifactStamp = (u64, Option<std::time::SystemTime>);
 
 /// How long a deploy's answer waits for every worker to serve it.
 const APPLY_WAIT: Duration = Duration::from_secs(5);
@@ -74,8 +71,8 @@ pub struct DeployContext {
     generation: std::sync::atomic::AtomicU64,
     /// One change at a time: two deploys must not publish tables out of order.
     pub(crate) publishing: tokio::sync::Mutex<()>,
-    /// Artifacts found intact: path -> (size, modification time) when hashed.
-    verified: std::sync::Mutex<HashMap<PathBuf, ArtifactStamp>>,
+    /// Artifacts found intact: path -> the file that was hashed (or written).
+    verified: std::sync::Mutex<HashMap<PathBuf, FileStamp>>,
     /// What the last published table held, to tell whether a re-read changed it.
     published: std::sync::Mutex<Option<Vec<ActiveApp>>>,
 }
@@ -206,10 +203,20 @@ impl DeployContext {
                 }
             };
             let compiler = artifact.as_ref().map_or(self.compile.compiler, |a| a.2);
+            let artifact = artifact.map(|(path, sha256, _)| Artifact {
+                verified: self
+                    .verified
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .get(&path)
+                    .copied(),
+                path,
+                sha256,
+            });
             apps.push(TableEntry {
                 files: AppFiles {
                     component: self.data.component(&active.version.sha256),
-                    artifact: artifact.map(|(path, hash, _)| (path, hash)),
+                    artifact,
                     compiler,
                     local: false,
                 },
@@ -435,7 +442,7 @@ impl DeployContext {
             self.verified
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .insert(path.to_path_buf(), (meta.len(), meta.modified().ok()));
+                .insert(path.to_path_buf(), FileStamp::of(&meta));
         }
     }
 
@@ -448,7 +455,7 @@ impl DeployContext {
         let Ok(meta) = std::fs::metadata(path) else {
             return false;
         };
-        let stamp = (meta.len(), meta.modified().ok());
+        let stamp = FileStamp::of(&meta);
         let mut verified = self.verified.lock().unwrap_or_else(PoisonError::into_inner);
         if verified.get(path) == Some(&stamp) {
             return true;

@@ -22,7 +22,7 @@ use crate::model::compiler::Compiler;
 use crate::model::mode::{Mode, ModeChoice};
 use crate::model::reuse::Reuse;
 use crate::model::tenant::TenantLimits;
-use crate::protocol::AppFiles;
+use crate::protocol::{AppFiles, FileStamp};
 use crate::runtime::component::{self, Handler};
 use crate::runtime::outbound::{self, AddressPolicy};
 use crate::runtime::sandbox::Limits;
@@ -326,21 +326,28 @@ impl App {
     }
 }
 
-/// The compiled artifact of a table entry, if it is there and is the one recorded.
+/// The compiled artifact of a table entry, if it is there and is the one recorded:
+/// the very file the master found intact is mapped as it is (the page cache holds
+/// one copy for every worker); any other is read and hashed first.
 #[expect(clippy::disallowed_methods, reason = "runs on a blocking thread")]
 fn load_artifact(
     engine: &Engine,
     files: &AppFiles,
 ) -> anyhow::Result<wasmtime::component::Component> {
-    let Some((path, expected)) = &files.artifact else {
+    let Some(artifact) = &files.artifact else {
         anyhow::bail!(
             "this node has no compiled artifact of it (the master failed to compile it; see its log)"
         );
     };
-    let bytes = std::fs::read(path)
-        .with_context(|| format!("its compiled artifact {} is unreadable", path.display()))?;
+    let path = &artifact.path;
+    let unreadable = || format!("its compiled artifact {} is unreadable", path.display());
+    let meta = std::fs::metadata(path).with_context(unreadable)?;
+    if artifact.verified == Some(FileStamp::of(&meta)) {
+        return component::deserialize_file(engine, path);
+    }
+    let bytes = std::fs::read(path).with_context(unreadable)?;
     anyhow::ensure!(
-        sha256_hex(&bytes) == *expected,
+        sha256_hex(&bytes) == artifact.sha256,
         "its compiled artifact {} is corrupt (not the recorded hash)",
         path.display()
     );
