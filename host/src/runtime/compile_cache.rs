@@ -73,12 +73,13 @@ impl DiskCache {
 impl CacheStore for DiskCache {
     fn get(&self, key: &[u8]) -> Option<Cow<'_, [u8]>> {
         self.lookups.fetch_add(1, Ordering::Relaxed);
-        let path = self.entry(key);
-        let bytes = std::fs::read(&path).ok()?;
-        // A hit is a use: the entry is kept longer than ones not used since.
-        if let Ok(file) = std::fs::File::options().write(true).open(&path) {
-            let _ = file.set_modified(SystemTime::now());
-        }
+        use std::io::Read as _;
+        let mut file = std::fs::File::open(self.entry(key)).ok()?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).ok()?;
+        // A hit is a use: the entry is kept longer than ones not used since (the
+        // owner may set a file's times through any descriptor of it).
+        let _ = file.set_modified(SystemTime::now());
         self.hits.fetch_add(1, Ordering::Relaxed);
         Some(Cow::Owned(bytes))
     }
@@ -135,4 +136,39 @@ pub fn evict(dir: &Path, max_bytes: u64) -> usize {
         }
     }
     removed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hit_keeps_its_entry_past_one_not_used_since() {
+        let dir = std::env::temp_dir().join(format!("wasmloop-cache-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let cache = DiskCache::open(&dir).unwrap();
+        assert!(cache.insert(b"used", vec![1; 1000]));
+        assert!(cache.insert(b"unused", vec![2; 1000]));
+        // Both written long ago, the one to keep first.
+        let long_ago = SystemTime::now() - std::time::Duration::from_secs(3600);
+        for (key, age) in [(&b"used"[..], 60), (&b"unused"[..], 0)] {
+            std::fs::File::open(cache.entry(key))
+                .unwrap()
+                .set_modified(long_ago - std::time::Duration::from_secs(age))
+                .unwrap();
+        }
+        assert_eq!(cache.get(b"used").as_deref(), Some(&[1u8; 1000][..]));
+        assert_eq!(cache.get(b"missing"), None);
+        assert_eq!(
+            cache.stats(),
+            CacheStats {
+                lookups: 2,
+                hits: 1
+            }
+        );
+        assert_eq!(evict(&dir, 1500), 1);
+        assert!(cache.entry(b"used").exists());
+        assert!(!cache.entry(b"unused").exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
