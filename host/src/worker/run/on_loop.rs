@@ -42,12 +42,6 @@ pub fn spawn(app: Arc<App>, req: Request<RequestBody>, ctx: RunContext, reply: R
         let pre = pre.clone();
         return concurrent::spawn(app, pre, req, ctx, reply);
     }
-    if app.instances.concurrent()
-        && let HandlerPre::Service(pre) = &app.handler.pre
-    {
-        let pre = pre.clone();
-        return concurrent::spawn(app, pre, req, ctx, reply);
-    }
     tokio::task::spawn_local(async move {
         let Reply { head, done } = reply;
         let mut head = Some(head);
