@@ -80,6 +80,16 @@ def cpu_seconds(pid):
     return total / CLK_TCK
 
 
+def pss_kib(pid):
+    """The process's proportional set size: each page counted once, however many
+    times it is mapped. RSS counts a page once per mapping of it, so 1,000 instances
+    mapping the same copy-on-write memory image count its pages 1,000 times."""
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1])
+    return 0
+
+
 def rss_kib(pid, field="VmRSS"):
     total = 0
     for p in descendants(pid):
@@ -530,18 +540,25 @@ def memory_in_flight(cfg):
     lines = ["### Memory per 1,000 in-flight async requests", "",
              f"wasmloop, one worker, `examples/sleepy` (each request awaits a {hold} s timer), 1,000 connections: "
              "worker RSS idle and with 1,000 requests in flight, for each reuse mode.", "",
-             "| reuse | idle MiB | 1,000 in flight MiB | **MiB per 1,000** |", "|---|---|---|---|"]
+             "RSS counts a page once for each mapping of it: every instance maps the component's copy-on-write "
+             "memory image, whose pages the 1,000 instances share, so PSS (each page once) is the memory used.", "",
+             "| reuse | idle RSS MiB | 1,000 in flight RSS MiB | RSS per 1,000 | idle PSS MiB | 1,000 in flight PSS MiB | **PSS per 1,000** |",
+             "|---|---|---|---|---|---|---|"]
     for mode in ["none", "serial", "concurrent"]:
         print(f"memory: {mode}", file=sys.stderr)
-        with wasmloop(f"sleepy-{mode}", EXAMPLES / "sleepy.wasm", extra=["--limit-concurrency=2000", f"--reuse={mode}"]) as server:
+        # One compiler: an optimized tier compiled in the worker during the load
+        # would land in the figure.
+        extra = ["--limit-concurrency=2000", f"--reuse={mode}", "--compiler=cranelift"]
+        with wasmloop(f"sleepy-{mode}", EXAMPLES / "sleepy.wasm", extra=extra) as server:
             worker = descendants(server.proc.pid)[-1]
-            idle = rss_kib(worker)
+            idle, idle_pss = rss_kib(worker), pss_kib(worker)
             load = subprocess.Popen(["taskset", "-c", LOAD_CPU, "wrk", "-t1", "-c1000", f"-d{hold}s", "--timeout=30s",
                                      server.url(f"/?ms={hold * 1000}")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             time.sleep(hold / 2)
-            peak = rss_kib(worker)
+            peak, peak_pss = rss_kib(worker), pss_kib(worker)
             load.communicate()
-        lines.append(f"| {mode} | {idle / 1024:.1f} | {peak / 1024:.1f} | **{(peak - idle) / 1024:.1f}** |")
+        lines.append(f"| {mode} | {idle / 1024:.1f} | {peak / 1024:.1f} | {(peak - idle) / 1024:.1f} | "
+                     f"{idle_pss / 1024:.1f} | {peak_pss / 1024:.1f} | **{(peak_pss - idle_pss) / 1024:.1f}** |")
     return "\n".join(lines) + "\n"
 
 
@@ -550,7 +567,7 @@ def main():
     parser.add_argument("--quick", action="store_true", help="every scenario once, 2 s each: a smoke test")
     parser.add_argument("--out", type=Path, help="write the results between the markers of this Markdown file")
     parser.add_argument("--large", type=Path, help="a component over 10 MB for the deploy measurement")
-    parser.add_argument("--only", help="comma-separated sections to run (python, tiers); with --out they replace "
+    parser.add_argument("--only", help="comma-separated sections to run (python, tiers, deploy, memory); with --out they replace "
                         "their own tables in the results and the rest stays")
     cfg = parser.parse_args()
     cfg.runs, cfg.seconds = (1, 2) if cfg.quick else (3, 10)
@@ -610,7 +627,7 @@ def run_only(cfg, started):
     in the results (the rest of which keep their own run's header), preceded by a line
     saying when and how these were measured."""
     known = {"python": lambda: python_sdk(cfg), "tiers": lambda: tiers(cfg.large, cfg),
-             "deploy": lambda: deploy_to_first_response(cfg.large)}
+             "deploy": lambda: deploy_to_first_response(cfg.large), "memory": lambda: memory_in_flight(cfg)}
     names = cfg.only.split(",")
     for name in names:
         if name not in known:
@@ -627,7 +644,8 @@ def run_only(cfg, started):
         title = section.splitlines()[0]
         fresh = note + "\n" + section
         pattern = re.compile(r"(?:_Measured[^\n]*_\n\n)?" + re.escape(title) + r"\n.*?(?=\n_Measured|\n### |\Z)", re.S)
-        block, n = pattern.subn(lambda _: fresh.rstrip("\n"), block, count=1)
+        # A blank line after the table: a line right below one would be read as a row.
+        block, n = pattern.subn(lambda _: fresh.rstrip("\n") + "\n", block, count=1)
         if not n:
             block = block.rstrip("\n") + "\n\n" + fresh
     cfg.out.write_text(head + block.rstrip("\n") + "\n\n" + tail)
