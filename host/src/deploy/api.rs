@@ -468,7 +468,11 @@ async fn compile_upload(
     settings: &AppSettings,
 ) -> Result<CompiledUpload, Refused> {
     let _turn = ctx.compiles.deploy_turn(tenant).await?;
-    let sha = sha256_hex(bytes);
+    // Hashed while it compiles: only recording the version needs the hash.
+    let hashed = tokio::task::spawn_blocking({
+        let bytes = bytes.clone();
+        move || sha256_hex(&bytes)
+    });
     let files = ctx.data.temp_files(&["upload", "artifact"]);
     let (upload_path, to_write) = (files.path(0).to_path_buf(), bytes.clone());
     let write =
@@ -490,6 +494,9 @@ async fn compile_upload(
     // optimized artifact follows in the background (DeployContext::prepare).
     let (compiled, tier) = ctx.compile_baseline(compile).await?;
     flatten(synced.await).map_err(DeployError::Storage)?;
+    let sha = hashed
+        .await
+        .map_err(|e| DeployError::Storage(anyhow::anyhow!("the upload's hash failed: {e}")))?;
     Ok(CompiledUpload {
         sha,
         files,
