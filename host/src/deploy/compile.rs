@@ -486,7 +486,9 @@ pub fn run_compile(args: &CompileArgs) -> std::process::ExitCode {
         return fail(1, "failed to hash the artifact".to_string());
     };
     let stats = cache.as_ref().map(|c| c.stats()).unwrap_or_default();
-    if let Some(dir) = &args.cache_dir {
+    // Only a compile that used the cache can have grown it; Winch's (the baseline a
+    // deploy waits for) leaves it alone, and so skips a walk of every entry.
+    if let (Some(_), Some(dir)) = (&cache, &args.cache_dir) {
         compile_cache::evict(dir, args.cache_max_bytes);
     }
     let report = Compiled {
