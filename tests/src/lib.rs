@@ -320,6 +320,12 @@ impl Reply {
         String::from_utf8_lossy(&self.body).into_owned()
     }
 
+    /// The body as JSON; `null` when it is not JSON (an assertion on it then fails
+    /// showing what it got).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_default()
+    }
+
     /// The parts two styles of one app must answer alike (tests/sdk.rs,
     /// tests/python_sdk.rs).
     pub fn visible(&self) -> Visible {

@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use http::Method;
-use serde_json::Value;
 use wasmloop_tests::pg::Postgres;
 use wasmloop_tests::{Running, Server, guests, temp_dir};
 
@@ -20,10 +19,6 @@ const PROPAGATION: Duration = Duration::from_secs(2);
 /// there (0.4 s of CPU for the fixture guest, 1.2 s for an SDK guest), and the 2 s
 /// bound is for a cluster that shares this machine's two cores with nobody else.
 static ONE_CLUSTER_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn json(reply: &wasmloop_tests::Reply) -> Value {
-    serde_json::from_slice(&reply.body).unwrap_or(Value::Null)
-}
 
 /// Starts a node with its own data directory on the shared registry at `url`.
 async fn node(name: &str, url: &str) -> Running {
@@ -98,7 +93,7 @@ async fn a_deploy_and_a_rollback_through_any_node_reach_every_node() {
 
     // Version 2, new settings for the same component, through B.
     let reply = deploy(&b, &token, "site", "two").await;
-    assert_eq!(json(&reply)["version"]["number"], 2, "{}", reply.text());
+    assert_eq!(reply.json()["version"]["number"], 2, "{}", reply.text());
     all_serve(&[&a, &c], "two", "version 2 deployed through B: A and C").await;
 
     // Roll back through C: A and B follow.
@@ -112,7 +107,7 @@ async fn a_deploy_and_a_rollback_through_any_node_reach_every_node() {
         )
         .await;
     assert_eq!(reply.status, 200, "{}", reply.text());
-    assert_eq!(json(&reply)["version"]["number"], 1);
+    assert_eq!(reply.json()["version"]["number"], 1);
     all_serve(&[&a, &b], "one", "rolled back through C: A and B").await;
 
     // Deleting through A empties every node.
@@ -264,9 +259,9 @@ async fn tokens_and_tenant_isolation_hold_across_nodes() {
             "",
         )
         .await;
-    assert_eq!(json(&tenants)["tenants"].as_array().map(Vec::len), Some(2));
+    assert_eq!(tenants.json()["tenants"].as_array().map(Vec::len), Some(2));
     let apps = c.api(Method::GET, "/v1/apps", Some(&one), "", "").await;
-    assert_eq!(json(&apps)["apps"][0]["name"], "app", "{}", apps.text());
+    assert_eq!(apps.json()["apps"][0]["name"], "app", "{}", apps.text());
 
     // No token, a forged token, a tenant token where the admin token is needed.
     let forged = format!("wlt_1_{}", "0".repeat(64));
@@ -362,7 +357,7 @@ async fn concurrent_deploys_of_one_app_through_two_nodes_all_land_in_order() {
                     .deploy(&token, "site", guests::SYNC_GUEST, &query)
                     .await;
                 assert_eq!(reply.status, 201, "{}", reply.text());
-                json(&reply)["version"]["number"].as_u64().unwrap()
+                reply.json()["version"]["number"].as_u64().unwrap()
             }
         })
     });
@@ -373,7 +368,7 @@ async fn concurrent_deploys_of_one_app_through_two_nodes_all_land_in_order() {
     let versions = c
         .api(Method::GET, "/v1/apps/site/versions", Some(&token), "", "")
         .await;
-    let versions = json(&versions)["versions"].as_array().cloned().unwrap();
+    let versions = versions.json()["versions"].as_array().cloned().unwrap();
     let active: Vec<u64> = versions
         .iter()
         .filter(|v| v["active"] == true)

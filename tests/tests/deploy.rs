@@ -5,12 +5,7 @@
 use std::time::{Duration, Instant};
 
 use http::Method;
-use serde_json::Value;
 use wasmloop_tests::{ADMIN_TOKEN, Server, guests, temp_dir};
-
-fn json(reply: &wasmloop_tests::Reply) -> Value {
-    serde_json::from_slice(&reply.body).unwrap_or(Value::Null)
-}
 
 #[tokio::test]
 async fn deploy_roll_forward_and_back_through_raw_http() {
@@ -28,7 +23,7 @@ async fn deploy_roll_forward_and_back_through_raw_http() {
         )
         .await;
     assert_eq!(reply.status, 201, "{}", reply.text());
-    let deployed = json(&reply);
+    let deployed = reply.json();
     assert_eq!(deployed["version"]["number"], 1);
     assert_eq!(deployed["workers_updated"], true);
     assert_eq!(server.get("/config/VERSION").await.text(), "one");
@@ -41,7 +36,7 @@ async fn deploy_roll_forward_and_back_through_raw_http() {
             "route=/config&var=VERSION=two",
         )
         .await;
-    assert_eq!(json(&reply)["version"]["number"], 2, "{}", reply.text());
+    assert_eq!(reply.json()["version"]["number"], 2, "{}", reply.text());
     assert_eq!(server.get("/config/VERSION").await.text(), "two");
     assert!(server.has_log(&["app=\"acme/site\"", "version=2", "mode=loop"]));
 
@@ -54,7 +49,7 @@ async fn deploy_roll_forward_and_back_through_raw_http() {
             "application/json",
         )
         .await;
-    let versions = json(&versions)["versions"].clone();
+    let versions = versions.json()["versions"].clone();
     let listed: Vec<(u64, bool, String)> = versions
         .as_array()
         .unwrap()
@@ -105,11 +100,11 @@ async fn deploy_roll_forward_and_back_through_raw_http() {
             "application/json",
         )
         .await;
-    assert_eq!(json(&apps)["apps"][0]["active_version"], 2);
+    assert_eq!(apps.json()["apps"][0]["active_version"], 2);
     let openapi = server
         .api(Method::GET, "/v1/openapi.json", None, "", "")
         .await;
-    assert_eq!(json(&openapi)["openapi"], "3.0.3");
+    assert_eq!(openapi.json()["openapi"], "3.0.3");
 
     let reply = server
         .api(
@@ -310,7 +305,7 @@ async fn the_cli_speaks_plainly() {
     let versions = server
         .admin_get_with("/v1/apps/limited/versions", Some(&token))
         .await;
-    let settings = &json(&versions)["versions"][0]["settings"];
+    let settings = &versions.json()["versions"][0]["settings"];
     assert_eq!(settings["fuel"], 123_456_789, "{settings}");
     assert_eq!(settings["max_memory"], 32 << 20, "{settings}");
     assert_eq!(settings["timeout_ms"], 1500, "{settings}");
@@ -403,7 +398,7 @@ async fn twenty_deploys_under_load_fail_no_request() {
             )
             .await;
         assert_eq!(reply.status, 201, "deploy {n}: {}", reply.text());
-        assert_eq!(json(&reply)["workers_updated"], true, "deploy {n}");
+        assert_eq!(reply.json()["workers_updated"], true, "deploy {n}");
         assert_eq!(server.get("/config/VERSION").await.text(), format!("v{n}"));
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -465,7 +460,7 @@ async fn what_was_deployed_is_served_after_a_restart() {
         )
         .await;
     assert_eq!(
-        json(&versions)["versions"].as_array().map(Vec::len),
+        versions.json()["versions"].as_array().map(Vec::len),
         Some(1)
     );
     // Workers loaded the cached artifact rather than compiling again.
@@ -529,12 +524,12 @@ async fn tokens_are_checked_and_tenants_cannot_touch_each_other() {
         )
         .await;
     assert_eq!(
-        json(&versions)["versions"].as_array().map(Vec::len),
+        versions.json()["versions"].as_array().map(Vec::len),
         Some(1)
     );
     assert_eq!(server.get("/config/VERSION").await.text(), "b1");
     let apps = server.api(Method::GET, "/v1/apps", Some(&a), "", "").await;
-    assert_eq!(json(&apps)["apps"], serde_json::json!([]));
+    assert_eq!(apps.json()["apps"], serde_json::json!([]));
 }
 
 #[tokio::test]
@@ -597,7 +592,7 @@ async fn bad_uploads_are_refused_with_the_reason_and_leave_nothing() {
     let apps = server
         .api(Method::GET, "/v1/apps", Some(&token), "", "")
         .await;
-    assert_eq!(json(&apps)["apps"], serde_json::json!([]));
+    assert_eq!(apps.json()["apps"], serde_json::json!([]));
     for sub in ["components", "artifacts", "tmp"] {
         let left: Vec<_> = std::fs::read_dir(dir.join(sub)).unwrap().collect();
         assert!(left.is_empty(), "{sub} holds {left:?}");
@@ -823,7 +818,7 @@ fn bytes_under(dir: &std::path::Path) -> u64 {
 /// `(hits, lookups)` of a deploy's answer.
 fn cache_use(reply: &wasmloop_tests::Reply) -> (u64, u64) {
     assert_eq!(reply.status, 201, "{}", reply.text());
-    let cache = &json(reply)["compile_cache"];
+    let cache = &reply.json()["compile_cache"];
     (
         cache["hits"].as_u64().unwrap(),
         cache["lookups"].as_u64().unwrap(),

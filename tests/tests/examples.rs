@@ -15,7 +15,7 @@ async fn json_api_routes_parses_and_answers_json() {
     assert_eq!(reply.text(), r#"{"id":1,"name":"Ada","role":"admin"}"#);
 
     let reply = server.get("/users?role=member&limit=5").await;
-    let users: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+    let users = reply.json();
     let names: Vec<&str> = users
         .as_array()
         .unwrap()

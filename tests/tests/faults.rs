@@ -42,10 +42,6 @@ fn write_fixture(dir: &Path, name: &str, bytes: &[u8]) -> String {
     path.display().to_string()
 }
 
-fn json(reply: &wasmloop_tests::Reply) -> serde_json::Value {
-    serde_json::from_slice(&reply.body).unwrap_or_default()
-}
-
 async fn version_count(server: &Running, token: &str, app: &str) -> usize {
     let reply = server
         .api(
@@ -56,7 +52,7 @@ async fn version_count(server: &Running, token: &str, app: &str) -> usize {
             "application/json",
         )
         .await;
-    json(&reply)["versions"].as_array().map_or(0, Vec::len)
+    reply.json()["versions"].as_array().map_or(0, Vec::len)
 }
 
 fn files_in(dir: &Path) -> Vec<String> {
@@ -94,7 +90,7 @@ async fn assert_storing_v2_fails(server: &Running, token: &str, data: &Path, cau
     let components = files_in(&data.join("components"));
     let reply = deploy_v2(server, token).await;
     assert_eq!(reply.status, 500, "{}", reply.text());
-    let message = json(&reply)["error"].as_str().unwrap_or("").to_string();
+    let message = reply.json()["error"].as_str().unwrap_or("").to_string();
     assert!(message.contains(cause), "{message}");
     assert!(!message.contains('/'), "the server's paths leak: {message}");
     assert_eq!(files_in(&data.join("tmp")), Vec::<String>::new());
@@ -142,7 +138,7 @@ async fn a_version_that_cannot_start_is_refused_and_the_old_one_keeps_serving() 
             .deploy(&token, "app", &wasm, "route=/config&var=VERSION=v2")
             .await;
         assert_eq!(reply.status, 422, "{name}: {}", reply.text());
-        let message = json(&reply)["error"].as_str().unwrap_or("").to_string();
+        let message = reply.json()["error"].as_str().unwrap_or("").to_string();
         assert!(
             message.contains("fails while it is instantiated") && message.contains(cause),
             "{name}: {message}"

@@ -423,7 +423,7 @@ async fn a_python_deploy_answers_on_the_baseline_tier_then_moves_to_cranelift() 
         .deploy(&token, "app", &apps.sync, "route=py.test/")
         .await;
     assert_eq!(reply.status, 201, "{}", reply.text());
-    let deployed: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+    let deployed = reply.json();
     assert_eq!(
         (
             deployed["compiler"].as_str(),

@@ -125,7 +125,7 @@ async fn mixed_load_with_worker_kills_and_deploys() {
                 .deploy(&token, "pool", guests::SYNC_GUEST, &query)
                 .await;
             assert_eq!(reply.status, 201, "deploy {deploys}: {}", reply.text());
-            let applied: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+            let applied = reply.json();
             assert_eq!(applied["workers_updated"], true, "deploy {deploys}");
             next_deploy += Duration::from_secs(3);
         }

@@ -329,7 +329,7 @@ async fn a_client_that_leaves_mid_compile_leaves_nothing_in_tmp() {
 /// A refusal over a quota: 403 naming the quota and its value.
 fn assert_over(reply: &wasmloop_tests::Reply, quota: &str, limit: u64) {
     assert_eq!(reply.status, 403, "{quota}: {}", reply.text());
-    let value: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+    let value = reply.json();
     assert_eq!(value["quota"], quota, "{value}");
     assert_eq!(value["limit"], limit, "{value}");
     let message = value["error"].as_str().unwrap();
@@ -506,7 +506,7 @@ async fn versions(server: &Running, token: &str, app: &str) -> Vec<(u64, bool)> 
             "application/json",
         )
         .await;
-    let value: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+    let value = reply.json();
     value["versions"]
         .as_array()
         .unwrap()

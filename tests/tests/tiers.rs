@@ -196,7 +196,7 @@ async fn a_deploy_answers_on_the_baseline_tier_and_switches_under_load() {
             .deploy(&token, app, guest, &format!("route={host}/"))
             .await;
         assert_eq!(reply.status, 201, "{}", reply.text());
-        let deployed: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+        let deployed = reply.json();
         assert_eq!(deployed["compiler"], "winch", "{deployed}");
         assert_eq!(deployed["optimizing"], true, "{deployed}");
         let stop = Arc::new(AtomicBool::new(false));
@@ -351,7 +351,7 @@ async fn a_deploy_the_baseline_cannot_compile_is_served_by_cranelift_alone() {
         )
         .await;
     assert_eq!(reply.status, 201, "{}", reply.text());
-    let deployed: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+    let deployed = reply.json();
     assert_eq!(
         (
             deployed["compiler"].as_str(),
