@@ -6,18 +6,17 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use http::uri::Authority;
-use hyper_util::rt::TokioIo;
-use hyper_util::server::conn::auto;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use wasmloop::metrics::recorder::Recorder;
 use wasmloop::model::compiler::Compiler;
 use wasmloop::model::mode::ModeChoice;
 use wasmloop::runtime::engine::{self, EngineSizing};
 use wasmloop::runtime::sandbox::Limits;
-use wasmloop::worker::accept::{ConnLimits, LocalExec, http_builder};
+use wasmloop::worker::accept::ConnLimits;
 use wasmloop::worker::admission::Slots;
 use wasmloop::worker::app::{App, Defaults};
 use wasmloop::worker::front_door::{FrontDoor, Peer, Server};
+use wasmloop::worker::http::Http;
 use wasmloop::worker::routes::RouteTable;
 use wasmloop::worker::run::on_pool::Pool;
 
@@ -109,7 +108,7 @@ pub fn apps() -> &'static [Arc<App>] {
 struct FrontDoorLoop {
     runtime: tokio::runtime::Runtime,
     server: Rc<Server>,
-    builder: Rc<auto::Builder<LocalExec>>,
+    http: Rc<Http>,
 }
 
 thread_local! {
@@ -130,7 +129,7 @@ thread_local! {
             },
             recorder,
         );
-        let builder = http_builder(&ConnLimits {
+        let http = Http::new(&ConnLimits {
             max_header_size: 32 << 10,
             max_headers: 100,
             timeout_keep_alive: Duration::from_secs(5),
@@ -143,7 +142,7 @@ thread_local! {
                 .build()
                 .expect("a runtime"),
             server,
-            builder: Rc::new(builder),
+            http: Rc::new(http),
         }
     };
 }
@@ -167,9 +166,7 @@ pub fn serve_connection(bytes: &[u8]) {
                     },
                 )
             });
-            let connection = front
-                .builder
-                .serve_connection(TokioIo::new(server_side), service);
+            let connection = front.http.serve(server_side, service);
             let (mut read, mut write) = tokio::io::split(client);
             let send = async {
                 let _ = write.write_all(bytes).await;

@@ -93,27 +93,37 @@ async fn a_slow_header_is_cut_off_and_others_are_served() {
         .start()
         .await;
     let addr = server.addr;
-    let slowloris = tokio::spawn(async move {
-        let start = Instant::now();
-        let mut stream = TcpStream::connect(addr).await.unwrap();
-        stream.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
-        // One header byte every 100 ms, never finishing the head.
-        for _ in 0..40 {
-            if stream.write_all(b"x").await.is_err() {
-                break;
+    // An HTTP/1.1 head that never ends, and HTTP/2's preface a byte at a time (the
+    // bytes that tell the protocol are timed too), each a byte every 100 ms.
+    let openings: [(&[u8], &[u8]); 2] = [
+        (b"GET / HTTP/1.1\r\n", &[b'x'; 40]),
+        (b"", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
+    ];
+    let slowlorises = openings.map(|(opening, dribble)| {
+        tokio::spawn(async move {
+            let start = Instant::now();
+            let mut stream = TcpStream::connect(addr).await.unwrap();
+            stream.write_all(opening).await.unwrap();
+            for byte in dribble {
+                if stream.write_all(&[*byte]).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let mut rest = Vec::new();
-        let _ = stream.read_to_end(&mut rest).await;
-        start.elapsed()
+            let mut rest = Vec::new();
+            let _ =
+                tokio::time::timeout(Duration::from_secs(15), stream.read_to_end(&mut rest)).await;
+            start.elapsed()
+        })
     });
     assert_eq!(server.get("/").await.status, 200);
-    let cut_after = slowloris.await.unwrap();
-    assert!(
-        cut_after < Duration::from_secs(3),
-        "the slow client held its connection for {cut_after:?}"
-    );
+    for (slowloris, (opening, _)) in slowlorises.into_iter().zip(openings) {
+        let cut_after = slowloris.await.unwrap();
+        assert!(
+            cut_after < Duration::from_secs(2),
+            "the slow client opening with {opening:?} held its connection for {cut_after:?}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -13,8 +13,6 @@ use std::time::{Duration, Instant};
 
 use http::uri::Authority;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio_rustls::TlsAcceptor;
@@ -23,6 +21,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::worker::body::WithGuard;
 use crate::worker::front_door::{Peer, Server};
+use crate::worker::http::Http;
 
 /// Connection settings of a worker.
 #[derive(Debug, Clone)]
@@ -80,7 +79,7 @@ impl Listener {
 /// What every accept loop of a worker shares.
 struct Accepting {
     server: Rc<Server>,
-    builder: Rc<auto::Builder<LocalExec>>,
+    http: Rc<Http>,
     tls: Option<TlsAcceptor>,
     limits: ConnLimits,
     /// Cancelled when the worker drains: connections finish what they have.
@@ -100,7 +99,7 @@ pub async fn serve(
 ) {
     let accepting = Rc::new(Accepting {
         server: server.clone(),
-        builder: Rc::new(http_builder(&limits)),
+        http: Rc::new(Http::new(&limits)),
         tls,
         limits: limits.clone(),
         stopping: CancellationToken::new(),
@@ -192,11 +191,12 @@ impl Accepting {
     {
         let connection = Connection {
             server: self.server.clone(),
-            builder: self.builder.clone(),
+            http: self.http.clone(),
             local,
             peer,
             tls: self.tls.is_some(),
             keep_alive: self.limits.timeout_keep_alive,
+            head_timeout: self.limits.timeout_header_read,
             stopping: self.stopping.clone(),
         };
         match &self.tls {
@@ -219,36 +219,18 @@ impl Accepting {
     }
 }
 
-/// The HTTP/1.1 and HTTP/2 settings every connection is served with (the fuzz target
-/// `front_door` serves its input with them too). Its connections must run inside a
-/// `LocalSet`: they are spawned with `spawn_local`.
-pub fn http_builder(limits: &ConnLimits) -> auto::Builder<LocalExec> {
-    let mut builder = auto::Builder::new(LocalExec);
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.timeout_header_read)
-        .max_buf_size(limits.max_header_size)
-        .max_headers(limits.max_headers)
-        .keep_alive(true);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(limits.max_header_size).unwrap_or(u32::MAX))
-        .max_concurrent_streams(256);
-    builder
-}
-
 /// What serving one connection needs from the accept loop.
 struct Connection {
     server: Rc<Server>,
-    builder: Rc<auto::Builder<LocalExec>>,
+    http: Rc<Http>,
     local: Authority,
     /// The client's address; none on a unix socket.
     peer: Option<std::net::SocketAddr>,
     /// Whether the connection is TLS: the guest sees `https`.
     tls: bool,
     keep_alive: Duration,
+    /// How long the first bytes may take (the header-read timeout).
+    head_timeout: Duration,
     stopping: CancellationToken,
 }
 
@@ -258,11 +240,12 @@ where
 {
     let Connection {
         server,
-        builder,
+        http,
         local,
         peer,
         tls,
         keep_alive,
+        head_timeout,
         stopping,
     } = connection;
     let activity = Rc::new(Activity {
@@ -270,10 +253,10 @@ where
         requests: Cell::new(0),
         served: Cell::new(0),
     });
-    let io = TokioIo::new(Tracked {
+    let io = Tracked {
         inner: stream,
         activity: activity.clone(),
-    });
+    };
     let service = {
         let activity = activity.clone();
         service_fn(move |req| {
@@ -286,15 +269,14 @@ where
             }
         })
     };
-    let conn = builder.serve_connection(io, service);
-    tokio::pin!(conn);
+    let mut conn = http.serve(io, service);
     let accepted = Instant::now();
     let mut closing = false;
     let mut stop_requested = false;
     loop {
         let idle_at = activity.last.get() + keep_alive;
         tokio::select! {
-            result = conn.as_mut() => {
+            result = &mut conn => {
                 if let Err(e) = result {
                     tracing::debug!(error = %e, "connection ended with an error");
                 }
@@ -309,13 +291,19 @@ where
             () = tokio::time::sleep(Duration::from_millis(5)), if stop_requested && !closing => {
                 let fresh = activity.served.get() == 0 && activity.requests.get() == 0;
                 if !fresh || accepted.elapsed() >= FIRST_REQUEST_GRACE {
-                    conn.as_mut().graceful_shutdown();
+                    conn.graceful_shutdown();
                     closing = true;
                 }
             }
+            // hyper times the head of an HTTP/1.1 request; the first bytes, which
+            // tell the protocol, are timed here.
+            () = tokio::time::sleep_until((accepted + head_timeout).into()), if conn.is_detecting() => {
+                tracing::debug!("no protocol within the header-read timeout");
+                return;
+            }
             () = tokio::time::sleep_until(idle_at.into()), if !closing => {
                 if activity.requests.get() == 0 && activity.last.get().elapsed() >= keep_alive {
-                    conn.as_mut().graceful_shutdown();
+                    conn.graceful_shutdown();
                     closing = true;
                 }
             }

@@ -15,6 +15,7 @@ pub mod admission;
 pub mod app;
 pub mod body;
 pub mod front_door;
+pub mod http;
 pub mod master_link;
 pub mod proxy;
 pub mod routes;
