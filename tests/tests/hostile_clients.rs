@@ -314,3 +314,39 @@ async fn an_http2_stream_flood_is_served_within_the_stream_limit() {
         .await;
     assert_eq!(served, Some(2000.0));
 }
+
+#[tokio::test]
+async fn an_http2_client_that_goes_silent_is_closed_after_the_keep_alive() {
+    let server = Server::new(guests::ASYNC_GUEST)
+        .arg("--timeout-keep-alive=300ms")
+        .start()
+        .await;
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    // An empty SETTINGS frame: length 0, type 4, no flags, stream 0.
+    const SETTINGS: &[u8] = b"\0\0\0\x04\0\0\0\0\0";
+    // Closing an idle HTTP/2 connection waits for the client to answer a PING, which
+    // these never do: the preface alone, or a handshake never acknowledged.
+    let openings = [PREFACE.to_vec(), [PREFACE, SETTINGS].concat()];
+    let addr = server.addr;
+    let clients = openings.map(|opening| {
+        tokio::spawn(async move {
+            let mut stream = TcpStream::connect(addr).await.unwrap();
+            let started = Instant::now();
+            stream.write_all(&opening).await.unwrap();
+            let mut out = Vec::new();
+            let closed = tokio::time::timeout(WAIT, stream.read_to_end(&mut out)).await;
+            (closed.is_ok(), started.elapsed())
+        })
+    });
+    for client in clients {
+        let (closed, after) = client.await.unwrap();
+        assert!(
+            closed,
+            "a silent HTTP/2 client held its connection past {WAIT:?}"
+        );
+        // The keep-alive, then at most the grace for closing.
+        assert!(after < Duration::from_secs(5), "closed after {after:?}");
+    }
+    assert_eq!(server.get("/").await.status, 200);
+    assert_eq!(server.host_panics(), Vec::<String>::new());
+}

@@ -42,6 +42,9 @@ pub struct ConnLimits {
 /// accepted just before the stop.
 const FIRST_REQUEST_GRACE: Duration = Duration::from_millis(500);
 
+/// How long a connection with nothing in flight may take to close once told to.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
 /// A listener as inherited from the master, before the loop runs.
 pub enum Inherited {
     Tcp(std::net::TcpListener),
@@ -271,7 +274,8 @@ where
     };
     let mut conn = http.serve(io, service);
     let accepted = Instant::now();
-    let mut closing = false;
+    // When the connection was told to close.
+    let mut closing: Option<Instant> = None;
     let mut stop_requested = false;
     loop {
         let idle_at = activity.last.get() + keep_alive;
@@ -288,11 +292,11 @@ where
             // request the client already sent. It gets FIRST_REQUEST_GRACE for that;
             // anything with a request in flight finishes it first (hyper's graceful
             // shutdown), idle keep-alive connections close at once.
-            () = tokio::time::sleep(Duration::from_millis(5)), if stop_requested && !closing => {
+            () = tokio::time::sleep(Duration::from_millis(5)), if stop_requested && closing.is_none() => {
                 let fresh = activity.served.get() == 0 && activity.requests.get() == 0;
                 if !fresh || accepted.elapsed() >= FIRST_REQUEST_GRACE {
                     conn.graceful_shutdown();
-                    closing = true;
+                    closing = Some(Instant::now());
                 }
             }
             // hyper times the head of an HTTP/1.1 request; the first bytes, which
@@ -301,10 +305,20 @@ where
                 tracing::debug!("no protocol within the header-read timeout");
                 return;
             }
-            () = tokio::time::sleep_until(idle_at.into()), if !closing => {
+            // Closing takes the client's part in HTTP/2 (the GOAWAY waits for the
+            // answer to a PING); one that never answers is dropped once nothing is in
+            // flight, instead of holding its connection for good.
+            () = tokio::time::sleep_until((closing.unwrap_or(accepted) + CLOSE_GRACE).into()), if closing.is_some() => {
+                if activity.requests.get() == 0 {
+                    tracing::debug!("the client did not close in time; dropping the connection");
+                    return;
+                }
+                closing = Some(Instant::now());
+            }
+            () = tokio::time::sleep_until(idle_at.into()), if closing.is_none() => {
                 if activity.requests.get() == 0 && activity.last.get().elapsed() >= keep_alive {
                     conn.graceful_shutdown();
-                    closing = true;
+                    closing = Some(Instant::now());
                 }
             }
         }
