@@ -12,7 +12,6 @@ use wasmloop::model::compiler::Compiler;
 use wasmloop::model::mode::ModeChoice;
 use wasmloop::runtime::engine::{self, EngineSizing};
 use wasmloop::runtime::sandbox::Limits;
-use wasmloop::worker::accept::ConnLimits;
 use wasmloop::worker::admission::Slots;
 use wasmloop::worker::app::{App, Defaults};
 use wasmloop::worker::front_door::{FrontDoor, Peer, Server};
@@ -129,13 +128,7 @@ thread_local! {
             },
             recorder,
         );
-        let http = Http::new(&ConnLimits {
-            max_header_size: 32 << 10,
-            max_headers: 100,
-            timeout_keep_alive: Duration::from_secs(5),
-            timeout_header_read: Duration::from_secs(5),
-            graceful_timeout: Duration::from_secs(5),
-        });
+        let http = Http::new(32 << 10, 100, Duration::from_secs(5));
         FrontDoorLoop {
             runtime: tokio::runtime::Builder::new_current_thread()
                 .enable_all()

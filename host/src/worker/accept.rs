@@ -102,7 +102,11 @@ pub async fn serve(
 ) {
     let accepting = Rc::new(Accepting {
         server: server.clone(),
-        http: Rc::new(Http::new(&limits)),
+        http: Rc::new(Http::new(
+            limits.max_header_size,
+            limits.max_headers,
+            limits.timeout_header_read,
+        )),
         tls,
         limits: limits.clone(),
         stopping: CancellationToken::new(),
@@ -322,16 +326,6 @@ where
                 }
             }
         }
-    }
-}
-
-/// Runs hyper's background tasks (HTTP/2 streams) on the current loop.
-#[derive(Clone, Copy, Debug)]
-pub struct LocalExec;
-
-impl<F: Future + 'static> hyper::rt::Executor<F> for LocalExec {
-    fn execute(&self, fut: F) {
-        tokio::task::spawn_local(fut);
     }
 }
 

@@ -15,14 +15,13 @@ use std::io;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use hyper::body::{Body, Incoming};
 use hyper::server::conn::{http1, http2};
 use hyper::service::HttpService;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-
-use crate::worker::accept::{ConnLimits, LocalExec};
 
 /// What every HTTP/2 connection starts with (RFC 9113, section 3.4).
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -39,18 +38,20 @@ pub struct Http {
 
 impl Http {
     /// The settings every connection of a worker is served with (the fuzz target
-    /// `front_door` serves its input with them too). Its connections must run inside
-    /// a `LocalSet`: HTTP/2 streams are spawned with `spawn_local`.
-    pub fn new(limits: &ConnLimits) -> Http {
+    /// `front_door` serves its input with them too): the largest request head in
+    /// bytes, the most header fields, and how long a head may take to arrive. Its
+    /// connections must run inside a `LocalSet`: HTTP/2 streams are spawned with
+    /// `spawn_local`.
+    pub fn new(max_header_size: usize, max_headers: usize, header_read: Duration) -> Http {
         let mut h1 = http1::Builder::new();
         h1.timer(TokioTimer::new())
-            .header_read_timeout(limits.timeout_header_read)
-            .max_buf_size(limits.max_header_size)
-            .max_headers(limits.max_headers)
+            .header_read_timeout(header_read)
+            .max_buf_size(max_header_size)
+            .max_headers(max_headers)
             .keep_alive(true);
         let mut h2 = http2::Builder::new(LocalExec);
         h2.timer(TokioTimer::new())
-            .max_header_list_size(u32::try_from(limits.max_header_size).unwrap_or(u32::MAX))
+            .max_header_list_size(u32::try_from(max_header_size).unwrap_or(u32::MAX))
             .max_concurrent_streams(256);
         Http { h1, h2 }
     }
@@ -163,6 +164,16 @@ where
                 State::Done => return Poll::Ready(Ok(())),
             }
         }
+    }
+}
+
+/// Runs hyper's background tasks (HTTP/2 streams) on the current loop.
+#[derive(Clone, Copy, Debug)]
+pub struct LocalExec;
+
+impl<F: Future + 'static> hyper::rt::Executor<F> for LocalExec {
+    fn execute(&self, fut: F) {
+        tokio::task::spawn_local(fut);
     }
 }
 
