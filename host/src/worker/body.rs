@@ -100,16 +100,20 @@ impl Body for RequestBody {
 /// complete.
 pub type FrameSender = mpsc::Sender<Option<Result<Frame<Bytes>, BoxError>>>;
 
-/// A response body fed frame by frame through a channel, so that whoever drives the
-/// guest (the loop task that owns the store) keeps pumping while hyper writes.
+/// A response body: the frames that were ready before the head was sent, then, when
+/// the body goes on, frames fed through a channel, so that whoever drives the guest
+/// (the loop task that owns the store) keeps pumping while hyper writes.
 ///
 /// The sender ends a complete body with `None`. A channel that closes without it (the
 /// guest trapped, ran out of time) is an error, so hyper cuts the connection instead of
-/// passing a truncated body off as a whole one.
+/// passing a truncated body off as a whole one. The channel is made only for a body
+/// that goes on past its head (tokio allocates a 3 KiB block for each), not for one
+/// that is complete at once, nor while a request waits for its guest.
+#[derive(Default)]
 pub struct ChannelBody {
     /// Frames that were ready before the head was sent.
     ready: std::collections::VecDeque<Frame<Bytes>>,
-    rx: mpsc::Receiver<Option<Result<Frame<Bytes>, BoxError>>>,
+    rx: Option<mpsc::Receiver<Option<Result<Frame<Bytes>, BoxError>>>>,
     /// The sender's end marker arrived (or was preloaded).
     ended: bool,
     /// Nothing more will be returned.
@@ -117,17 +121,12 @@ pub struct ChannelBody {
 }
 
 impl ChannelBody {
-    /// A body and the sender that feeds it. A small bound gives backpressure: a slow
-    /// client slows the guest instead of filling memory.
-    pub fn channel() -> (FrameSender, ChannelBody) {
+    /// Opens the channel the rest of the body comes through. A small bound gives
+    /// backpressure: a slow client slows the guest instead of filling memory.
+    pub fn open(&mut self) -> FrameSender {
         let (tx, rx) = mpsc::channel(4);
-        let body = ChannelBody {
-            ready: Default::default(),
-            rx,
-            ended: false,
-            complete: false,
-        };
-        (tx, body)
+        self.rx = Some(rx);
+        tx
     }
 
     /// Queues a frame that is already there, ahead of anything sent later.
@@ -159,7 +158,11 @@ impl Body for ChannelBody {
             self.complete = true;
             return Poll::Ready(None);
         }
-        Poll::Ready(match ready!(self.rx.poll_recv(cx)) {
+        let Some(rx) = &mut self.rx else {
+            self.complete = true;
+            return Poll::Ready(Some(Err("the response body was cut short".into())));
+        };
+        Poll::Ready(match ready!(rx.poll_recv(cx)) {
             Some(Some(frame)) => Some(frame),
             Some(None) => {
                 self.complete = true;

@@ -50,7 +50,7 @@ use crate::runtime::error::RequestError;
 use crate::runtime::sandbox::Sandbox;
 use crate::worker::admission::SlotGuard;
 use crate::worker::app::App;
-use crate::worker::body::{ChannelBody, RequestBody};
+use crate::worker::body::RequestBody;
 use crate::worker::run::lanes::{Job, Lane};
 use crate::worker::run::pump::send_and_pump;
 use crate::worker::run::reply::{Fate, Retired};
@@ -457,7 +457,6 @@ async fn handle(
         RequestError::from_guest(e, refused, false)
     };
     let work = async {
-        let (frames, body) = ChannelBody::channel();
         // Boxed: the I/O future is 'static, but the 2024 capture rules tie its type to
         // the store's borrow.
         let (req, req_io) = acc.with(|mut store| {
@@ -487,7 +486,7 @@ async fn handle(
         let Some(head) = head else {
             return Ok(());
         };
-        send_and_pump(parts, guest_body, head, body, &frames).await
+        send_and_pump(parts, guest_body, head).await
     };
     tokio::select! {
         // The work first: a response done as the front door ends the run is done.

@@ -24,7 +24,7 @@ use crate::runtime::component::HandlerPre;
 use crate::runtime::error::RequestError;
 use crate::runtime::sandbox::Sandbox;
 use crate::worker::app::App;
-use crate::worker::body::{ChannelBody, FrameSender, RequestBody};
+use crate::worker::body::RequestBody;
 use crate::worker::run::concurrent;
 use crate::worker::run::instances::Instance;
 use crate::worker::run::pump::send_and_pump;
@@ -72,8 +72,6 @@ async fn run(
     }
     lease.store.set_epoch_deadline(1);
 
-    let (frames, body) = ChannelBody::channel();
-    let mut body = Some(body);
     let Lease {
         store,
         instance,
@@ -86,9 +84,7 @@ async fn run(
     };
     let drive = async {
         match &app.handler.pre {
-            HandlerPre::Service(pre) => {
-                drive_service(pre, store, made, req, head, &frames, &mut body).await
-            }
+            HandlerPre::Service(pre) => drive_service(pre, store, made, req, head).await,
             HandlerPre::ProxyAsync(pre) => drive_proxy(pre, store, made, req, head).await,
             HandlerPre::ProxySync(_) => Err(RequestError::Host(anyhow::anyhow!(
                 "a sync handler was sent to the loop"
@@ -174,8 +170,6 @@ async fn drive_service(
     made: Made<'_>,
     req: Request<RequestBody>,
     head: &mut Option<oneshot::Sender<Head>>,
-    frames: &FrameSender,
-    body: &mut Option<ChannelBody>,
 ) -> Result<(), RequestError> {
     if made.instance.is_none() {
         let started = Instant::now();
@@ -205,10 +199,10 @@ async fn drive_service(
             };
             let response = acc.with(|mut a| response.into_http(&mut a, req_io))?;
             let (parts, guest_body) = response.into_parts();
-            let (Some(tx), Some(channel)) = (head.take(), body.take()) else {
+            let Some(tx) = head.take() else {
                 return Ok(Ok(()));
             };
-            Ok(send_and_pump(parts, guest_body, tx, channel, frames).await)
+            Ok(send_and_pump(parts, guest_body, tx).await)
         })
         .await;
     match result {

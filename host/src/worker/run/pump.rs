@@ -7,7 +7,7 @@ use http_body_util::BodyExt as _;
 use tokio::sync::oneshot;
 
 use crate::runtime::error::RequestError;
-use crate::worker::body::{ChannelBody, FrameSender};
+use crate::worker::body::ChannelBody;
 use crate::worker::run::reply::Head;
 
 /// How long a response head waits for the start of its body .
@@ -21,8 +21,6 @@ pub async fn send_and_pump<B>(
     parts: http::response::Parts,
     mut guest_body: B,
     tx: oneshot::Sender<Head>,
-    mut channel: ChannelBody,
-    frames: &FrameSender,
 ) -> Result<(), RequestError>
 where
     B: http_body::Body<Data = bytes::Bytes> + Unpin,
@@ -32,6 +30,7 @@ where
     // what comes before the head goes out lets hyper write head, body and
     // end in one syscall instead of three; a guest that takes longer gets
     // its head sent after FIRST_FLUSH, and the body streams from there.
+    let mut channel = ChannelBody::default();
     let first_flush = tokio::time::sleep(FIRST_FLUSH);
     tokio::pin!(first_flush);
     let mut preloaded = 0;
@@ -60,6 +59,7 @@ where
         }
     }
     let complete = http_body::Body::is_end_stream(&channel);
+    let frames = (!complete).then(|| channel.open());
     if tx
         .send(Ok(http::Response::from_parts(
             parts,
@@ -69,9 +69,9 @@ where
     {
         return Ok(()); // the client went away
     }
-    if complete {
+    let Some(frames) = frames else {
         return Ok(());
-    }
+    };
     while let Some(frame) = guest_body.frame().await {
         match frame {
             Ok(frame) => {
