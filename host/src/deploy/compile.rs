@@ -473,9 +473,15 @@ pub fn run_compile(args: &CompileArgs) -> std::process::ExitCode {
     // No fsync: an artifact is checked against its recorded hash before any use and
     // compiled again when it is not intact, so a crash can cost a recompile, never a
     // wrong artifact (a deploy's first response waits for this write).
-    // Hashed on the second core while this one writes.
+    // Hashed on the second core while this one writes. Only a compile that used the
+    // cache can have grown it, and its entries are all written by now: it is trimmed
+    // meanwhile too (Winch's compile, the baseline a deploy waits for, leaves it
+    // alone and so skips a walk of every entry).
     let (written, artifact_sha256) = std::thread::scope(|scope| {
         let hash = scope.spawn(|| sha256_hex(artifact));
+        if let (Some(_), Some(dir)) = (&cache, &args.cache_dir) {
+            scope.spawn(|| compile_cache::evict(dir, args.cache_max_bytes));
+        }
         let written = write_whole(&args.artifact, artifact, false);
         (written, hash.join())
     });
@@ -486,11 +492,6 @@ pub fn run_compile(args: &CompileArgs) -> std::process::ExitCode {
         return fail(1, "failed to hash the artifact".to_string());
     };
     let stats = cache.as_ref().map(|c| c.stats()).unwrap_or_default();
-    // Only a compile that used the cache can have grown it; Winch's (the baseline a
-    // deploy waits for) leaves it alone, and so skips a walk of every entry.
-    if let (Some(_), Some(dir)) = (&cache, &args.cache_dir) {
-        compile_cache::evict(dir, args.cache_max_bytes);
-    }
     let report = Compiled {
         export: handler.export,
         export_is_async: handler.export_is_async,
