@@ -271,7 +271,10 @@ where
             let local = local.clone();
             let open = OpenRequest::enter(&activity);
             async move {
-                let response = server.handle(req, local, Peer { addr: peer, tls }).await?;
+                // Boxed: hyper keeps room for one request's future in every HTTP/1.1
+                // connection, idle or not, and the front door's is about 2 KiB.
+                let handle = Box::pin(server.handle(req, local, Peer { addr: peer, tls }));
+                let response = handle.await?;
                 Ok::<_, std::convert::Infallible>(response.map(|b| WithGuard::new(b, open)))
             }
         })
