@@ -96,9 +96,12 @@ impl Body for RequestBody {
     }
 }
 
-/// Feeds a [`ChannelBody`]: `Some(frame)` for each frame, then `None` once the body is
-/// complete.
-pub type FrameSender = mpsc::Sender<Option<Result<Frame<Bytes>, BoxError>>>;
+/// What a [`ChannelBody`]'s channel carries: `Some(frame)` for each frame, then `None`
+/// once the body is complete.
+type Item = Option<Result<Frame<Bytes>, BoxError>>;
+
+/// Feeds a [`ChannelBody`].
+pub type FrameSender = mpsc::Sender<Item>;
 
 /// A response body: the frames that were ready before the head was sent, then, when
 /// the body goes on, frames fed through a channel, so that whoever drives the guest
@@ -113,7 +116,7 @@ pub type FrameSender = mpsc::Sender<Option<Result<Frame<Bytes>, BoxError>>>;
 pub struct ChannelBody {
     /// Frames that were ready before the head was sent.
     ready: std::collections::VecDeque<Frame<Bytes>>,
-    rx: Option<mpsc::Receiver<Option<Result<Frame<Bytes>, BoxError>>>>,
+    rx: Option<mpsc::Receiver<Item>>,
     /// The sender's end marker arrived (or was preloaded).
     ended: bool,
     /// Nothing more will be returned.
