@@ -857,18 +857,16 @@ async fn the_compile_cache_serves_shared_functions_and_survives_a_restart() {
     assert!(!served.is_empty() && served != "no_app\n", "{served}");
     drop(server);
 
-    // After a restart the cache is still there: the same component again compiles
-    // nearly every function from it (measured: 1443 of 1541), and what it serves is
-    // unchanged.
+    // After a restart the cache is still there: the same component again finds every
+    // function in it (1443 of 1541 before vendor/cranelift-codegen's fix: a function's
+    // key depended on what its compile context had compiled before), and what it
+    // serves is unchanged.
     let server = Server::registry(&dir).start().await;
     let again = server
         .deploy(&token, "three", guests::SDK_SYNC, "route=/three")
         .await;
     let (hits, lookups) = cache_use(&again);
-    assert!(
-        lookups > 100 && hits * 10 >= lookups * 9,
-        "{hits} of {lookups}"
-    );
+    assert!(lookups > 100 && hits == lookups, "{hits} of {lookups}");
     let (three, one) = (server.get("/three").await, server.get("/one").await);
     assert_eq!((three.status, three.text()), (one.status, one.text()));
     assert_ne!(three.text(), "no_app\n");
