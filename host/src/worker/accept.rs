@@ -42,7 +42,8 @@ pub struct ConnLimits {
 /// accepted just before the stop.
 const FIRST_REQUEST_GRACE: Duration = Duration::from_millis(500);
 
-/// How long a connection with nothing in flight may take to close once told to.
+/// How long a connection told to close, with nothing in flight and no bytes moving,
+/// may take to close.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// A listener as inherited from the master, before the loop runs.
@@ -314,9 +315,10 @@ where
             }
             // Closing takes the client's part in HTTP/2 (the GOAWAY waits for the
             // answer to a PING); one that never answers is dropped once nothing is in
-            // flight, instead of holding its connection for good.
+            // flight and no bytes have moved for CLOSE_GRACE (a slow reader may still
+            // be taking the last response), instead of holding its connection for good.
             () = tokio::time::sleep_until((closing.unwrap_or(accepted) + CLOSE_GRACE).into()), if closing.is_some() => {
-                if activity.requests.get() == 0 {
+                if activity.requests.get() == 0 && activity.last.get().elapsed() >= CLOSE_GRACE {
                     tracing::debug!("the client did not close in time; dropping the connection");
                     return;
                 }
