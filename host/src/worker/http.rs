@@ -136,7 +136,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
         loop {
-            match &mut this.state {
+            let ended = match &mut this.state {
                 State::Detecting { io, .. } => {
                     let http2 = ready!(io.poll_detect(cx))?;
                     let State::Detecting { io, service } =
@@ -150,19 +150,15 @@ where
                     } else {
                         State::Http1(Box::pin(this.http.h1.serve_connection(io, service)))
                     };
+                    continue;
                 }
-                State::Http1(conn) => {
-                    let ended = ready!(conn.as_mut().poll(cx));
-                    this.state = State::Done;
-                    return Poll::Ready(ended.map_err(Into::into));
-                }
-                State::Http2(conn) => {
-                    let ended = ready!(conn.as_mut().poll(cx));
-                    this.state = State::Done;
-                    return Poll::Ready(ended.map_err(Into::into));
-                }
+                State::Http1(conn) => ready!(conn.as_mut().poll(cx)),
+                State::Http2(conn) => ready!(conn.as_mut().poll(cx)),
                 State::Done => return Poll::Ready(Ok(())),
-            }
+            };
+            // hyper's connection is freed now, not when the task ends.
+            this.state = State::Done;
+            return Poll::Ready(ended.map_err(Into::into));
         }
     }
 }
