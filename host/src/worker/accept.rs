@@ -42,8 +42,8 @@ pub struct ConnLimits {
 /// accepted just before the stop.
 const FIRST_REQUEST_GRACE: Duration = Duration::from_millis(500);
 
-/// How long a connection told to close, with nothing in flight and no bytes moving,
-/// may take to close.
+/// How long an idle connection told to close, with nothing in flight and no bytes
+/// moving, may take to close.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// A listener as inherited from the master, before the loop runs.
@@ -314,10 +314,12 @@ where
                 return;
             }
             // Closing takes the client's part in HTTP/2 (the GOAWAY waits for the
-            // answer to a PING); one that never answers is dropped once nothing is in
-            // flight and no bytes have moved for CLOSE_GRACE (a slow reader may still
-            // be taking the last response), instead of holding its connection for good.
-            () = tokio::time::sleep_until((closing.unwrap_or(accepted) + CLOSE_GRACE).into()), if closing.is_some() => {
+            // answer to a PING); an idle connection whose client never answers is
+            // dropped once nothing is in flight and no bytes have moved for
+            // CLOSE_GRACE, instead of holding its connection for good. A drain leaves
+            // its connections to the graceful timeout: a slow reader may still be
+            // taking a response that its guest has finished.
+            () = tokio::time::sleep_until((closing.unwrap_or(accepted) + CLOSE_GRACE).into()), if closing.is_some() && !stop_requested => {
                 if activity.requests.get() == 0 && activity.last.get().elapsed() >= CLOSE_GRACE {
                     tracing::debug!("the client did not close in time; dropping the connection");
                     return;
