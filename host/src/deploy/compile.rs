@@ -344,15 +344,14 @@ pub fn compile_upload(
     // translation: the second core validates meanwhile (a deploy's first response
     // waits for both). Wasmtime validates what it compiles too, so corrupt bytes only
     // reach it to be refused; the validator's verdict decides the status.
-    let (valid, compiled) = std::thread::scope(|scope| {
-        let validation = scope.spawn(|| {
+    let (valid, compiled) = beside(
+        || {
             wasmparser::Validator::new_with_features(wasmparser::WasmFeatures::all())
                 .validate_all(bytes)
                 .map(drop)
-        });
-        let compiled = wasmtime::component::Component::new(engine, bytes);
-        (validation.join(), compiled)
-    });
+        },
+        || wasmtime::component::Component::new(engine, bytes),
+    );
     match valid {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
@@ -400,6 +399,31 @@ pub struct CompileArgs {
     /// The most the compile cache may hold, in bytes, once this compile is done.
     #[arg(long, default_value_t = 1 << 30)]
     pub cache_max_bytes: u64,
+}
+
+/// Runs `side` on a thread of its own while this one runs `main`; `side`'s panic is
+/// returned, not raised. When no thread can be started (the address-space cap leaves
+/// no room for its stack), `side` runs after `main` on this thread: slower, not lost.
+fn beside<T: Send, U>(
+    side: impl Fn() -> T + Sync,
+    main: impl FnOnce() -> U,
+) -> (std::thread::Result<T>, U) {
+    std::thread::scope(|scope| {
+        let side = &side;
+        match std::thread::Builder::new().spawn_scoped(scope, side) {
+            Ok(thread) => {
+                let main = main();
+                (thread.join(), main)
+            }
+            Err(_) => {
+                let main = main();
+                (
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(side)),
+                    main,
+                )
+            }
+        }
+    })
 }
 
 /// `wasmloop compile`: validates, compiles, classifies and links one component,
@@ -477,14 +501,19 @@ pub fn run_compile(args: &CompileArgs) -> std::process::ExitCode {
     // cache can have grown it, and its entries are all written by now: it is trimmed
     // meanwhile too (Winch's compile, the baseline a deploy waits for, leaves it
     // alone and so skips a walk of every entry).
-    let (written, artifact_sha256) = std::thread::scope(|scope| {
-        let hash = scope.spawn(|| sha256_hex(artifact));
-        if let (Some(_), Some(dir)) = (&cache, &args.cache_dir) {
-            scope.spawn(|| compile_cache::evict(dir, args.cache_max_bytes));
-        }
-        let written = write_whole(&args.artifact, artifact, false);
-        (written, hash.join())
-    });
+    let (artifact_sha256, written) = beside(
+        || sha256_hex(artifact),
+        || match (&cache, &args.cache_dir) {
+            (Some(_), Some(dir)) => {
+                beside(
+                    || compile_cache::evict(dir, args.cache_max_bytes),
+                    || write_whole(&args.artifact, artifact, false),
+                )
+                .1
+            }
+            _ => write_whole(&args.artifact, artifact, false),
+        },
+    );
     if let Err(e) = written {
         return fail(1, format!("{e:#}"));
     }
@@ -505,5 +534,19 @@ pub fn run_compile(args: &CompileArgs) -> std::process::ExitCode {
             std::process::ExitCode::SUCCESS
         }
         Err(e) => fail(1, e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::beside;
+
+    #[test]
+    fn beside_returns_both_results_and_the_side_s_panic() {
+        let (side, main) = beside(|| 2 + 2, || "main");
+        assert_eq!((side.ok(), main), (Some(4), "main"));
+        let (side, main) = beside(|| -> u8 { panic!("side failed") }, || 7);
+        assert!(side.is_err());
+        assert_eq!(main, 7);
     }
 }
