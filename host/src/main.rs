@@ -9,6 +9,12 @@ use wasmloop::cli::{self, doctor, template};
 use wasmloop::command::{self, Command};
 use wasmloop::{deploy, master, worker};
 
+/// mimalloc rather than glibc's malloc: every request allocates and frees a store's
+/// worth of small objects, and the compilers allocate from several threads at once
+/// (docs/benchmarks.md, "The allocator").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = command::parse();
     let result = match cli.command {

@@ -287,6 +287,10 @@ pub async fn compile(
         .arg(format!("--compiler={}", limits.compiler))
         // The child compiles one file; the registry's credentials are not its business.
         .env_remove("WASMLOOP_REGISTRY")
+        // mimalloc reserves address space 1 GiB at a time, and the child's memory cap
+        // is a cap on address space: in 64 MiB steps, a cap of a few hundred MiB
+        // still leaves room for the compiler's threads.
+        .env("MIMALLOC_ARENA_RESERVE", "64MiB")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
