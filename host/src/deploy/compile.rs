@@ -413,20 +413,13 @@ fn beside<T: Send, U>(
     main: impl FnOnce() -> U,
 ) -> (std::thread::Result<T>, U) {
     std::thread::scope(|scope| {
-        let side = &side;
-        match std::thread::Builder::new().spawn_scoped(scope, side) {
-            Ok(thread) => {
-                let main = main();
-                (thread.join(), main)
-            }
-            Err(_) => {
-                let main = main();
-                (
-                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(side)),
-                    main,
-                )
-            }
-        }
+        let thread = std::thread::Builder::new().spawn_scoped(scope, &side);
+        let main = main();
+        let side = match thread {
+            Ok(thread) => thread.join(),
+            Err(_) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(&side)),
+        };
+        (side, main)
     })
 }
 
@@ -505,17 +498,15 @@ pub fn run_compile(args: &CompileArgs) -> std::process::ExitCode {
     // cache can have grown it, and its entries are all written by now: it is trimmed
     // meanwhile too (Winch's compile, the baseline a deploy waits for, leaves it
     // alone and so skips a walk of every entry).
+    let evict = cache.as_ref().and(args.cache_dir.as_deref());
     let (artifact_sha256, written) = beside(
         || sha256_hex(artifact),
-        || match (&cache, &args.cache_dir) {
-            (Some(_), Some(dir)) => {
-                beside(
-                    || compile_cache::evict(dir, args.cache_max_bytes),
-                    || write_whole(&args.artifact, artifact, false),
-                )
-                .1
-            }
-            _ => write_whole(&args.artifact, artifact, false),
+        || {
+            beside(
+                || evict.map(|dir| compile_cache::evict(dir, args.cache_max_bytes)),
+                || write_whole(&args.artifact, artifact, false),
+            )
+            .1
         },
     );
     if let Err(e) = written {
