@@ -15,7 +15,7 @@
 //! | `GET /error` | 400 from an `Error` |
 //! | `GET /log` | logs a line at each level, answers `logged` |
 //! | `GET /panic` | panics |
-//! | `PUT /shout` | the body upper-cased, 400 if it is not UTF-8 |
+//! | `PUT /shout` | the body upper-cased, 400 if it is not UTF-8; logs the body's size |
 
 use serde::{Deserialize, Serialize};
 use wasmloop_sdk::{
@@ -104,6 +104,7 @@ pub fn router() -> Router {
             panic!("the handler panicked")
         })
         .put("/shout", |req: Request| -> Result<_, Error> {
+            info!("shout of {} bytes", req.body().len().unwrap_or_default());
             Ok(req.text()?.to_uppercase())
         })
 }
