@@ -13,6 +13,7 @@ from typing import Literal, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from wasmloop.core import empty_body_is_whole  # noqa: E402
 from wasmloop import (  # noqa: E402
     App,
     HTTPException,
@@ -217,6 +218,27 @@ class Style(unittest.TestCase):
 
         with self.assertRaises(ValueError):
             app.post("/t")(two_bodies)
+
+
+class EmptyBodyTest(unittest.TestCase):
+    """When an empty request body may skip its trailers read (an async app's cost)."""
+
+    def test_an_empty_body_is_whole_only_where_the_framing_says_so(self):
+        for method in ("GET", "HEAD", "DELETE", "OPTIONS"):
+            self.assertTrue(empty_body_is_whole(method, []), method)
+        # A method that carries content, with no length: maybe an upload cut short.
+        for method in ("POST", "PUT", "PATCH", "PROPFIND"):
+            self.assertFalse(empty_body_is_whole(method, []), method)
+        self.assertTrue(empty_body_is_whole("POST", [("Content-Length", "0")]))
+        for framing in (
+            [("content-length", "5")],
+            [("content-length", "00")],
+            [("content-length", "0"), ("content-length", "0")],
+            [("transfer-encoding", "chunked")],
+            [("content-length", "0"), ("Transfer-Encoding", "chunked")],
+        ):
+            self.assertFalse(empty_body_is_whole("GET", framing), framing)
+            self.assertFalse(empty_body_is_whole("PUT", framing), framing)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,15 @@ from wit_world.imports.wasi_http_types import Response as WasiResponse
 
 from wasmloop import logs
 from wasmloop._variants import method_name, scheme_name
-from wasmloop.core import App, Request, Response, chunk_bytes, log
+from wasmloop.core import (
+    App,
+    PlainTextResponse,
+    Request,
+    Response,
+    chunk_bytes,
+    empty_body_is_whole,
+    log,
+)
 
 
 _asyncio_sleep = asyncio.sleep
@@ -60,6 +68,10 @@ async def read_all(stream: Any) -> bytes:
     return b"".join(chunks)
 
 
+class BodyError(Exception):
+    """The request body did not arrive whole (the client left, or it was too large)."""
+
+
 async def _request(incoming: WasiRequest) -> Request:
     method = method_name(incoming.get_method())
     path = incoming.get_path_with_query() or "/"
@@ -67,8 +79,18 @@ async def _request(incoming: WasiRequest) -> Request:
     authority = incoming.get_authority()
     headers = [(k, v.decode("latin-1")) for k, v in incoming.get_headers().copy_all()]
     done, done_reader = unit_future()
-    body, _trailers = WasiRequest.consume_body(incoming, done_reader)
+    body, trailers = WasiRequest.consume_body(incoming, done_reader)
     data = await read_all(body)
+    # A body the host cut off (its client left, or it passed the size limit) ends
+    # like a whole one; only its trailers future tells them apart.
+    if not data and empty_body_is_whole(method, headers):
+        trailers.__exit__(None, None, None)
+    else:
+        verdict = await trailers.read()
+        if isinstance(verdict, Err):
+            raise BodyError(f"failed to read the body: {verdict.value}")
+        if verdict.value is not None:
+            verdict.value.__exit__(None, None, None)
     await done.write(Ok(None))
     return Request(method, path, headers, data, scheme, authority)
 
@@ -122,6 +144,9 @@ class Handler:
 
     async def handle(self, request: WasiRequest) -> WasiResponse:
         logs.install()
-        req = await _request(request)
+        try:
+            req = await _request(request)
+        except BodyError as e:
+            return _response(PlainTextResponse(f"{e}\n", status_code=400), False)
         response = await self.app.handle_async(req)
         return _response(response, req.method == "HEAD")

@@ -226,6 +226,23 @@ class StreamingResponse(Response):
         return True
 
 
+# Methods whose request body has no defined meaning: without a length, they carry none.
+_BODILESS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS", "TRACE"})
+
+
+def empty_body_is_whole(method: str, headers: list[tuple[str, str]]) -> bool:
+    """Whether a body that ended with no bytes is whole without asking its trailers
+    future (where a failed body says so): `Content-Length: 0`, or no length and no
+    `Transfer-Encoding` on a method whose body means nothing. That read costs a turn
+    through the host's event loop; any other request still waits for the verdict."""
+    lengths = [v for k, v in headers if k.lower() == "content-length"]
+    if any(k.lower() == "transfer-encoding" for k, _ in headers):
+        return False
+    if lengths:
+        return lengths == ["0"]
+    return method in _BODILESS
+
+
 def chunk_bytes(chunk: Any) -> bytes:
     """One streamed chunk as bytes."""
     if isinstance(chunk, bytes):

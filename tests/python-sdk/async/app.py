@@ -110,6 +110,7 @@ async def panic():
 
 @app.put("/shout")
 async def shout(request: Request):
+    log.info("shout of %d bytes", len(request.body))
     return request.text().upper()
 
 

@@ -109,6 +109,7 @@ def panic():
 
 @app.put("/shout")
 def shout(request: Request):
+    log.info("shout of %d bytes", len(request.body))
     return request.text().upper()
 
 
