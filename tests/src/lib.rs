@@ -706,6 +706,34 @@ impl Running {
         self.client.send(method, path, body).await
     }
 
+    /// Sends `method path` with a chunked body of `len` bytes (so only the server's
+    /// count finds out its size) on a connection of its own, closed after the answer,
+    /// and returns the answer's status line.
+    pub async fn send_chunked(&self, method: Method, path: &str, len: usize) -> String {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut stream = tokio::net::TcpStream::connect(self.client.addr())
+            .await
+            .expect("connect");
+        let mut request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\
+             Transfer-Encoding: chunked\r\n\r\n"
+        )
+        .into_bytes();
+        for chunk in vec![b'a'; len].chunks(512) {
+            request.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+            request.extend_from_slice(chunk);
+            request.extend_from_slice(b"\r\n");
+        }
+        request.extend_from_slice(b"0\r\n\r\n");
+        // The server may answer and close before it has read it all.
+        let _ = stream.write_all(&request).await;
+        let mut response = Vec::new();
+        let read = stream.read_to_end(&mut response);
+        let _ = tokio::time::timeout(Duration::from_secs(10), read).await;
+        let response = String::from_utf8_lossy(&response);
+        response.lines().next().unwrap_or_default().to_string()
+    }
+
     /// The `compiler=` of the access lines for requests that named `host` (every
     /// access line with `None`), in order.
     pub fn compilers(&self, host: Option<&str>) -> Vec<String> {

@@ -225,29 +225,6 @@ async fn a_def_route_looping_forever_ends_with_cpu_limit() {
     assert_eq!(server.get("/").await.status, 200);
 }
 
-/// Sends `PUT /shout` with a chunked body of `len` bytes on a fresh connection and
-/// returns the response's status line.
-async fn chunked_shout(server: &Running, len: usize) -> String {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut stream = tokio::net::TcpStream::connect(server.client().addr())
-        .await
-        .unwrap();
-    let mut request =
-        b"PUT /shout HTTP/1.1\r\nHost: test\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
-    for chunk in vec![b'a'; len].chunks(512) {
-        request.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
-        request.extend_from_slice(chunk);
-        request.extend_from_slice(b"\r\n");
-    }
-    request.extend_from_slice(b"0\r\n\r\n");
-    // The server may answer and close before it has read it all.
-    let _ = stream.write_all(&request).await;
-    let mut response = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response)).await;
-    let response = String::from_utf8_lossy(&response);
-    response.lines().next().unwrap_or_default().to_string()
-}
-
 /// A body the host cuts off (here: past `--max-body`, sent chunked so that only the
 /// host's count finds out) reaches neither style's app as if it were the whole body:
 /// the app logs the size of every body it is given, and logs none for the cut one.
@@ -259,7 +236,7 @@ async fn an_upload_cut_short_never_reaches_the_app_as_a_whole_body() {
     for component in [sync, async_] {
         let server = serve(component, &["--max-body=1KiB"]).await;
         assert_eq!(
-            chunked_shout(&server, 600).await,
+            server.send_chunked(Method::PUT, "/shout", 600).await,
             "HTTP/1.1 200 OK",
             "{component}"
         );
@@ -270,7 +247,7 @@ async fn an_upload_cut_short_never_reaches_the_app_as_a_whole_body() {
             "{component}: {}",
             server.log()
         );
-        let status = chunked_shout(&server, 4096).await;
+        let status = server.send_chunked(Method::PUT, "/shout", 4096).await;
         assert!(status.starts_with("HTTP/1.1 413"), "{component}: {status}");
         // The run is over (and its guest's lines written) once its access line is.
         assert!(
