@@ -734,6 +734,37 @@ impl Running {
         response.lines().next().unwrap_or_default().to_string()
     }
 
+    /// For a server started with `--max-body=1KiB` on an SDK test app whose
+    /// `PUT /shout` logs `shout of N bytes` for every body it is given: a chunked
+    /// body under the limit reaches the handler whole, and one the host cuts off at
+    /// the limit (only the host's count finds out) reaches it not at all. `who`
+    /// names the app in failures.
+    pub async fn assert_cut_upload_never_handled(&self, who: &str) {
+        assert_eq!(
+            self.send_chunked(Method::PUT, "/shout", 600).await,
+            "HTTP/1.1 200 OK",
+            "{who}"
+        );
+        assert!(
+            self.wait_for_log(&["shout of 600 bytes"], Duration::from_secs(10))
+                .is_some(),
+            "{who}: {}",
+            self.log()
+        );
+        let status = self.send_chunked(Method::PUT, "/shout", 4096).await;
+        assert!(status.starts_with("HTTP/1.1 413"), "{who}: {status}");
+        // The run is over (and its guest's lines written) once its access line is.
+        assert!(
+            self.wait_for_log(&["status=413"], Duration::from_secs(10))
+                .is_some(),
+            "{who}: {}",
+            self.log()
+        );
+        let log = self.log();
+        let given: Vec<&str> = log.lines().filter(|l| l.contains("shout of")).collect();
+        assert_eq!(given.len(), 1, "{who}: the handler was given {given:#?}");
+    }
+
     /// The `compiler=` of the access lines for requests that named `host` (every
     /// access line with `None`), in order.
     pub fn compilers(&self, host: Option<&str>) -> Vec<String> {

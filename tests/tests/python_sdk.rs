@@ -235,31 +235,7 @@ async fn an_upload_cut_short_never_reaches_the_app_as_a_whole_body() {
     };
     for component in [sync, async_] {
         let server = serve(component, &["--max-body=1KiB"]).await;
-        assert_eq!(
-            server.send_chunked(Method::PUT, "/shout", 600).await,
-            "HTTP/1.1 200 OK",
-            "{component}"
-        );
-        assert!(
-            server
-                .wait_for_log(&["shout of 600 bytes"], Duration::from_secs(10))
-                .is_some(),
-            "{component}: {}",
-            server.log()
-        );
-        let status = server.send_chunked(Method::PUT, "/shout", 4096).await;
-        assert!(status.starts_with("HTTP/1.1 413"), "{component}: {status}");
-        // The run is over (and its guest's lines written) once its access line is.
-        assert!(
-            server
-                .wait_for_log(&["status=413"], Duration::from_secs(10))
-                .is_some(),
-            "{component}: {}",
-            server.log()
-        );
-        let log = server.log();
-        let given: Vec<&str> = log.lines().filter(|l| l.contains("shout of")).collect();
-        assert_eq!(given.len(), 1, "{component}: the app was given {given:#?}");
+        server.assert_cut_upload_never_handled(component).await;
     }
 }
 

@@ -207,30 +207,6 @@ async fn log_macros_reach_the_host_log_at_their_level_with_the_request_id() {
 async fn an_upload_cut_short_never_reaches_the_handler_as_a_whole_body() {
     for guest in [guests::SDK_SYNC, guests::SDK_ASYNC] {
         let server = Server::new(guest).arg("--max-body=1KiB").start().await;
-        assert_eq!(
-            server.send_chunked(Method::PUT, "/shout", 600).await,
-            "HTTP/1.1 200 OK",
-            "{guest}"
-        );
-        assert!(
-            server
-                .wait_for_log(&["shout of 600 bytes"], Duration::from_secs(10))
-                .is_some(),
-            "{guest}: {}",
-            server.log()
-        );
-        let status = server.send_chunked(Method::PUT, "/shout", 4096).await;
-        assert!(status.starts_with("HTTP/1.1 413"), "{guest}: {status}");
-        // The run is over (and its guest's lines written) once its access line is.
-        assert!(
-            server
-                .wait_for_log(&["status=413"], Duration::from_secs(10))
-                .is_some(),
-            "{guest}: {}",
-            server.log()
-        );
-        let log = server.log();
-        let given: Vec<&str> = log.lines().filter(|l| l.contains("shout of")).collect();
-        assert_eq!(given.len(), 1, "{guest}: the handler was given {given:#?}");
+        server.assert_cut_upload_never_handled(guest).await;
     }
 }
