@@ -69,6 +69,44 @@ async fn too_many_headers_get_431() {
     );
 }
 
+/// Lines of `response` that start with `prefix`, in order.
+fn lines_with<'a>(response: &'a str, prefix: &str) -> Vec<&'a str> {
+    response.lines().filter(|l| l.starts_with(prefix)).collect()
+}
+
+/// The front door moves a head's URI and header values out of hyper's read buffer
+/// (`detach_head`): what the guest is given must be what the client sent, byte for
+/// byte, even while the next pipelined request is read into that buffer.
+#[tokio::test]
+async fn a_guest_gets_the_head_as_sent_while_the_next_one_is_read() {
+    let server = Server::new(guests::ASYNC_GUEST).start().await;
+    let long = "v".repeat(3000);
+    let mut pipelined = format!(
+        "GET /headers?ms=200&q=a%20b HTTP/1.1\r\nhost: x\r\nx-many: 1\r\nx-empty:\r\n\
+         x-many: 2\r\nx-long: {long}\r\n"
+    )
+    .into_bytes();
+    pipelined.extend_from_slice(b"x-latin: caf\xe9 au lait\r\n\r\n");
+    // The second head arrives with the first and sits in hyper's buffer while the
+    // first request's guest waits.
+    pipelined.extend_from_slice(
+        b"GET http://x/headers?second HTTP/1.1\r\nhost: x\r\nx-many: 3\r\nconnection: close\r\n\r\n",
+    );
+    let (response, _) = raw(server.addr, &pipelined, Duration::from_secs(10)).await;
+    let (first, second) = response
+        .split_once("/headers?second")
+        .unwrap_or_else(|| panic!("two answers: {response}"));
+    assert!(status_line(first).starts_with("HTTP/1.1 200"), "{response}");
+    assert_eq!(lines_with(first, "/headers"), ["/headers?ms=200&q=a%20b"]);
+    assert_eq!(lines_with(first, "x-many:"), ["x-many: 1", "x-many: 2"]);
+    assert_eq!(lines_with(first, "x-empty:"), ["x-empty: "]);
+    assert_eq!(lines_with(first, "x-long:"), [format!("x-long: {long}")]);
+    assert_eq!(lines_with(first, "x-latin:"), [r"x-latin: caf\xe9 au lait"]);
+    // The second, in absolute form, as sent too.
+    assert_eq!(lines_with(second, "x-many:"), ["x-many: 3"]);
+    assert_eq!(lines_with(second, "x-long:"), Vec::<&str>::new());
+}
+
 #[tokio::test]
 async fn a_chunked_body_over_the_limit_gets_413() {
     for guest in [guests::SYNC_GUEST, guests::ASYNC_GUEST] {

@@ -21,7 +21,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::worker::body::WithGuard;
 use crate::worker::front_door::{Peer, Server};
-use crate::worker::http::Http;
+use crate::worker::http::{Http, detach_head};
 
 /// Connection settings of a worker.
 #[derive(Debug, Clone)]
@@ -267,7 +267,9 @@ where
     };
     let service = {
         let activity = activity.clone();
-        service_fn(move |req| {
+        service_fn(move |mut req| {
+            // Now, before hyper reads again: see `detach_head`.
+            detach_head(&mut req);
             let server = server.clone();
             let local = local.clone();
             let open = OpenRequest::enter(&activity);

@@ -14,6 +14,7 @@
 //! | `/count?ms=M` | `N ID`: how many requests this instance has counted, this one included, and a random id of the instance (state kept across requests when the host reuses the instance); with `ms`, answers after waiting M ms |
 //! | `/keep?mb=N` | fills N MiB of memory and keeps it for the instance's life |
 //! | `/echo` | answers with the request body |
+//! | `/headers?ms=M` | after an M ms wait (default none), the path with query it was given and then each header as `name: value`, a line each, in order; bytes outside printable ASCII escaped (`\xe9`) |
 //! | `/big?kb=N` | streams N KiB of `x` in 16 KiB chunks |
 //! | `/stream?mb=N` | streams N MiB of `x`, each 64 KiB chunk made when it is written |
 //! | `/recurse` | recurses without end: a stack overflow |
@@ -207,6 +208,16 @@ impl wasip3::exports::http::handler::Guest for Handler {
                         kept.iter().map(Vec::len).sum::<usize>() >> 20
                     ),
                 )
+            }
+            "/headers" => {
+                if let Some(ms) = query(&path, "ms") {
+                    monotonic_clock::wait_for(ms * 1_000_000).await;
+                }
+                let mut out = format!("{path}\n");
+                for (name, value) in request.get_headers().copy_all() {
+                    out.push_str(&format!("{name}: {}\n", value.escape_ascii()));
+                }
+                text(200, out)
             }
             "/echo" => {
                 let (_, result_rx) = wit_future::new(|| Ok(()));
