@@ -439,10 +439,15 @@ mod tests {
         assert!(head.is_unique());
         assert_eq!(req.uri(), "http://example.com:8080/a/b?c=d%20e");
 
-        // A request with no headers and the root path.
-        let mut req = http::Request::new(());
-        detach_head(&mut req);
-        assert_eq!(req.uri(), "/");
+        // `OPTIONS *`, a CONNECT's authority form, and the root path with no headers.
+        for form in ["*", "example.com:443", "/"] {
+            let head = bytes::Bytes::copy_from_slice(form.as_bytes());
+            let mut req = http::Request::new(());
+            *req.uri_mut() = http::Uri::from_maybe_shared(head.clone()).unwrap();
+            detach_head(&mut req);
+            assert!(head.is_unique(), "{form}");
+            assert_eq!(req.uri(), form);
+        }
     }
 
     #[test]
