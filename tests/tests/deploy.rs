@@ -356,7 +356,17 @@ async fn the_cli_speaks_plainly() {
 #[tokio::test]
 async fn twenty_deploys_under_load_fail_no_request() {
     let dir = temp_dir("hot-swap");
-    let server = Server::registry(&dir).arg("--workers=2").start().await;
+    // Pool threads at the loop's priority. Once, in a whole-suite run, a pool version
+    // here was refused for 90 ms with 503 `overloaded` (the tenant's pool share full
+    // behind 4 sequential clients: runs that had answered but not ended), which is
+    // admission, not a deploy. At the default nice 19 the pool threads get next to no
+    // CPU while the other tests keep both cores busy, and a run ends only when its
+    // thread runs again; this test is about swaps, not that priority.
+    let server = Server::registry(&dir)
+        .arg("--workers=2")
+        .arg("--pool-nice=0")
+        .start()
+        .await;
     let token = server.create_tenant("busy", "{}").await;
     let reply = server
         .deploy(
