@@ -15,7 +15,7 @@ use wasmloop::runtime::sandbox::Limits;
 use wasmloop::worker::admission::Slots;
 use wasmloop::worker::app::{App, Defaults};
 use wasmloop::worker::front_door::{FrontDoor, Peer, Server};
-use wasmloop::worker::http::Http;
+use wasmloop::worker::http::{Http, detach_head};
 use wasmloop::worker::routes::RouteTable;
 use wasmloop::worker::run::on_pool::Pool;
 
@@ -149,7 +149,10 @@ pub fn serve_connection(bytes: &[u8]) {
             let (client, server_side) = tokio::io::duplex(64 << 10);
             let server = front.server.clone();
             let authority: Authority = "127.0.0.1:8080".parse().expect("an authority");
-            let service = hyper::service::service_fn(move |req| {
+            // As the worker's accept loop serves a connection: the head detached
+            // from hyper's read buffer first.
+            let service = hyper::service::service_fn(move |mut req| {
+                detach_head(&mut req);
                 server.clone().handle(
                     req,
                     authority.clone(),
