@@ -13,8 +13,11 @@ worker. Extras: instantiation time, deploy-to-first-response, memory per 1,000
 in-flight async requests.
 
 Every server is pinned to CPU 0 and wrk to CPU 1; after a warm-up, each measurement
-is RUNS runs of DURATION, and the tables report medians. `--quick` runs every scenario
-once for 2 s: a smoke test that checks each ran and answered 2xx, not how fast.
+is RUNS runs of DURATION, and the tables report medians. The throughput tables run
+their systems in interleaved rounds (each round one run of each, every system
+started afresh), so a drift of a shared machine's speed reaches all of them alike.
+`--quick` runs every scenario once for 2 s: a smoke test that checks each ran and
+answered 2xx, not how fast.
 
 Run it through bench/run.sh, which builds and installs what this needs.
 """
@@ -260,18 +263,25 @@ def wrk(url, conns, duration, threads=1):
 def measure(server, path, conns, cfg):
     """Warm-up, then cfg.runs runs: median req/s, p50, p99, CPU per request."""
     wrk(server.url(path), conns, cfg.warmup)
-    runs = []
-    for _ in range(cfg.runs):
-        cpu0 = cpu_seconds(server.proc.pid)
-        result = wrk(server.url(path), conns, cfg.duration)
-        result["cpu_us"] = (cpu_seconds(server.proc.pid) - cpu0) / max(result["requests"], 1) * 1e6
-        runs.append(result)
-        if result["non2xx"] or result["errors"]:
-            print(f"  {server.name} {path}: {result['non2xx']} non-2xx, {result['errors']} socket errors", file=sys.stderr)
+    return summary([one_run(server, path, conns, cfg) for _ in range(cfg.runs)],
+                   rss_kib(server.proc.pid, "VmHWM"))
+
+
+def one_run(server, path, conns, cfg):
+    """One run of cfg.duration, with the server's CPU per request."""
+    cpu0 = cpu_seconds(server.proc.pid)
+    result = wrk(server.url(path), conns, cfg.duration)
+    result["cpu_us"] = (cpu_seconds(server.proc.pid) - cpu0) / max(result["requests"], 1) * 1e6
+    if result["non2xx"] or result["errors"]:
+        print(f"  {server.name} {path}: {result['non2xx']} non-2xx, {result['errors']} socket errors", file=sys.stderr)
+    return result
+
+
+def summary(runs, peak_rss_kib):
     med = lambda key: statistics.median(r[key] for r in runs if r[key] is not None)
     return {
         "rps": med("rps"), "p50": med("p50"), "p99": med("p99"), "cpu_us": med("cpu_us"),
-        "rss_mib": rss_kib(server.proc.pid, "VmHWM") / 1024,
+        "rss_mib": peak_rss_kib / 1024,
         "all": [round(r["rps"]) for r in runs],
         "failed": sum(r["non2xx"] + r["errors"] for r in runs),
     }
@@ -291,13 +301,38 @@ def table(title, rows, base=None, base2=None):
 
 
 def throughput(title, path, conns, systems, cfg):
-    rows = []
-    for name in systems:
-        print(f"{title}: {name}", file=sys.stderr)
-        with SYSTEMS[name]() as server:
-            rows.append((name, measure(server, path, conns, cfg)))
+    """The systems in rounds: each round starts each system afresh, warms it up and
+    measures one run, and the next round does the same (A B C, A B C, ...). A shared
+    machine's speed drifts over minutes; run back to back, a system's three runs
+    would all land in one stretch of it and the ratios between systems would carry
+    the drift. Interleaved, every system samples every stretch alike."""
+    runs = {name: [] for name in systems}
+    rss = dict.fromkeys(systems, 0)
+    for round_no in range(cfg.runs):
+        for name in systems:
+            print(f"{title}: {name} (round {round_no + 1} of {cfg.runs})", file=sys.stderr)
+            with SYSTEMS[name]() as server:
+                wrk(server.url(path), conns, cfg.warmup)
+                runs[name].append(one_run(server, path, conns, cfg))
+                rss[name] = max(rss[name], rss_kib(server.proc.pid, "VmHWM"))
+    rows = [(name, summary(runs[name], rss[name])) for name in systems]
     got = dict(rows)
     return table(f"{title} (`GET {path}`, {conns} connections)", rows, got.get("native"), got.get("wasmtime")), got
+
+
+REUSE_ROWS = ["loop-serial", "pool-serial", "loop-concurrent", "wasmtime-p3", "wasmtime-p3-fresh"]
+
+
+def hello(cfg):
+    return throughput("Hello", "/", 64, ["native", "loop", "pool", "wasmtime", "uvicorn", *REUSE_ROWS], cfg)[0]
+
+
+def timer(cfg):
+    return throughput("An awaited 10 ms timer", "/sleep", 256, ["native", "loop", "pool", "wasmtime", "uvicorn", *REUSE_ROWS], cfg)[0]
+
+
+def computing(cfg):
+    return throughput("2 ms of computing", "/cpu", 16, ["native", "pool", "loop", "wasmtime", "uvicorn"], cfg)[0]
 
 
 def latency_under(server, background_path, background_conns, cfg):
@@ -567,13 +602,13 @@ def main():
     parser.add_argument("--quick", action="store_true", help="every scenario once, 2 s each: a smoke test")
     parser.add_argument("--out", type=Path, help="write the results between the markers of this Markdown file")
     parser.add_argument("--large", type=Path, help="a component over 10 MB for the deploy measurement")
-    parser.add_argument("--only", help="comma-separated sections to run (python, tiers, deploy, memory); with --out they replace "
+    parser.add_argument("--only", help="comma-separated sections to run (hello, timer, computing, python, tiers, deploy, memory); with --out they replace "
                         "their own tables in the results and the rest stays")
     cfg = parser.parse_args()
     cfg.runs, cfg.seconds = (1, 2) if cfg.quick else (3, 10)
     cfg.duration, cfg.warmup = f"{cfg.seconds}s", ("1s" if cfg.quick else "3s")
     needed = [("wrk", shutil.which("wrk")), ("wasmloop", WASMLOOP), ("uvicorn", UVICORN)]
-    if not cfg.only:
+    if not cfg.only or {"hello", "timer", "computing"} & set(cfg.only.split(",")):
         needed.append(("wasmtime", WASMTIME))
     for tool, path in needed:
         if not path or not Path(path).exists():
@@ -583,11 +618,9 @@ def main():
     if cfg.only:
         return run_only(cfg, started)
     sections = []
-    reuse_rows = ["loop-serial", "pool-serial", "loop-concurrent", "wasmtime-p3", "wasmtime-p3-fresh"]
-    hello, got = throughput("Hello", "/", 64, ["native", "loop", "pool", "wasmtime", "uvicorn", *reuse_rows], cfg)
-    sections.append(hello)
-    sections.append(throughput("An awaited 10 ms timer", "/sleep", 256, ["native", "loop", "pool", "wasmtime", "uvicorn", *reuse_rows], cfg)[0])
-    sections.append(throughput("2 ms of computing", "/cpu", 16, ["native", "pool", "loop", "wasmtime", "uvicorn"], cfg)[0])
+    sections.append(hello(cfg))
+    sections.append(timer(cfg))
+    sections.append(computing(cfg))
     sections.append(mixed(cfg))
     sections.append(spinning(cfg))
     sections.append(instantiation())
@@ -626,7 +659,8 @@ def run_only(cfg, started):
     """Runs the named sections; with --out, each replaces the section of the same title
     in the results (the rest of which keep their own run's header), preceded by a line
     saying when and how these were measured."""
-    known = {"python": lambda: python_sdk(cfg), "tiers": lambda: tiers(cfg.large, cfg),
+    known = {"hello": lambda: hello(cfg), "timer": lambda: timer(cfg), "computing": lambda: computing(cfg),
+             "python": lambda: python_sdk(cfg), "tiers": lambda: tiers(cfg.large, cfg),
              "deploy": lambda: deploy_to_first_response(cfg.large), "memory": lambda: memory_in_flight(cfg)}
     names = cfg.only.split(",")
     for name in names:

@@ -7,8 +7,9 @@
 #
 #   bench/run.sh            # the full run
 #   bench/run.sh --quick    # every scenario once, briefly: checks that it all runs
-#   bench/run.sh --only python,tiers   # just those sections (python, tiers, deploy),
-#                                      # replacing their tables
+#   bench/run.sh --only python,tiers   # just those sections (hello, timer, computing,
+#                                      # python, tiers, deploy, memory), replacing
+#                                      # their tables
 #
 # Needs wrk (Debian: apt-get install wrk) and python3. Installs into target/:
 # wasmtime-cli (cargo install, target/bench-tools), FastAPI and Uvicorn
@@ -26,11 +27,13 @@ cargo build --release -q -p wasmloop -p wasmloop-bench
 cargo build --release -q --manifest-path examples/Cargo.toml --target wasm32-wasip2
 cargo build --release -q --manifest-path bench/guests/Cargo.toml --target wasm32-wasip2
 
-only=
-case " $* " in *" --only "*) only=1 ;; esac
+# Sections without `wasmtime serve` need no wasmtime-cli build.
+no_wasmtime=
+case " $* " in *" --only "*) no_wasmtime=1 ;; esac
+case " $* " in *hello*|*timer*|*computing*) no_wasmtime= ;; esac
 
 tools=target/bench-tools
-if [ -z "$only" ] && ! "$tools/bin/wasmtime" --version 2>/dev/null | grep -q "48.0.8"; then
+if [ -z "$no_wasmtime" ] && ! "$tools/bin/wasmtime" --version 2>/dev/null | grep -q "48.0.8"; then
   cargo install wasmtime-cli --version 48.0.8 --locked --root "$tools"
 fi
 
