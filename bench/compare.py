@@ -325,22 +325,22 @@ def throughput(title, path, conns, systems, cfg):
                 rss[name] = max(rss[name], rss_kib(server.proc.pid, "VmHWM"))
     rows = [(name, summary(runs[name], rss[name])) for name in systems]
     got = dict(rows)
-    return table(f"{title} (`GET {path}`, {conns} connections)", rows, got.get("native"), got.get("wasmtime")), got
+    return table(f"{title} (`GET {path}`, {conns} connections)", rows, got.get("native"), got.get("wasmtime"))
 
 
 REUSE_ROWS = ["loop-serial", "pool-serial", "loop-concurrent", "wasmtime-p3", "wasmtime-p3-fresh"]
 
 
 def hello(cfg):
-    return throughput("Hello", "/", 64, ["native", "loop", "pool", "wasmtime", "uvicorn", *REUSE_ROWS], cfg)[0]
+    return throughput("Hello", "/", 64, ["native", "loop", "pool", "wasmtime", "uvicorn", *REUSE_ROWS], cfg)
 
 
 def timer(cfg):
-    return throughput("An awaited 10 ms timer", "/sleep", 256, ["native", "loop", "pool", "wasmtime", "uvicorn", *REUSE_ROWS], cfg)[0]
+    return throughput("An awaited 10 ms timer", "/sleep", 256, ["native", "loop", "pool", "wasmtime", "uvicorn", *REUSE_ROWS], cfg)
 
 
 def computing(cfg):
-    return throughput("2 ms of computing", "/cpu", 16, ["native", "pool", "loop", "wasmtime", "uvicorn"], cfg)[0]
+    return throughput("2 ms of computing", "/cpu", 16, ["native", "pool", "loop", "wasmtime", "uvicorn"], cfg)
 
 
 def latency_under(server, background_path, background_conns, cfg):
